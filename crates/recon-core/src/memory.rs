@@ -1,0 +1,180 @@
+//! In-memory stores for tests, examples and single-process hosts.
+//!
+//! They behave like the SQL stores in `store-sqlx` (the conformance suite checks both), but
+//! keep nothing across restarts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::{
+    Clock, Error, LockAttempt, LockGuard, Result, RunLock, RunLog, RunReport, SystemClock,
+    WatermarkStore,
+};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A [`RunLog`] in memory.
+#[derive(Debug, Default)]
+pub struct MemoryRunLog {
+    runs: Mutex<Vec<RunReport>>,
+}
+
+impl MemoryRunLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl RunLog for MemoryRunLog {
+    async fn append(&self, report: &RunReport) -> Result<()> {
+        lock(&self.runs).push(report.clone());
+        Ok(())
+    }
+
+    async fn latest(&self, runner: &str) -> Result<Option<RunReport>> {
+        Ok(self.history(runner, 1).await?.pop())
+    }
+
+    async fn history(&self, runner: &str, limit: usize) -> Result<Vec<RunReport>> {
+        let runs = lock(&self.runs);
+        let mut out: Vec<&RunReport> = runs.iter().filter(|r| r.runner == runner).collect();
+        // newest first; among equal start times the later append wins
+        out.reverse();
+        out.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        Ok(out.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn prune(&self, older_than: DateTime<Utc>) -> Result<u64> {
+        let mut runs = lock(&self.runs);
+        let before = runs.len();
+        runs.retain(|r| r.started_at >= older_than);
+        Ok((before - runs.len()) as u64)
+    }
+}
+
+/// A [`WatermarkStore`] in memory.
+#[derive(Debug, Default)]
+pub struct MemoryWatermarkStore {
+    marks: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+impl MemoryWatermarkStore {
+    /// No watermarks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl WatermarkStore for MemoryWatermarkStore {
+    async fn get(&self, name: &str) -> Result<Option<DateTime<Utc>>> {
+        Ok(lock(&self.marks).get(name).copied())
+    }
+
+    async fn advance(&self, name: &str, to: DateTime<Utc>) -> Result<()> {
+        let mut marks = lock(&self.marks);
+        match marks.get(name) {
+            Some(&current) if to < current => Err(Error::WatermarkBackwards {
+                name: name.to_owned(),
+                current,
+                requested: to,
+            }),
+            _ => {
+                marks.insert(name.to_owned(), to);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Held {
+    token: String,
+    until: DateTime<Utc>,
+}
+
+/// A [`RunLock`] in memory: a lease per name with a time-to-live read from a [`Clock`].
+///
+/// Clones share the same locks, so clones stand in for several instances of a host.
+#[derive(Clone, Debug)]
+pub struct MemoryRunLock {
+    held: Arc<Mutex<HashMap<String, Held>>>,
+    clock: Arc<dyn Clock>,
+    next_token: Arc<AtomicU64>,
+}
+
+impl Default for MemoryRunLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryRunLock {
+    /// Locks timed by the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// Locks timed by `clock` (a [`ManualClock`](crate::ManualClock) in tests).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            held: Arc::default(),
+            clock,
+            next_token: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+#[async_trait]
+impl RunLock for MemoryRunLock {
+    async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<LockAttempt> {
+        let ttl = chrono::Duration::from_std(ttl)
+            .map_err(|_| Error::invalid_input(format!("lock ttl {ttl:?} is too large")))?;
+        let now = self.clock.now();
+        let mut held = lock(&self.held);
+        if let Some(h) = held.get(name)
+            && h.until > now
+        {
+            return Ok(LockAttempt::HeldByOther {
+                holder: Some(h.token.clone()),
+                until: Some(h.until),
+            });
+        }
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed).to_string();
+        let until = now
+            .checked_add_signed(ttl)
+            .ok_or_else(|| Error::invalid_input("lock ttl overflows the calendar"))?;
+        held.insert(
+            name.to_owned(),
+            Held {
+                token: token.clone(),
+                until,
+            },
+        );
+        Ok(LockAttempt::Acquired(
+            LockGuard::new(name, token).with_expiry(until),
+        ))
+    }
+
+    async fn release(&self, guard: LockGuard) -> Result<()> {
+        let mut held = lock(&self.held);
+        match held.get(guard.name()) {
+            Some(h) if h.token == guard.token() => {
+                held.remove(guard.name());
+                Ok(())
+            }
+            _ => Err(Error::LockNotHeld {
+                name: guard.name().to_owned(),
+            }),
+        }
+    }
+}

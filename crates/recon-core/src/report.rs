@@ -1,0 +1,519 @@
+//! What a step and a run did, in typed counts.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::RunId;
+
+/// The name of a counter, declared once as a constant by the crate that counts it.
+///
+/// Names are `snake_case`; the [`StatusView`](crate::StatusView) shows them in camelCase.
+///
+/// ```
+/// use recon_core::Counter;
+/// pub const LEASES_REPAIRED: Counter = Counter::new("leases_repaired");
+/// assert_eq!(LEASES_REPAIRED.name(), "leases_repaired");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Counter(&'static str);
+
+impl Counter {
+    /// A counter called `name` (`snake_case`).
+    pub const fn new(name: &'static str) -> Self {
+        Self(name)
+    }
+
+    /// The counter's name.
+    pub const fn name(self) -> &'static str {
+        self.0
+    }
+}
+
+impl fmt::Display for Counter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Named counts in the order they were first touched. Serialises as a JSON object in that order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters(Vec<(String, u64)>);
+
+impl Counters {
+    /// No counts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add `n` to `name` (saturating), creating it at zero first.
+    pub fn add(&mut self, name: &str, n: u64) {
+        match self.0.iter_mut().find(|(k, _)| k == name) {
+            Some((_, v)) => *v = v.saturating_add(n),
+            None => self.0.push((name.to_owned(), n)),
+        }
+    }
+
+    /// Set `name` to `n`.
+    pub fn set(&mut self, name: &str, n: u64) {
+        match self.0.iter_mut().find(|(k, _)| k == name) {
+            Some((_, v)) => *v = n,
+            None => self.0.push((name.to_owned(), n)),
+        }
+    }
+
+    /// The count for `name`, or `None` if it was never touched.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+    }
+
+    /// All counts in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    /// Whether there are no counts.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Add every count of `other` into `self`.
+    pub fn merge(&mut self, other: &Counters) {
+        for (k, v) in other.iter() {
+            self.add(k, v);
+        }
+    }
+}
+
+impl Serialize for Counters {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Counters {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Counters;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of counter names to non-negative integers")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Counters, A::Error> {
+                let mut c = Counters::new();
+                while let Some((k, v)) = m.next_entry::<String, u64>()? {
+                    c.set(&k, v);
+                }
+                Ok(c)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// One item a step could not handle, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemError {
+    /// The item's key (a job id, a record key).
+    pub key: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// What one step did: counts, failed items, notes and step-specific details.
+///
+/// A reconciler builds it; the [`Runner`](crate::Runner) stamps name, duration and dry-run.
+///
+/// ```
+/// use recon_core::{Counter, StepReport};
+/// const REPAIRED: Counter = Counter::new("leases_repaired");
+/// let mut report = StepReport::new("lease-repair");
+/// report.add(REPAIRED, 2);
+/// report.push_error("job 7", "row locked by another worker");
+/// assert_eq!(report.count(REPAIRED), 2);
+/// assert_eq!(report.item_error_count(), 1);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepReport {
+    name: String,
+    counters: Counters,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    item_errors: Vec<ItemError>,
+    #[serde(default)]
+    item_error_count: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    details: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    duration_ms: u64,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl StepReport {
+    /// At most this many item errors are kept in a report; the rest are only counted.
+    pub const MAX_ITEM_ERRORS: usize = 1000;
+
+    /// An empty report for the step `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Add `n` to a counter.
+    pub fn add(&mut self, counter: Counter, n: u64) -> &mut Self {
+        self.counters.add(counter.name(), n);
+        self
+    }
+
+    /// Set a counter (a gauge such as "candidates").
+    pub fn set(&mut self, counter: Counter, n: u64) -> &mut Self {
+        self.counters.set(counter.name(), n);
+        self
+    }
+
+    /// Add `n` to a counter whose name is only known at run time (a host-named count).
+    pub fn add_named(&mut self, name: &str, n: u64) -> &mut Self {
+        self.counters.add(name, n);
+        self
+    }
+
+    /// A counter's value (zero if never touched).
+    pub fn count(&self, counter: Counter) -> u64 {
+        self.counters.get(counter.name()).unwrap_or(0)
+    }
+
+    /// The value of a counter by name, if it was touched.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.counters.get(name)
+    }
+
+    /// Record that the item `key` failed. Beyond [`Self::MAX_ITEM_ERRORS`] only the count grows.
+    pub fn push_error(&mut self, key: impl Into<String>, reason: impl Into<String>) -> &mut Self {
+        self.item_error_count = self.item_error_count.saturating_add(1);
+        if self.item_errors.len() < Self::MAX_ITEM_ERRORS {
+            self.item_errors.push(ItemError {
+                key: key.into(),
+                reason: reason.into(),
+            });
+        }
+        self
+    }
+
+    /// Add a line of explanation for people reading the report.
+    pub fn note(&mut self, note: impl Into<String>) -> &mut Self {
+        self.notes.push(note.into());
+        self
+    }
+
+    /// Attach step-specific structured data (a gap table, metrics).
+    pub fn detail(&mut self, key: impl Into<String>, value: serde_json::Value) -> &mut Self {
+        self.details.insert(key.into(), value);
+        self
+    }
+
+    /// Fold another report's counters, errors, notes and details into this one.
+    pub fn absorb(&mut self, other: StepReport) -> &mut Self {
+        self.counters.merge(&other.counters);
+        for e in other.item_errors {
+            if self.item_errors.len() < Self::MAX_ITEM_ERRORS {
+                self.item_errors.push(e);
+            }
+        }
+        self.item_error_count = self.item_error_count.saturating_add(other.item_error_count);
+        self.notes.extend(other.notes);
+        self.details.extend(other.details);
+        self
+    }
+
+    /// The step's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// All counters in order.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The item errors kept (at most [`Self::MAX_ITEM_ERRORS`]).
+    pub fn item_errors(&self) -> &[ItemError] {
+        &self.item_errors
+    }
+
+    /// How many items failed in all (may exceed the errors kept).
+    pub fn item_error_count(&self) -> u64 {
+        self.item_error_count
+    }
+
+    /// Notes for people.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Step-specific structured data.
+    pub fn details(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.details
+    }
+
+    /// How long the step took, in milliseconds (stamped by the runner).
+    pub fn duration_ms(&self) -> u64 {
+        self.duration_ms
+    }
+
+    /// Whether the step ran as a dry run (stamped by the runner).
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    pub(crate) fn stamp(&mut self, name: &str, duration_ms: u64, dry_run: bool) {
+        if self.name.is_empty() {
+            self.name = name.to_owned();
+        }
+        self.duration_ms = duration_ms;
+        self.dry_run = dry_run;
+    }
+}
+
+/// How a step ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// The step returned a report.
+    Succeeded,
+    /// The step returned an error (or panicked).
+    Failed,
+    /// The step did not finish within its timeout or the run's.
+    TimedOut,
+    /// The step was not started: a required step before it failed, or the run ran out of time.
+    NotRun,
+}
+
+/// Why a step failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepError {
+    /// The error, as text.
+    pub message: String,
+    /// Whether the next run may succeed without anyone doing anything.
+    pub transient: bool,
+}
+
+/// One step of a run: its status, its report and its error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepOutcome {
+    /// Step name.
+    pub name: String,
+    /// Whether the run stops when this step does not succeed.
+    pub required: bool,
+    /// How it ended.
+    pub status: StepStatus,
+    /// What it did (empty when it failed before reporting).
+    pub report: StepReport,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StepError>,
+}
+
+/// The overall result of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every step succeeded and no item failed.
+    Success,
+    /// Some steps or items failed; the rest was done.
+    Partial,
+    /// A required step failed, or no step succeeded.
+    Failed,
+    /// Another instance holds the run lock; nothing ran.
+    Skipped,
+}
+
+impl RunStatus {
+    /// Lower-case name, as in the status JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Partial => "partial",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    /// The status of a run whose steps ended as `steps`, with `run_errors` run-level errors.
+    ///
+    /// Failed when a required step did not succeed or when no step succeeded; partial when a
+    /// step did not succeed, an item failed or the run itself recorded an error; else success.
+    pub fn from_steps(steps: &[StepOutcome], run_errors: usize) -> Self {
+        let ok = |s: &StepOutcome| s.status == StepStatus::Succeeded;
+        if steps.iter().any(|s| s.required && !ok(s)) || !steps.iter().any(ok) {
+            return Self::Failed;
+        }
+        let degraded = steps
+            .iter()
+            .any(|s| !ok(s) || s.report.item_error_count() > 0);
+        if degraded || run_errors > 0 {
+            Self::Partial
+        } else {
+            Self::Success
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything one run did. Serialises with serde; [`RunReport::render_text`] is for people.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunReport {
+    /// The run's id.
+    pub id: RunId,
+    /// Name of the runner (e.g. `startup`, `upstream-sync`).
+    pub runner: String,
+    /// The run's frozen `now`.
+    pub started_at: DateTime<Utc>,
+    /// `started_at` plus the measured duration.
+    pub finished_at: DateTime<Utc>,
+    /// Wall time the run took, in milliseconds.
+    pub duration_ms: u64,
+    /// Overall result.
+    pub status: RunStatus,
+    /// Whether nothing was changed on purpose.
+    pub dry_run: bool,
+    /// Steps in the order they were configured.
+    pub steps: Vec<StepOutcome>,
+    /// Run-level errors and the errors of failed steps, as `step: message`.
+    pub errors: Vec<String>,
+    /// Remarks that are not errors (why a run was skipped, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl RunReport {
+    /// The outcome of the step called `name`.
+    pub fn step(&self, name: &str) -> Option<&StepOutcome> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// All steps' counters added together, in first-seen order.
+    pub fn totals(&self) -> Counters {
+        let mut all = Counters::new();
+        for s in &self.steps {
+            all.merge(s.report.counters());
+        }
+        all
+    }
+
+    /// A counter summed over all steps (zero if no step touched it).
+    pub fn count(&self, counter: Counter) -> u64 {
+        self.steps
+            .iter()
+            .map(|s| s.report.count(counter))
+            .fold(0, u64::saturating_add)
+    }
+
+    /// Every error of the run: run-level errors, failed steps and failed items, as text.
+    pub fn all_errors(&self) -> Vec<String> {
+        let mut out = self.errors.clone();
+        for s in &self.steps {
+            for e in s.report.item_errors() {
+                out.push(format!("{}: {}: {}", s.name, e.key, e.reason));
+            }
+            let hidden = s.report.item_error_count() - s.report.item_errors().len() as u64;
+            if hidden > 0 {
+                out.push(format!("{}: {hidden} more item errors not kept", s.name));
+            }
+        }
+        out
+    }
+
+    /// The plain-text report (see [`crate::render_text`]).
+    pub fn render_text(&self) -> String {
+        crate::status::render_text(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Counter = Counter::new("a");
+
+    fn outcome(status: StepStatus, required: bool, item_errors: usize) -> StepOutcome {
+        let mut report = StepReport::new("s");
+        for i in 0..item_errors {
+            report.push_error(i.to_string(), "bad");
+        }
+        StepOutcome {
+            name: "s".into(),
+            required,
+            status,
+            report,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn status_rules() {
+        use StepStatus::*;
+        let st = |v: Vec<StepOutcome>| RunStatus::from_steps(&v, 0);
+        assert_eq!(st(vec![outcome(Succeeded, false, 0)]), RunStatus::Success);
+        assert_eq!(st(vec![outcome(Succeeded, false, 1)]), RunStatus::Partial);
+        assert_eq!(
+            st(vec![
+                outcome(Succeeded, false, 0),
+                outcome(Failed, false, 0)
+            ]),
+            RunStatus::Partial
+        );
+        assert_eq!(
+            st(vec![outcome(Failed, true, 0), outcome(NotRun, false, 0)]),
+            RunStatus::Failed
+        );
+        assert_eq!(st(vec![outcome(TimedOut, false, 0)]), RunStatus::Failed);
+        assert_eq!(st(vec![]), RunStatus::Failed);
+        assert_eq!(
+            RunStatus::from_steps(&[outcome(Succeeded, false, 0)], 1),
+            RunStatus::Partial
+        );
+    }
+
+    #[test]
+    fn counters_keep_order_and_round_trip() {
+        let mut r = StepReport::new("x");
+        r.add(Counter::new("zeta"), 1)
+            .add(A, 2)
+            .add(Counter::new("zeta"), 3);
+        let json = serde_json::to_string(r.counters()).unwrap();
+        assert_eq!(json, r#"{"zeta":4,"a":2}"#);
+        let back: Counters = serde_json::from_str(&json).unwrap();
+        assert_eq!(&back, r.counters());
+        r.add(A, u64::MAX);
+        assert_eq!(r.count(A), u64::MAX, "counters saturate");
+    }
+
+    #[test]
+    fn item_errors_are_capped_but_counted() {
+        let mut r = StepReport::new("x");
+        for i in 0..(StepReport::MAX_ITEM_ERRORS + 5) {
+            r.push_error(i.to_string(), "bad");
+        }
+        assert_eq!(r.item_errors().len(), StepReport::MAX_ITEM_ERRORS);
+        assert_eq!(r.item_error_count(), StepReport::MAX_ITEM_ERRORS as u64 + 5);
+    }
+}

@@ -1,0 +1,701 @@
+//! The runner: steps in order, graceful degradation, timeouts, dry-run, single-flight,
+//! periodic runs, and the run log.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::time::{Instant, sleep_until, timeout_at};
+use tracing::Instrument;
+use tracing::field::{Empty, display};
+
+use crate::{
+    Error, LockAttempt, ProgressHook, Reconciler, Result, RunContext, RunId, RunLock, RunLog,
+    RunReport, RunStatus, StatusView, StepError, StepOutcome, StepReport, StepStatus, SystemClock,
+    TimeSource,
+};
+
+/// How the runner treats one step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepOptions {
+    required: bool,
+    timeout: Option<Duration>,
+}
+
+impl StepOptions {
+    /// Optional step, runner-wide timeout.
+    pub const fn new() -> Self {
+        Self {
+            required: false,
+            timeout: None,
+        }
+    }
+
+    /// If this step does not succeed, the run stops and is `failed` (a health check, say).
+    #[must_use]
+    pub const fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+
+    /// Give up on the step after `timeout` (overrides the runner's step timeout).
+    #[must_use]
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+struct Step {
+    name: String,
+    reconciler: Arc<dyn Reconciler>,
+    options: StepOptions,
+}
+
+/// Per-call overrides for [`Runner::run_with`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// Override the runner's dry-run setting for this run.
+    pub dry_run: Option<bool>,
+}
+
+impl RunOptions {
+    /// Run this call as a dry run (or not).
+    pub const fn dry_run(dry_run: bool) -> Self {
+        Self {
+            dry_run: Some(dry_run),
+        }
+    }
+}
+
+/// Builds a [`Runner`]. See [`Runner::builder`].
+pub struct RunnerBuilder {
+    name: String,
+    steps: Vec<Step>,
+    time_source: Arc<dyn TimeSource>,
+    step_timeout: Option<Duration>,
+    run_timeout: Option<Duration>,
+    run_log: Option<Arc<dyn RunLog>>,
+    lock: Option<(Arc<dyn RunLock>, Duration)>,
+    dry_run: bool,
+    progress: Option<ProgressHook>,
+}
+
+impl fmt::Debug for RunnerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunnerBuilder")
+            .field("name", &self.name)
+            .field(
+                "steps",
+                &self.steps.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunnerBuilder {
+    /// Add an optional step: if it fails, later steps still run.
+    #[must_use]
+    pub fn step(self, reconciler: impl Reconciler + 'static) -> Self {
+        self.step_with(reconciler, StepOptions::new())
+    }
+
+    /// Add a required step: if it fails, the run stops and is `failed`.
+    #[must_use]
+    pub fn required_step(self, reconciler: impl Reconciler + 'static) -> Self {
+        self.step_with(reconciler, StepOptions::new().required())
+    }
+
+    /// Add a step with explicit options.
+    #[must_use]
+    pub fn step_with(
+        mut self,
+        reconciler: impl Reconciler + 'static,
+        options: StepOptions,
+    ) -> Self {
+        self.steps.push(Step {
+            name: reconciler.name().to_owned(),
+            reconciler: Arc::new(reconciler),
+            options,
+        });
+        self
+    }
+
+    /// Where `now` comes from (default: the system clock). A store may offer the database's
+    /// clock here so that every instance agrees on the time.
+    #[must_use]
+    pub fn time_source(mut self, source: Arc<dyn TimeSource>) -> Self {
+        self.time_source = source;
+        self
+    }
+
+    /// Default timeout for every step without its own.
+    #[must_use]
+    pub fn step_timeout(mut self, timeout: Duration) -> Self {
+        self.step_timeout = Some(timeout);
+        self
+    }
+
+    /// Timeout for the whole run; steps not started by then are reported as not run.
+    #[must_use]
+    pub fn run_timeout(mut self, timeout: Duration) -> Self {
+        self.run_timeout = Some(timeout);
+        self
+    }
+
+    /// Persist every finished run here.
+    #[must_use]
+    pub fn run_log(mut self, log: Arc<dyn RunLog>) -> Self {
+        self.run_log = Some(log);
+        self
+    }
+
+    /// Run at most one instance at a time across processes: before each run take `lock`
+    /// (named after the runner) for `ttl`; if another instance holds it the run is `skipped`.
+    /// `ttl` must cover a whole run, so it may not be shorter than the run timeout.
+    #[must_use]
+    pub fn lock(mut self, lock: Arc<dyn RunLock>, ttl: Duration) -> Self {
+        self.lock = Some((lock, ttl));
+        self
+    }
+
+    /// Make every run a dry run unless [`RunOptions`] say otherwise.
+    #[must_use]
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// Receive progress reports from long steps.
+    #[must_use]
+    pub fn progress(mut self, hook: ProgressHook) -> Self {
+        self.progress = Some(hook);
+        self
+    }
+
+    /// Check the configuration and build the runner.
+    ///
+    /// Errors: no steps, an empty or duplicate step name, a zero timeout, or a lock
+    /// time-to-live shorter than the run timeout.
+    pub fn build(self) -> Result<Runner> {
+        if self.name.trim().is_empty() {
+            return Err(Error::config("the runner needs a name"));
+        }
+        if self.steps.is_empty() {
+            return Err(Error::config(format!(
+                "runner `{}` has no steps",
+                self.name
+            )));
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            if s.name.trim().is_empty() {
+                return Err(Error::config(format!("step {} has an empty name", i + 1)));
+            }
+            if self.steps[..i].iter().any(|o| o.name == s.name) {
+                return Err(Error::config(format!(
+                    "two steps are called `{}`; step names must be unique",
+                    s.name
+                )));
+            }
+            if s.options.timeout == Some(Duration::ZERO) {
+                return Err(Error::config(format!(
+                    "step `{}` has a zero timeout",
+                    s.name
+                )));
+            }
+        }
+        if self.step_timeout == Some(Duration::ZERO) || self.run_timeout == Some(Duration::ZERO) {
+            return Err(Error::config("timeouts must be greater than zero"));
+        }
+        if let (Some((_, ttl)), Some(run)) = (&self.lock, self.run_timeout)
+            && *ttl < run
+        {
+            return Err(Error::config(format!(
+                "lock ttl {ttl:?} is shorter than the run timeout {run:?}: a slow run would \
+                 lose its lock while still running"
+            )));
+        }
+        Ok(Runner {
+            inner: Arc::new(Inner {
+                name: self.name,
+                steps: self.steps,
+                time_source: self.time_source,
+                step_timeout: self.step_timeout,
+                run_timeout: self.run_timeout,
+                run_log: self.run_log,
+                lock: self.lock,
+                dry_run: self.dry_run,
+                progress: self.progress,
+                created: Instant::now(),
+                state: Mutex::default(),
+            }),
+        })
+    }
+}
+
+#[derive(Default)]
+struct State {
+    last: Option<RunReport>,
+    next_run: Option<DateTime<Utc>>,
+}
+
+struct Inner {
+    name: String,
+    steps: Vec<Step>,
+    time_source: Arc<dyn TimeSource>,
+    step_timeout: Option<Duration>,
+    run_timeout: Option<Duration>,
+    run_log: Option<Arc<dyn RunLog>>,
+    lock: Option<(Arc<dyn RunLock>, Duration)>,
+    dry_run: bool,
+    progress: Option<ProgressHook>,
+    created: Instant,
+    state: Mutex<State>,
+}
+
+/// Runs reconciliation steps in order and reports what they did.
+///
+/// - A step that fails, panics or times out is recorded and the next step still runs, unless
+///   the step is required: then the run stops and is `failed`.
+/// - `now` is read once per run from the time source and handed to every step.
+/// - Dry-run reaches every step through [`RunContext::is_dry_run`].
+/// - With a [`RunLock`], only one instance runs at a time; the others get a `skipped` report.
+/// - The finished report goes to the [`RunLog`], if one is configured, and to
+///   [`Runner::status`].
+///
+/// Cheap to clone: clones share steps and status.
+///
+/// ```
+/// # use recon_core::*;
+/// # struct Noop;
+/// # #[async_trait]
+/// # impl Reconciler for Noop {
+/// #     fn name(&self) -> &str { "noop" }
+/// #     async fn reconcile(&self, _: &RunContext) -> Result<StepReport> { Ok(StepReport::new("noop")) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<()> {
+/// let runner = Runner::builder("startup")
+///     .step(Noop)
+///     .step_timeout(std::time::Duration::from_secs(30))
+///     .build()?;
+/// let report = runner.run().await;
+/// assert_eq!(report.status, RunStatus::Success);
+/// println!("{}", report.render_text());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Runner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runner")
+            .field("name", &self.inner.name)
+            .field(
+                "steps",
+                &self.inner.steps.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            )
+            .field("dry_run", &self.inner.dry_run)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runner {
+    /// Start building a runner called `name` (it names the run in logs, the lock and reports).
+    pub fn builder(name: impl Into<String>) -> RunnerBuilder {
+        RunnerBuilder {
+            name: name.into(),
+            steps: Vec::new(),
+            time_source: Arc::new(SystemClock),
+            step_timeout: None,
+            run_timeout: None,
+            run_log: None,
+            lock: None,
+            dry_run: false,
+            progress: None,
+        }
+    }
+
+    /// The runner's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Run every step once, with the runner's settings.
+    pub async fn run(&self) -> RunReport {
+        self.run_with(RunOptions::default()).await
+    }
+
+    /// Run every step once, with per-call overrides.
+    pub async fn run_with(&self, options: RunOptions) -> RunReport {
+        let inner = &self.inner;
+        let dry_run = options.dry_run.unwrap_or(inner.dry_run);
+        let span = tracing::info_span!(
+            "recon.run",
+            runner = %inner.name,
+            run_id = Empty,
+            dry_run,
+            status = Empty,
+            duration_ms = Empty,
+        );
+        let report = self.run_inner(dry_run, span.clone()).instrument(span).await;
+        let mut state = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.last = Some(report.clone());
+        report
+    }
+
+    async fn run_inner(&self, dry_run: bool, span: tracing::Span) -> RunReport {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let (now, mut errors) = match inner.time_source.fetch_now().await {
+            Ok(now) => (now, Vec::new()),
+            // Without a trusted time no decision can be made; report with the local clock.
+            Err(e) => (Utc::now(), vec![format!("time source: {e}")]),
+        };
+        let id = RunId::generate(now);
+        span.record("run_id", display(&id));
+        let mut report = RunReport {
+            id: id.clone(),
+            runner: inner.name.clone(),
+            started_at: now,
+            finished_at: now,
+            duration_ms: 0,
+            status: RunStatus::Failed,
+            dry_run,
+            steps: Vec::new(),
+            errors: Vec::new(),
+            notes: Vec::new(),
+        };
+        if !errors.is_empty() {
+            report.errors = errors;
+            return self.finish(report, started, &span, None).await;
+        }
+
+        let guard = match &inner.lock {
+            None => None,
+            Some((lock, ttl)) => match lock.try_acquire(&inner.name, *ttl).await {
+                Ok(LockAttempt::Acquired(guard)) => Some(guard),
+                Ok(LockAttempt::HeldByOther { holder, until }) => {
+                    let mut note = format!("run lock `{}` is held by another instance", inner.name);
+                    if let Some(h) = holder {
+                        note.push_str(&format!(" ({h})"));
+                    }
+                    if let Some(u) = until {
+                        note.push_str(&format!(" until {}", u.to_rfc3339()));
+                    }
+                    report.status = RunStatus::Skipped;
+                    report.notes.push(note);
+                    return self.finish(report, started, &span, None).await;
+                }
+                Err(e) => {
+                    report.errors.push(format!("run lock: {e}"));
+                    return self.finish(report, started, &span, None).await;
+                }
+            },
+        };
+
+        let run_deadline = inner.run_timeout.map(|t| started + t);
+        let mut base = RunContext::new(now).with_run_id(id).with_dry_run(dry_run);
+        if let Some(hook) = &inner.progress {
+            base = base.with_progress(hook.clone());
+        }
+        let mut stop: Option<String> = None;
+        for step in &inner.steps {
+            if let Some(reason) = &stop {
+                report.steps.push(not_run(step, reason));
+                continue;
+            }
+            if run_deadline.is_some_and(|d| Instant::now() >= d) {
+                let reason = "the run timeout was reached before it started".to_owned();
+                errors.push(format!("{}: {reason}", step.name));
+                report.steps.push(not_run(step, &reason));
+                stop = Some(reason);
+                continue;
+            }
+            let outcome = self.run_step(step, &base, dry_run, run_deadline).await;
+            if let Some(err) = &outcome.error {
+                errors.push(format!("{}: {}", step.name, err.message));
+            }
+            if outcome.status != StepStatus::Succeeded {
+                if step.options.required {
+                    stop = Some(format!("required step `{}` did not succeed", step.name));
+                } else if outcome.status == StepStatus::TimedOut
+                    && run_deadline.is_some_and(|d| Instant::now() >= d)
+                {
+                    stop = Some("the run timeout was reached".to_owned());
+                }
+            }
+            report.steps.push(outcome);
+        }
+        report.errors = errors;
+        self.finish(report, started, &span, guard).await
+    }
+
+    async fn run_step(
+        &self,
+        step: &Step,
+        base: &RunContext,
+        dry_run: bool,
+        run_deadline: Option<Instant>,
+    ) -> StepOutcome {
+        let step_started = Instant::now();
+        let step_timeout = step.options.timeout.or(self.inner.step_timeout);
+        let step_deadline = step_timeout.map(|t| step_started + t);
+        let deadline = match (step_deadline, run_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let span = tracing::info_span!(
+            "recon.step",
+            step = %step.name,
+            required = step.options.required,
+            status = Empty,
+            counters = Empty,
+            duration_ms = Empty,
+        );
+        let ctx = base.clone().with_step(&step.name).with_deadline(deadline);
+        let reconciler = step.reconciler.clone();
+        // A task of its own: a panicking step is recorded instead of taking the run down, and
+        // a timed-out step is cancelled at its next await point (its transaction rolls back).
+        let mut handle =
+            tokio::spawn(async move { reconciler.reconcile(&ctx).await }.instrument(span.clone()));
+        let joined = match deadline {
+            None => Some((&mut handle).await),
+            Some(d) => match timeout_at(d, &mut handle).await {
+                Ok(joined) => Some(joined),
+                Err(_) => {
+                    handle.abort();
+                    let _ = handle.await;
+                    None
+                }
+            },
+        };
+        let elapsed = step_started.elapsed();
+        let (status, mut report, error) = match joined {
+            Some(Ok(Ok(report))) => (StepStatus::Succeeded, report, None),
+            Some(Ok(Err(e))) => (
+                StepStatus::Failed,
+                StepReport::new(&step.name),
+                Some(StepError {
+                    message: e.to_string(),
+                    transient: e.is_transient(),
+                }),
+            ),
+            Some(Err(join)) => {
+                let message = if join.is_panic() {
+                    let payload = join.into_panic();
+                    let text = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-text panic payload".to_owned());
+                    format!("step panicked: {text}")
+                } else {
+                    "step task was cancelled".to_owned()
+                };
+                (
+                    StepStatus::Failed,
+                    StepReport::new(&step.name),
+                    Some(StepError {
+                        message,
+                        transient: false,
+                    }),
+                )
+            }
+            None => {
+                let which = if step_deadline == deadline {
+                    "step"
+                } else {
+                    "run"
+                };
+                (
+                    StepStatus::TimedOut,
+                    StepReport::new(&step.name),
+                    Some(StepError {
+                        message: format!(
+                            "timed out after {} ms ({which} timeout)",
+                            elapsed.as_millis()
+                        ),
+                        transient: true,
+                    }),
+                )
+            }
+        };
+        report.stamp(&step.name, elapsed.as_millis() as u64, dry_run);
+        span.record("status", tracing::field::debug(status));
+        span.record("duration_ms", report.duration_ms());
+        span.record("counters", display(CountersField(&report)));
+        match &error {
+            None => tracing::info!(parent: &span, "step finished"),
+            Some(e) => {
+                tracing::warn!(parent: &span, error = %e.message, transient = e.transient, "step did not succeed")
+            }
+        }
+        StepOutcome {
+            name: step.name.clone(),
+            required: step.options.required,
+            status,
+            report,
+            error,
+        }
+    }
+
+    async fn finish(
+        &self,
+        mut report: RunReport,
+        started: Instant,
+        span: &tracing::Span,
+        guard: Option<crate::LockGuard>,
+    ) -> RunReport {
+        let inner = &self.inner;
+        let mut run_errors = 0;
+        if let (Some(guard), Some((lock, _))) = (guard, &inner.lock)
+            && let Err(e) = lock.release(guard).await
+        {
+            report.errors.push(format!("run lock release: {e}"));
+            run_errors += 1;
+        }
+        let elapsed = started.elapsed();
+        report.duration_ms = elapsed.as_millis() as u64;
+        report.finished_at = report.started_at
+            + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::zero());
+        if report.status != RunStatus::Skipped {
+            if report.steps.is_empty() {
+                report.status = RunStatus::Failed;
+            } else {
+                report.status = RunStatus::from_steps(&report.steps, run_errors);
+            }
+            if let Some(log) = &inner.run_log
+                && let Err(e) = log.append(&report).await
+            {
+                report.errors.push(format!("run log: {e}"));
+                if report.status == RunStatus::Success {
+                    report.status = RunStatus::Partial;
+                }
+            }
+        }
+        span.record("status", report.status.as_str());
+        span.record("duration_ms", report.duration_ms);
+        match report.status {
+            RunStatus::Success | RunStatus::Skipped => {
+                tracing::info!(status = %report.status, "run finished")
+            }
+            _ => {
+                tracing::warn!(status = %report.status, errors = report.errors.len(), "run finished")
+            }
+        }
+        report
+    }
+
+    /// Run now, then every `interval`, until `shutdown` completes; returns how many runs ran.
+    ///
+    /// Runs never overlap: when a run takes longer than `interval`, the missed slots are
+    /// skipped and the next run starts at the next slot. A shutdown that arrives during a run
+    /// lets that run finish. [`Runner::status`] knows the next run time in between.
+    pub async fn run_periodic<F>(&self, interval: Duration, shutdown: F) -> Result<u64>
+    where
+        F: Future<Output = ()>,
+    {
+        if interval.is_zero() {
+            return Err(Error::config(
+                "the interval of a periodic runner must be > 0",
+            ));
+        }
+        tokio::pin!(shutdown);
+        let mut runs = 0_u64;
+        let mut next = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                () = sleep_until(next) => {}
+            }
+            let started = Instant::now();
+            let report = self.run().await;
+            runs += 1;
+            let now = Instant::now();
+            next = started + interval;
+            while next <= now {
+                next += interval;
+            }
+            let wait = chrono::Duration::from_std(next - now).unwrap_or(chrono::Duration::zero());
+            self.set_next_run(Some(report.finished_at + wait));
+        }
+        self.set_next_run(None);
+        Ok(runs)
+    }
+
+    fn set_next_run(&self, at: Option<DateTime<Utc>>) {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .next_run = at;
+    }
+
+    /// The most recent report of this runner in this process.
+    pub fn last_report(&self) -> Option<RunReport> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last
+            .clone()
+    }
+
+    /// When the next periodic run is due, while [`Runner::run_periodic`] is running.
+    pub fn next_run(&self) -> Option<DateTime<Utc>> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .next_run
+    }
+
+    /// The status view of the most recent run (the JSON of a `/reconciliation/status`
+    /// endpoint), or `None` before the first run. `uptime` counts from when the runner was built.
+    pub fn status(&self) -> Option<StatusView> {
+        let state = self
+            .inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let last = state.last.as_ref()?;
+        Some(
+            StatusView::from_report(last, self.inner.created.elapsed().as_secs())
+                .with_next_run(state.next_run),
+        )
+    }
+}
+
+fn not_run(step: &Step, reason: &str) -> StepOutcome {
+    StepOutcome {
+        name: step.name.clone(),
+        required: step.options.required,
+        status: StepStatus::NotRun,
+        report: StepReport::new(&step.name),
+        error: Some(StepError {
+            message: format!("not run: {reason}"),
+            transient: false,
+        }),
+    }
+}
+
+struct CountersField<'a>(&'a StepReport);
+
+impl fmt::Display for CountersField<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (k, v)) in self.0.counters().iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{k}={v}")?;
+        }
+        Ok(())
+    }
+}

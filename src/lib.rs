@@ -1,0 +1,46 @@
+//! # recon
+//!
+//! Reconcile a host application's derived state with the truth in its database after
+//! crashes, restarts and partial failures. This facade re-exports the workspace crates under
+//! short names:
+//!
+//! | module | crate |
+//! |--------|-------|
+//! | [`core`] | `recon-core`: `Reconciler`, `Runner`, reports, store traits |
+//! | [`retry`] | `retry-policy` |
+//! | [`lease`] | `lease-repair` |
+//! | [`rehydrate`] | `queue-rehydrate` |
+//! | [`lineage`] | `lineage-checksum` |
+//! | [`store`] | `store-sqlx` (features `sqlite` (default), `postgres`, `mysql`) |
+//!
+//! ```
+//! use recon::{async_trait, Reconciler, Result, RunContext, Runner, RunStatus, StepReport};
+//!
+//! struct Ping;
+//!
+//! #[async_trait]
+//! impl Reconciler for Ping {
+//!     fn name(&self) -> &str { "ping" }
+//!     async fn reconcile(&self, _ctx: &RunContext) -> Result<StepReport> {
+//!         Ok(StepReport::new("ping"))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<()> {
+//! let runner = Runner::builder("startup").required_step(Ping).build()?;
+//! assert_eq!(runner.run().await.status, RunStatus::Success);
+//! # Ok(()) }
+//! ```
+
+pub use lease_repair as lease;
+pub use lineage_checksum as lineage;
+pub use queue_rehydrate as rehydrate;
+pub use recon_core as core;
+pub use retry_policy as retry;
+pub use store_sqlx as store;
+
+pub use recon_core::{
+    Error, Reconciler, Result, RunContext, RunReport, RunStatus, Runner, StatusView, StepReport,
+    async_trait,
+};
