@@ -11,6 +11,9 @@ mod runner;
 mod status;
 mod store;
 
+#[cfg(test)]
+mod runner_tests;
+
 pub use async_trait::async_trait;
 
 pub use clock::{Clock, ManualClock, SystemClock, TimeSource};

@@ -49,7 +49,7 @@ impl RunLog for MemoryRunLog {
         let mut out: Vec<&RunReport> = runs.iter().filter(|r| r.runner == runner).collect();
         // newest first; among equal start times the later append wins
         out.reverse();
-        out.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        out.sort_by_key(|r| std::cmp::Reverse(r.started_at));
         Ok(out.into_iter().take(limit).cloned().collect())
     }
 
@@ -176,5 +176,127 @@ impl RunLock for MemoryRunLock {
                 name: guard.name().to_owned(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ManualClock, RunId, RunStatus};
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn run(runner: &str, at: &str) -> RunReport {
+        RunReport {
+            id: RunId::from_string(format!("{runner}-{at}")),
+            runner: runner.into(),
+            started_at: t(at),
+            finished_at: t(at),
+            duration_ms: 0,
+            status: RunStatus::Success,
+            dry_run: false,
+            steps: vec![],
+            errors: vec![],
+            notes: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn watermark_never_moves_back() {
+        let w = MemoryWatermarkStore::new();
+        assert_eq!(w.get("sync").await.unwrap(), None);
+        w.advance("sync", t("2024-01-24T10:00:00Z")).await.unwrap();
+        w.advance("sync", t("2024-01-24T10:00:00Z")).await.unwrap();
+        let err = w
+            .advance("sync", t("2024-01-24T09:59:59Z"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::WatermarkBackwards { .. }), "{err}");
+        assert!(!err.is_transient());
+        assert_eq!(
+            w.get("sync").await.unwrap(),
+            Some(t("2024-01-24T10:00:00Z"))
+        );
+        w.advance("sync", t("2024-01-24T10:30:00Z")).await.unwrap();
+        assert_eq!(
+            w.get("sync").await.unwrap(),
+            Some(t("2024-01-24T10:30:00Z"))
+        );
+        assert_eq!(w.get("other").await.unwrap(), None, "names are independent");
+    }
+
+    #[tokio::test]
+    async fn run_log_history_is_newest_first_per_runner_and_prunes() {
+        let log = MemoryRunLog::new();
+        for at in [
+            "2024-01-01T00:00:00Z",
+            "2024-01-03T00:00:00Z",
+            "2024-01-02T00:00:00Z",
+        ] {
+            log.append(&run("a", at)).await.unwrap();
+        }
+        log.append(&run("b", "2024-01-04T00:00:00Z")).await.unwrap();
+        let h = log.history("a", 10).await.unwrap();
+        let ids: Vec<_> = h.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "a-2024-01-03T00:00:00Z",
+                "a-2024-01-02T00:00:00Z",
+                "a-2024-01-01T00:00:00Z"
+            ]
+        );
+        assert_eq!(log.history("a", 1).await.unwrap().len(), 1);
+        assert_eq!(log.latest("b").await.unwrap().unwrap().runner, "b");
+        assert_eq!(log.prune(t("2024-01-02T12:00:00Z")).await.unwrap(), 2);
+        assert_eq!(log.history("a", 10).await.unwrap().len(), 1);
+        assert_eq!(log.latest("c").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn run_lock_excludes_until_release_or_ttl() {
+        let clock = ManualClock::at(t("2024-01-24T12:00:00Z"));
+        let a = MemoryRunLock::with_clock(Arc::new(clock.clone()));
+        let b = a.clone();
+        let ttl = Duration::from_secs(60);
+        let LockAttempt::Acquired(g1) = a.try_acquire("sync", ttl).await.unwrap() else {
+            panic!("free lock not acquired")
+        };
+        assert_eq!(g1.expires_at(), Some(t("2024-01-24T12:01:00Z")));
+        let LockAttempt::HeldByOther { until, .. } = b.try_acquire("sync", ttl).await.unwrap()
+        else {
+            panic!("held lock acquired twice")
+        };
+        assert_eq!(until, Some(t("2024-01-24T12:01:00Z")));
+        assert!(matches!(
+            b.try_acquire("other", ttl).await.unwrap(),
+            LockAttempt::Acquired(_)
+        ));
+        // the holder crashes: after the ttl another instance takes over ...
+        clock.advance(chrono::Duration::seconds(61));
+        let LockAttempt::Acquired(g2) = b.try_acquire("sync", ttl).await.unwrap() else {
+            panic!("lapsed lock not taken over")
+        };
+        // ... and the late release of the first holder must not free the new holder's lock
+        let err = a.release(g1).await.unwrap_err();
+        assert!(matches!(err, Error::LockNotHeld { .. }));
+        assert!(matches!(
+            a.try_acquire("sync", ttl).await.unwrap(),
+            LockAttempt::HeldByOther { .. }
+        ));
+        b.release(g2).await.unwrap();
+        assert!(matches!(
+            a.try_acquire("sync", ttl).await.unwrap(),
+            LockAttempt::Acquired(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn absurd_ttl_is_an_error_not_a_panic() {
+        let l = MemoryRunLock::new();
+        let err = l.try_acquire("x", Duration::MAX).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)));
     }
 }

@@ -1,0 +1,787 @@
+//! Behaviour of the runner. Steps are mockall mocks where only calls matter, and small
+//! hand-written reconcilers where a step must sleep or panic.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mockall::Sequence;
+
+use crate::reconciler::MockReconciler;
+use crate::*;
+
+fn t0() -> DateTime<Utc> {
+    "2024-01-24T12:00:00Z".parse().unwrap()
+}
+
+const TOUCHED: Counter = Counter::new("touched");
+
+fn mock(name: &str) -> MockReconciler {
+    let mut m = MockReconciler::new();
+    m.expect_name().return_const(name.to_owned());
+    m
+}
+
+fn ok_step(name: &'static str, seq: &mut Sequence) -> MockReconciler {
+    let mut m = mock(name);
+    m.expect_reconcile()
+        .times(1)
+        .in_sequence(seq)
+        .returning(move |_| {
+            let mut r = StepReport::new(name);
+            r.add(TOUCHED, 1);
+            Ok(r)
+        });
+    m
+}
+
+fn never_called(name: &str) -> MockReconciler {
+    let mut m = mock(name);
+    m.expect_reconcile().never();
+    m
+}
+
+/// A step that sleeps, then reports; counts how many copies run at once.
+struct Sleeper {
+    name: &'static str,
+    sleep: Duration,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+    runs: Arc<AtomicUsize>,
+}
+
+impl Sleeper {
+    fn new(name: &'static str, sleep: Duration) -> Self {
+        Self {
+            name,
+            sleep,
+            in_flight: Arc::default(),
+            max_in_flight: Arc::default(),
+            runs: Arc::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl Reconciler for Sleeper {
+    fn name(&self) -> &str {
+        self.name
+    }
+    async fn reconcile(&self, _ctx: &RunContext) -> Result<StepReport> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.sleep).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        Ok(StepReport::new(self.name))
+    }
+}
+
+struct Panicker;
+
+#[async_trait]
+impl Reconciler for Panicker {
+    fn name(&self) -> &str {
+        "panicker"
+    }
+    async fn reconcile(&self, _ctx: &RunContext) -> Result<StepReport> {
+        panic!("host bug in a step")
+    }
+}
+
+fn runner(name: &str) -> RunnerBuilder {
+    Runner::builder(name).time_source(Arc::new(ManualClock::at(t0())))
+}
+
+#[tokio::test]
+async fn steps_run_in_order_with_the_frozen_now() {
+    let mut seq = Sequence::new();
+    let mut a = mock("a");
+    a.expect_reconcile()
+        .times(1)
+        .in_sequence(&mut seq)
+        .withf(|ctx| ctx.now() == t0() && ctx.step() == "a" && !ctx.is_dry_run())
+        .returning(|_| Ok(StepReport::new("a")));
+    let b = ok_step("b", &mut seq);
+    let c = ok_step("c", &mut seq);
+    let report = runner("startup")
+        .step(a)
+        .step(b)
+        .step(c)
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+    let names: Vec<_> = report.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(report.count(TOUCHED), 2);
+    assert_eq!(report.started_at, t0());
+    assert!(report.errors.is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_step_does_not_stop_later_steps() {
+    let mut seq = Sequence::new();
+    let mut a = mock("a");
+    a.expect_reconcile()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| {
+            Err(Error::transient(
+                "read jobs",
+                std::io::Error::other("connection reset"),
+            ))
+        });
+    let b = ok_step("b", &mut seq);
+    let report = runner("r").step(a).step(b).build().unwrap().run().await;
+    assert_eq!(report.status, RunStatus::Partial);
+    let a = report.step("a").unwrap();
+    assert_eq!(a.status, StepStatus::Failed);
+    let err = a.error.as_ref().unwrap();
+    assert!(err.transient);
+    assert_eq!(err.message, "read jobs: connection reset");
+    assert_eq!(report.step("b").unwrap().status, StepStatus::Succeeded);
+    assert_eq!(report.errors, ["a: read jobs: connection reset"]);
+}
+
+#[tokio::test]
+async fn a_failing_required_step_stops_the_run() {
+    let mut a = mock("health");
+    a.expect_reconcile().times(1).returning(|_| {
+        Err(Error::permanent(
+            "SELECT 1",
+            std::io::Error::other("refused"),
+        ))
+    });
+    let report = runner("r")
+        .required_step(a)
+        .step(never_called("b"))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    assert_eq!(report.status, RunStatus::Failed);
+    let b = report.step("b").unwrap();
+    assert_eq!(b.status, StepStatus::NotRun);
+    assert!(
+        b.error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("required step `health`")
+    );
+}
+
+#[tokio::test]
+async fn item_errors_make_the_run_partial() {
+    let mut a = mock("a");
+    a.expect_reconcile().times(1).returning(|_| {
+        let mut r = StepReport::new("a");
+        r.push_error("job 7", "payload is not JSON");
+        Ok(r)
+    });
+    let report = runner("r").step(a).build().unwrap().run().await;
+    assert_eq!(report.status, RunStatus::Partial);
+    assert_eq!(report.all_errors(), ["a: job 7: payload is not JSON"]);
+}
+
+#[tokio::test]
+async fn a_panicking_step_is_recorded_and_the_next_step_runs() {
+    let mut seq = Sequence::new();
+    let report = runner("r")
+        .step(Panicker)
+        .step(ok_step("b", &mut seq))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    let p = report.step("panicker").unwrap();
+    assert_eq!(p.status, StepStatus::Failed);
+    assert_eq!(
+        p.error.as_ref().unwrap().message,
+        "step panicked: host bug in a step"
+    );
+    assert_eq!(report.step("b").unwrap().status, StepStatus::Succeeded);
+    assert_eq!(report.status, RunStatus::Partial);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_timeout_cancels_the_step_and_the_next_step_runs() {
+    let slow = Sleeper::new("slow", Duration::from_secs(60));
+    let mut seq = Sequence::new();
+    let report = runner("r")
+        .step_with(slow, StepOptions::new().timeout(Duration::from_secs(5)))
+        .step(ok_step("b", &mut seq))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    let s = report.step("slow").unwrap();
+    assert_eq!(s.status, StepStatus::TimedOut);
+    let e = s.error.as_ref().unwrap();
+    assert!(e.transient);
+    assert!(e.message.contains("step timeout"), "{}", e.message);
+    assert_eq!(s.report.duration_ms(), 5_000);
+    assert_eq!(report.step("b").unwrap().status, StepStatus::Succeeded);
+    assert_eq!(report.status, RunStatus::Partial);
+    assert_eq!(report.duration_ms, 5_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_runner_step_timeout_applies_to_steps_without_their_own() {
+    let report = runner("r")
+        .step(Sleeper::new("slow", Duration::from_secs(60)))
+        .step_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    assert_eq!(report.step("slow").unwrap().status, StepStatus::TimedOut);
+    assert_eq!(report.status, RunStatus::Failed, "no step succeeded");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_timeout_stops_the_current_step_and_skips_the_rest() {
+    let report = runner("r")
+        .step(Sleeper::new("a", Duration::from_secs(3)))
+        .step(Sleeper::new("b", Duration::from_secs(3)))
+        .step(never_called("c"))
+        .run_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    assert_eq!(report.step("a").unwrap().status, StepStatus::Succeeded);
+    let b = report.step("b").unwrap();
+    assert_eq!(b.status, StepStatus::TimedOut);
+    assert!(b.error.as_ref().unwrap().message.contains("run timeout"));
+    assert_eq!(b.report.duration_ms(), 2_000);
+    assert_eq!(report.step("c").unwrap().status, StepStatus::NotRun);
+    assert_eq!(report.status, RunStatus::Partial);
+    assert_eq!(report.duration_ms, 5_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn steps_see_the_earlier_of_step_and_run_deadline() {
+    let mut a = mock("a");
+    a.expect_reconcile()
+        .times(1)
+        .withf(|ctx| ctx.time_left() == Some(Duration::from_secs(3)))
+        .returning(|_| Ok(StepReport::new("a")));
+    let report = runner("r")
+        .step_with(a, StepOptions::new().timeout(Duration::from_secs(3)))
+        .run_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    assert_eq!(report.status, RunStatus::Success);
+}
+
+#[tokio::test]
+async fn dry_run_reaches_every_step() {
+    let mk = |name: &'static str| {
+        let mut m = mock(name);
+        m.expect_reconcile()
+            .times(1)
+            .withf(|ctx| ctx.is_dry_run())
+            .returning(move |_| Ok(StepReport::new(name)));
+        m
+    };
+    let runner = runner("r").step(mk("a")).step(mk("b")).build().unwrap();
+    let report = runner.run_with(RunOptions::dry_run(true)).await;
+    assert_eq!(report.status, RunStatus::Success);
+    assert!(report.dry_run);
+    assert!(report.steps.iter().all(|s| s.report.is_dry_run()));
+    assert!(report.render_text().contains("DRY RUN"));
+
+    let mut c = mock("c");
+    c.expect_reconcile()
+        .times(1)
+        .withf(|ctx| ctx.is_dry_run())
+        .returning(|_| Ok(StepReport::new("c")));
+    let report = runner_dry(c).run().await;
+    assert!(report.dry_run);
+}
+
+fn runner_dry(step: MockReconciler) -> Runner {
+    runner("r").step(step).dry_run(true).build().unwrap()
+}
+
+#[tokio::test]
+async fn a_held_lock_makes_the_run_skipped_and_runs_nothing() {
+    let clock = ManualClock::at(t0());
+    let lock = MemoryRunLock::with_clock(Arc::new(clock.clone()));
+    // another instance holds the lock
+    let LockAttempt::Acquired(theirs) = lock
+        .try_acquire("startup", Duration::from_secs(600))
+        .await
+        .unwrap()
+    else {
+        panic!("lock should be free")
+    };
+    let log = Arc::new(MemoryRunLog::new());
+    let runner = runner("startup")
+        .step(never_called("a"))
+        .lock(Arc::new(lock.clone()), Duration::from_secs(600))
+        .run_log(log.clone())
+        .build()
+        .unwrap();
+    let report = runner.run().await;
+    assert_eq!(report.status, RunStatus::Skipped);
+    assert!(report.steps.is_empty());
+    assert!(report.notes[0].contains("held by another instance"));
+    assert!(
+        log.latest("startup").await.unwrap().is_none(),
+        "skips are not logged"
+    );
+    assert_eq!(runner.status().unwrap().status, RunStatus::Skipped);
+    lock.release(theirs).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_lock_is_taken_for_the_run_and_released_after() {
+    let lock = Arc::new(MemoryRunLock::with_clock(Arc::new(ManualClock::at(t0()))));
+    let probe = lock.clone();
+    let mut a = mock("a");
+    a.expect_reconcile().times(2).returning(move |_| {
+        // while the step runs, nobody else can take the lock
+        let held = futures_lite_block_on_try(&probe);
+        assert!(held, "lock must be held during the run");
+        Ok(StepReport::new("a"))
+    });
+    let runner = runner("startup")
+        .step(a)
+        .lock(lock.clone(), Duration::from_secs(60))
+        .build()
+        .unwrap();
+    assert_eq!(runner.run().await.status, RunStatus::Success);
+    assert_eq!(
+        runner.run().await.status,
+        RunStatus::Success,
+        "released after the first run"
+    );
+}
+
+/// `MemoryRunLock::try_acquire` never awaits, so it can be polled once synchronously.
+fn futures_lite_block_on_try(lock: &MemoryRunLock) -> bool {
+    use std::task::{Context, Poll, Waker};
+    let mut fut = lock.try_acquire("startup", Duration::from_secs(1));
+    let mut cx = Context::from_waker(Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(LockAttempt::HeldByOther { .. })) => true,
+        Poll::Ready(_) => false,
+        Poll::Pending => panic!("memory lock awaited"),
+    }
+}
+
+#[test]
+fn lock_ttl_shorter_than_run_timeout_is_rejected() {
+    let err = runner("r")
+        .step(never_called("a"))
+        .run_timeout(Duration::from_secs(60))
+        .lock(Arc::new(MemoryRunLock::new()), Duration::from_secs(10))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+}
+
+#[test]
+fn bad_configurations_are_rejected() {
+    assert!(Runner::builder("r").build().is_err(), "no steps");
+    assert!(
+        Runner::builder(" ")
+            .step(never_called("a"))
+            .build()
+            .is_err(),
+        "no name"
+    );
+    let dup = Runner::builder("r")
+        .step(never_called("a"))
+        .step(never_called("a"))
+        .build()
+        .unwrap_err();
+    assert!(
+        dup.to_string().contains("two steps are called `a`"),
+        "{dup}"
+    );
+    assert!(
+        Runner::builder("r")
+            .step_with(
+                never_called("a"),
+                StepOptions::new().timeout(Duration::ZERO)
+            )
+            .build()
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn the_finished_report_goes_to_the_run_log() {
+    let log = Arc::new(MemoryRunLog::new());
+    let mut seq = Sequence::new();
+    let runner = runner("startup")
+        .step(ok_step("a", &mut seq))
+        .run_log(log.clone())
+        .build()
+        .unwrap();
+    let report = runner.run().await;
+    assert_eq!(log.latest("startup").await.unwrap(), Some(report));
+}
+
+struct BrokenLog;
+
+#[async_trait]
+impl RunLog for BrokenLog {
+    async fn append(&self, _: &RunReport) -> Result<()> {
+        Err(Error::transient(
+            "insert run",
+            std::io::Error::other("disk full"),
+        ))
+    }
+    async fn latest(&self, _: &str) -> Result<Option<RunReport>> {
+        Ok(None)
+    }
+    async fn history(&self, _: &str, _: usize) -> Result<Vec<RunReport>> {
+        Ok(vec![])
+    }
+    async fn prune(&self, _: DateTime<Utc>) -> Result<u64> {
+        Ok(0)
+    }
+}
+
+#[tokio::test]
+async fn a_run_log_failure_is_reported_not_swallowed() {
+    let mut seq = Sequence::new();
+    let report = runner("r")
+        .step(ok_step("a", &mut seq))
+        .run_log(Arc::new(BrokenLog))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    assert_eq!(report.status, RunStatus::Partial);
+    assert_eq!(report.errors, ["run log: insert run: disk full"]);
+}
+
+#[derive(Debug)]
+struct DeadDatabaseClock;
+
+#[async_trait]
+impl TimeSource for DeadDatabaseClock {
+    async fn fetch_now(&self) -> Result<DateTime<Utc>> {
+        Err(Error::transient(
+            "SELECT now()",
+            std::io::Error::other("gone"),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn no_time_means_no_decisions() {
+    let report = Runner::builder("r")
+        .step(never_called("a"))
+        .time_source(Arc::new(DeadDatabaseClock))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    assert_eq!(report.status, RunStatus::Failed);
+    assert_eq!(report.errors, ["time source: SELECT now(): gone"]);
+}
+
+#[tokio::test]
+async fn progress_reaches_the_hook() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let mut a = mock("a");
+    a.expect_reconcile().times(1).returning(|ctx| {
+        ctx.report_progress(5, Some(10));
+        Ok(StepReport::new("a"))
+    });
+    runner("r")
+        .step(a)
+        .progress(Arc::new(move |p: &Progress| {
+            sink.lock().unwrap().push((p.step.clone(), p.done, p.total))
+        }))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    assert_eq!(*seen.lock().unwrap(), [("a".to_owned(), 5, Some(10))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn periodic_runs_never_overlap_and_skip_missed_slots() {
+    let step = Sleeper::new("slow", Duration::from_millis(250));
+    let (max, runs) = (step.max_in_flight.clone(), step.runs.clone());
+    let runner = runner("periodic").step(step).build().unwrap();
+    let shutdown = tokio::time::sleep(Duration::from_millis(1_000));
+    let n = runner
+        .run_periodic(Duration::from_millis(100), shutdown)
+        .await
+        .unwrap();
+    // runs start at 0, 300, 600, 900 (each takes 250 ms; slots in between are skipped);
+    // the shutdown at 1000 lets the run started at 900 finish.
+    assert_eq!(n, 4);
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+    assert_eq!(max.load(Ordering::SeqCst), 1, "runs overlapped");
+    assert_eq!(runner.next_run(), None, "no next run after shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn periodic_runner_knows_its_next_run() {
+    let mut seq = Sequence::new();
+    let mut a = mock("a");
+    a.expect_reconcile()
+        .returning(|_| Ok(StepReport::new("a")))
+        .times(1..)
+        .in_sequence(&mut seq);
+    let runner = runner("periodic").step(a).build().unwrap();
+    let bg = runner.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        bg.run_periodic(Duration::from_secs(1800), async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let status = runner.status().expect("first run happened");
+    assert_eq!(status.next_run, Some(t0() + chrono::Duration::minutes(30)));
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["nextRun"], "2024-01-24T12:30:00.000Z");
+    assert_eq!(json["uptime"], 10);
+    tx.send(()).unwrap();
+    assert_eq!(task.await.unwrap().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn zero_interval_is_a_config_error() {
+    let mut seq = Sequence::new();
+    let runner = runner("p").step(ok_step("a", &mut seq)).build().unwrap();
+    assert_eq!(runner.run().await.status, RunStatus::Success);
+    let err = runner
+        .run_periodic(Duration::ZERO, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)));
+}
+
+fn golden_report() -> RunReport {
+    let mut lease = StepReport::new("lease-repair");
+    lease
+        .add(Counter::new("leases_repaired"), 2)
+        .add(Counter::new("jobs_requeued"), 1)
+        .add(Counter::new("jobs_failed"), 1);
+    lease.stamp("lease-repair", 12, false);
+    let mut queue = StepReport::new("queue-rehydrate");
+    queue
+        .set(Counter::new("follow_up_candidates"), 2)
+        .set(Counter::new("pending_orders"), 15);
+    queue.push_error("+573000000009", "phone number is not E.164");
+    queue.stamp("queue-rehydrate", 3, false);
+    let steps = vec![
+        StepOutcome {
+            name: "lease-repair".into(),
+            required: false,
+            status: StepStatus::Succeeded,
+            report: lease,
+            error: None,
+        },
+        StepOutcome {
+            name: "queue-rehydrate".into(),
+            required: false,
+            status: StepStatus::Succeeded,
+            report: queue,
+            error: None,
+        },
+        StepOutcome {
+            name: "verify-metrics".into(),
+            required: true,
+            status: StepStatus::Failed,
+            report: StepReport::new("verify-metrics"),
+            error: Some(StepError {
+                message: "SELECT 1: connection refused".into(),
+                transient: true,
+            }),
+        },
+    ];
+    RunReport {
+        id: RunId::from_string("20240124T120000Z-0000abcd"),
+        runner: "startup".into(),
+        started_at: t0(),
+        finished_at: t0() + chrono::Duration::milliseconds(20),
+        duration_ms: 20,
+        status: RunStatus::from_steps(&steps, 0),
+        dry_run: false,
+        steps,
+        errors: vec!["verify-metrics: SELECT 1: connection refused".into()],
+        notes: vec![],
+    }
+}
+
+#[test]
+fn status_view_golden_json() {
+    let view = StatusView::from_report(&golden_report(), 3600);
+    let json = serde_json::to_string_pretty(&view).unwrap();
+    let expected = r#"{
+  "status": "failed",
+  "timestamp": "2024-01-24T12:00:00.000Z",
+  "results": {
+    "leasesRepaired": 2,
+    "jobsRequeued": 1,
+    "jobsFailed": 1,
+    "followUpCandidates": 2,
+    "pendingOrders": 15
+  },
+  "errors": [
+    "verify-metrics: SELECT 1: connection refused",
+    "queue-rehydrate: +573000000009: phone number is not E.164"
+  ],
+  "uptime": 3600
+}"#;
+    assert_eq!(json, expected);
+    let with_next = view.with_next_run(Some(t0() + chrono::Duration::minutes(30)));
+    assert_eq!(
+        with_next.to_json()["nextRun"],
+        serde_json::json!("2024-01-24T12:30:00.000Z")
+    );
+}
+
+#[test]
+fn status_view_caps_errors() {
+    let mut r = golden_report();
+    r.errors = (0..200).map(|i| format!("e{i}")).collect();
+    let view = StatusView::from_report(&r, 0);
+    assert_eq!(view.errors.len(), STATUS_MAX_ERRORS);
+    assert_eq!(view.errors.last().unwrap(), "... and 152 more");
+}
+
+#[test]
+fn run_report_round_trips_through_json() {
+    let r = golden_report();
+    let json = serde_json::to_string(&r).unwrap();
+    let back: RunReport = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, r);
+}
+
+#[test]
+fn text_report_golden() {
+    let text = golden_report().render_text();
+    let expected = "\
+=== Reconciliation Run: 2024-01-24 12:00 UTC (startup) ===
+Run 20240124T120000Z-0000abcd · status: failed · 20 ms
+
+1. lease-repair: ok (12 ms)
+     leases repaired ......... 2
+     jobs requeued ........... 1
+     jobs failed ............. 1
+
+2. queue-rehydrate: ok (3 ms)
+     follow up candidates .... 2
+     pending orders .......... 15
+     ! +573000000009: phone number is not E.164
+
+3. verify-metrics: FAILED (0 ms) [required]
+     error: SELECT 1: connection refused (transient: the next run may succeed)
+
+Errors (1):
+  - verify-metrics: SELECT 1: connection refused
+";
+    assert_eq!(text, expected);
+}
+
+mod spans {
+    //! The runner's tracing spans carry the run and step fields, counters included.
+    use super::*;
+    use std::collections::HashMap;
+    use std::fmt::Debug;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata, Subscriber};
+
+    #[derive(Default)]
+    struct Recorded {
+        next: u64,
+        spans: HashMap<u64, (String, HashMap<String, String>)>,
+    }
+
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Recorded>>);
+
+    struct Fields<'a>(&'a mut HashMap<String, String>);
+    impl Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+    }
+
+    impl Subscriber for Recorder {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+            let mut r = self.0.lock().unwrap();
+            r.next += 1;
+            let mut fields = HashMap::new();
+            attrs.record(&mut Fields(&mut fields));
+            let id = r.next;
+            r.spans
+                .insert(id, (attrs.metadata().name().to_owned(), fields));
+            Id::from_u64(id)
+        }
+        fn record(&self, span: &Id, values: &Record<'_>) {
+            let mut r = self.0.lock().unwrap();
+            if let Some((_, fields)) = r.spans.get_mut(&span.into_u64()) {
+                values.record(&mut Fields(fields));
+            }
+        }
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, _: &Event<'_>) {}
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    #[test]
+    fn run_and_step_spans_carry_counters() {
+        let recorder = Recorder::default();
+        tracing::subscriber::with_default(recorder.clone(), || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut a = mock("lease-repair");
+                a.expect_reconcile().returning(|_| {
+                    let mut r = StepReport::new("lease-repair");
+                    r.add(Counter::new("leases_repaired"), 2)
+                        .add(Counter::new("jobs_requeued"), 1);
+                    Ok(r)
+                });
+                runner("startup").step(a).build().unwrap().run().await;
+            });
+        });
+        let rec = recorder.0.lock().unwrap();
+        let by_name = |n: &str| {
+            rec.spans
+                .values()
+                .find(|(name, _)| name == n)
+                .map(|(_, f)| f.clone())
+                .unwrap_or_else(|| panic!("no span {n}"))
+        };
+        let run = by_name("recon.run");
+        assert_eq!(run["runner"], "startup");
+        assert_eq!(run["status"], "success");
+        assert!(run["run_id"].starts_with("20240124T120000Z-"));
+        let step = by_name("recon.step");
+        assert_eq!(step["step"], "lease-repair");
+        assert_eq!(step["counters"], "leases_repaired=2 jobs_requeued=1");
+        assert_eq!(step["status"], "Succeeded");
+    }
+}
