@@ -1,1 +1,22 @@
 #![doc = include_str!("../README.md")]
+
+mod db;
+mod dialect;
+mod error;
+mod ident;
+mod lock;
+mod migrate;
+mod run_log;
+mod value;
+mod watermark;
+
+pub use db::{ConnectOptions, Db};
+pub use dialect::{Dialect, TimestampFormat};
+pub use error::{Error, Result, is_transient_sqlx};
+pub use ident::{Ident, TableName};
+pub use lock::{LockMode, SqlRunLock};
+pub use run_log::SqlRunLog;
+pub use watermark::SqlWatermarkStore;
+
+/// The sqlx version this crate is built on, re-exported so hosts can name pool types.
+pub use sqlx;

@@ -1,0 +1,489 @@
+//! A connection pool for one of the three backends, and the two primitives every store is
+//! written with: `execute` and `fetch`, on the pool or inside a transaction.
+//!
+//! Stores build SQL text (validated, quoted identifiers only) and a list of bound [`Value`]s
+//! once, in shared code; the macro below expands binding and decoding per backend.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
+
+use crate::error::{Context, redact_url};
+use crate::value::{Kind, Value, from_millis};
+use crate::{Dialect, Error, Result, TimestampFormat};
+
+#[derive(Clone, Debug)]
+pub(crate) enum Pool {
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::SqlitePool),
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+    #[cfg(feature = "mysql")]
+    MySql(sqlx::MySqlPool),
+}
+
+pub(crate) enum Tx {
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    #[cfg(feature = "mysql")]
+    MySql(sqlx::Transaction<'static, sqlx::MySql>),
+}
+
+/// Every dynamic statement passes through here. Identifiers in `sql` come from validated
+/// [`Ident`](crate::Ident)s and are quoted; every value is a bound parameter.
+fn audited(sql: &str) -> AssertSqlSafe<String> {
+    AssertSqlSafe(sql.to_owned())
+}
+
+macro_rules! backend {
+    ($feat:literal, $module:ident, $DB:ty, $Row:ty, $unsigned:expr) => {
+        #[cfg(feature = $feat)]
+        mod $module {
+            use super::*;
+            use sqlx::Row as _;
+
+            #[allow(unused_variables)]
+            fn unsigned(row: &$Row, i: usize) -> Result<Option<i64>, sqlx::Error> {
+                $unsigned(row, i)
+            }
+
+            pub(super) type Query<'q> =
+                sqlx::query::Query<'q, $DB, <$DB as sqlx::Database>::Arguments>;
+
+            pub(super) fn bind<'q>(sql: &str, args: &[Value]) -> Query<'q> {
+                let mut q = sqlx::query::<$DB>(audited(sql));
+                for a in args {
+                    q = match a {
+                        Value::Int(v) => q.bind(*v),
+                        Value::Text(v) => q.bind(v.clone()),
+                        // recon's own SQLite tables keep fixed-width RFC 3339 text, so that
+                        // text order is time order; the other backends have native types.
+                        Value::Ts(v) if $feat == "sqlite" => {
+                            q.bind(v.map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()))
+                        }
+                        Value::Ts(v) => q.bind(*v),
+                        Value::Float(v) => q.bind(*v),
+                    };
+                }
+                q
+            }
+
+            /// Host tables use every integer width; accept them all as `i64`.
+            fn int(row: &$Row, i: usize) -> Result<Option<i64>, sqlx::Error> {
+                if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+                    return Ok(v);
+                }
+                if let Ok(v) = row.try_get::<Option<i32>, _>(i) {
+                    return Ok(v.map(i64::from));
+                }
+                if let Ok(v) = row.try_get::<Option<i16>, _>(i) {
+                    return Ok(v.map(i64::from));
+                }
+                if let Ok(v) = row.try_get::<Option<i8>, _>(i) {
+                    return Ok(v.map(i64::from));
+                }
+                if let Ok(v) = row.try_get::<Option<bool>, _>(i) {
+                    return Ok(v.map(i64::from));
+                }
+                // unsigned MySQL columns; values above i64::MAX are rejected, not wrapped
+                unsigned(row, i)
+            }
+
+            pub(super) fn decode(row: &$Row, kinds: &[Kind]) -> Result<Vec<Value>, sqlx::Error> {
+                let mut out = Vec::with_capacity(kinds.len());
+                for (i, kind) in kinds.iter().enumerate() {
+                    out.push(match kind {
+                        Kind::Int => Value::Int(int(row, i)?),
+                        Kind::Text => Value::Text(row.try_get::<Option<String>, _>(i)?),
+                        Kind::Float => Value::Float(match row.try_get::<Option<f64>, _>(i) {
+                            Ok(v) => v,
+                            Err(_) => match row.try_get::<Option<f32>, _>(i) {
+                                Ok(v) => v.map(f64::from),
+                                Err(_) => int(row, i)?.map(|v| v as f64),
+                            },
+                        }),
+                        Kind::Ts(TimestampFormat::UnixMillis) if $feat == "sqlite" => {
+                            match row.try_get::<Option<i64>, _>(i)? {
+                                None => Value::Ts(None),
+                                Some(ms) => Value::Ts(Some(from_millis(ms).ok_or_else(|| {
+                                    sqlx::Error::Decode(
+                                        format!("{ms} ms is outside the calendar").into(),
+                                    )
+                                })?)),
+                            }
+                        }
+                        Kind::Ts(_) => Value::Ts(row.try_get::<Option<DateTime<Utc>>, _>(i)?),
+                    });
+                }
+                Ok(out)
+            }
+        }
+    };
+}
+
+#[cfg(feature = "mysql")]
+fn unsigned_mysql(row: &sqlx::mysql::MySqlRow, i: usize) -> Result<Option<i64>, sqlx::Error> {
+    use sqlx::Row as _;
+    match row.try_get::<Option<u64>, _>(i)? {
+        None => Ok(None),
+        Some(v) => i64::try_from(v).map(Some).map_err(|_| {
+            sqlx::Error::Decode(format!("{v} does not fit in a signed 64-bit integer").into())
+        }),
+    }
+}
+
+/// Backends without unsigned integer types: the signed attempts above already failed.
+#[allow(dead_code)]
+fn no_unsigned<R: sqlx::Row>(row: &R, i: usize) -> Result<Option<i64>, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
+    let _ = row.try_get_raw(i)?;
+    Err(sqlx::Error::Decode(
+        format!("column {i} is not an integer").into(),
+    ))
+}
+
+backend!(
+    "sqlite",
+    sqlite_impl,
+    sqlx::Sqlite,
+    sqlx::sqlite::SqliteRow,
+    no_unsigned
+);
+backend!(
+    "postgres",
+    pg_impl,
+    sqlx::Postgres,
+    sqlx::postgres::PgRow,
+    no_unsigned
+);
+backend!(
+    "mysql",
+    mysql_impl,
+    sqlx::MySql,
+    sqlx::mysql::MySqlRow,
+    unsigned_mysql
+);
+
+/// Expand `$body` once per backend with `$m` naming the backend's helper module and `$p`
+/// bound to its pool / transaction.
+macro_rules! on_backend {
+    ($value:expr, $Enum:ident, $p:ident, $m:ident => $body:expr) => {
+        match $value {
+            #[cfg(feature = "sqlite")]
+            $Enum::Sqlite($p) => {
+                #[allow(unused_imports)]
+                use sqlite_impl as $m;
+                $body
+            }
+            #[cfg(feature = "postgres")]
+            $Enum::Postgres($p) => {
+                #[allow(unused_imports)]
+                use pg_impl as $m;
+                $body
+            }
+            #[cfg(feature = "mysql")]
+            $Enum::MySql($p) => {
+                #[allow(unused_imports)]
+                use mysql_impl as $m;
+                $body
+            }
+        }
+    };
+}
+
+/// Connection settings for [`Db::connect_with`].
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Most connections the pool opens (default 5).
+    pub max_connections: u32,
+    /// How long to wait for a connection before giving up (default 10 s).
+    pub acquire_timeout: Duration,
+    /// SQLite only: how long a writer waits for another writer's lock (default 10 s).
+    pub busy_timeout: Duration,
+    /// PostgreSQL only: the `search_path` for every connection (tests isolate themselves in
+    /// a schema this way).
+    pub search_path: Option<String>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 5,
+            acquire_timeout: Duration::from_secs(10),
+            busy_timeout: Duration::from_secs(10),
+            search_path: None,
+        }
+    }
+}
+
+/// A pool of connections to SQLite, PostgreSQL or MySQL/MariaDB: the handle every SQL store
+/// is built from. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> store_sqlx::Result<()> {
+/// let db = store_sqlx::Db::connect("sqlite:recon-demo.sqlite").await?;
+/// db.migrate().await?; // recon's own tables
+/// println!("{} says it is {}", db.dialect().name(), db.now().await?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub(crate) pool: Pool,
+    dialect: Dialect,
+}
+
+impl Db {
+    /// Connect with default [`ConnectOptions`]. The URL scheme picks the backend:
+    /// `sqlite:path` (the file is created if missing), `postgres://…`, `mysql://…` /
+    /// `mariadb://…`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, ConnectOptions::default()).await
+    }
+
+    /// Connect with explicit options.
+    pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self> {
+        let shown = redact_url(url);
+        let unsupported = |reason: &str| Error::UnsupportedUrl {
+            url: shown.clone(),
+            reason: reason.to_owned(),
+        };
+        let scheme = url
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        fn pool_opts<DB: sqlx::Database>(o: &ConnectOptions) -> sqlx::pool::PoolOptions<DB> {
+            sqlx::pool::PoolOptions::new()
+                .max_connections(o.max_connections.max(1))
+                .acquire_timeout(o.acquire_timeout)
+        }
+        let what = format!("connect to {shown}");
+        match scheme.as_str() {
+            "sqlite" => {
+                #[cfg(feature = "sqlite")]
+                {
+                    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+                    let opts = SqliteConnectOptions::from_str(url)
+                        .map_err(|e| unsupported(&e.to_string()))?
+                        .create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .busy_timeout(options.busy_timeout);
+                    let pool = pool_opts(&options)
+                        .connect_with(opts)
+                        .await
+                        .context(&what)?;
+                    Ok(Self::from_pool(Pool::Sqlite(pool)))
+                }
+                #[cfg(not(feature = "sqlite"))]
+                Err(unsupported("this build has no `sqlite` feature"))
+            }
+            "postgres" | "postgresql" => {
+                #[cfg(feature = "postgres")]
+                {
+                    let mut opts = sqlx::postgres::PgConnectOptions::from_str(url)
+                        .map_err(|e| unsupported(&e.to_string()))?;
+                    if let Some(path) = &options.search_path {
+                        opts = opts.options([("search_path", path.as_str())]);
+                    }
+                    let pool = pool_opts(&options)
+                        .connect_with(opts)
+                        .await
+                        .context(&what)?;
+                    Ok(Self::from_pool(Pool::Postgres(pool)))
+                }
+                #[cfg(not(feature = "postgres"))]
+                Err(unsupported("this build has no `postgres` feature"))
+            }
+            "mysql" | "mariadb" => {
+                #[cfg(feature = "mysql")]
+                {
+                    let url = url.replacen("mariadb:", "mysql:", 1);
+                    let opts = sqlx::mysql::MySqlConnectOptions::from_str(&url)
+                        .map_err(|e| unsupported(&e.to_string()))?;
+                    let pool = pool_opts(&options)
+                        .connect_with(opts)
+                        .await
+                        .context(&what)?;
+                    Ok(Self::from_pool(Pool::MySql(pool)))
+                }
+                #[cfg(not(feature = "mysql"))]
+                Err(unsupported("this build has no `mysql` feature"))
+            }
+            _ => Err(unsupported("unknown scheme")),
+        }
+    }
+
+    /// Wrap an existing SQLite pool (the host's own).
+    #[cfg(feature = "sqlite")]
+    pub fn from_sqlite(pool: sqlx::SqlitePool) -> Self {
+        Self::from_pool(Pool::Sqlite(pool))
+    }
+
+    /// Wrap an existing PostgreSQL pool (the host's own).
+    #[cfg(feature = "postgres")]
+    pub fn from_postgres(pool: sqlx::PgPool) -> Self {
+        Self::from_pool(Pool::Postgres(pool))
+    }
+
+    /// Wrap an existing MySQL/MariaDB pool (the host's own).
+    #[cfg(feature = "mysql")]
+    pub fn from_mysql(pool: sqlx::MySqlPool) -> Self {
+        Self::from_pool(Pool::MySql(pool))
+    }
+
+    fn from_pool(pool: Pool) -> Self {
+        let dialect = match &pool {
+            #[cfg(feature = "sqlite")]
+            Pool::Sqlite(_) => Dialect::Sqlite,
+            #[cfg(feature = "postgres")]
+            Pool::Postgres(_) => Dialect::Postgres,
+            #[cfg(feature = "mysql")]
+            Pool::MySql(_) => Dialect::MySql,
+        };
+        Self { pool, dialect }
+    }
+
+    /// The backend's dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The SQLite pool, if this is SQLite (for the host's own queries).
+    #[cfg(feature = "sqlite")]
+    pub fn as_sqlite(&self) -> Option<&sqlx::SqlitePool> {
+        #[allow(unreachable_patterns)]
+        match &self.pool {
+            Pool::Sqlite(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The PostgreSQL pool, if this is PostgreSQL.
+    #[cfg(feature = "postgres")]
+    pub fn as_postgres(&self) -> Option<&sqlx::PgPool> {
+        #[allow(unreachable_patterns)]
+        match &self.pool {
+            Pool::Postgres(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The MySQL/MariaDB pool, if this is MySQL/MariaDB.
+    #[cfg(feature = "mysql")]
+    pub fn as_mysql(&self) -> Option<&sqlx::MySqlPool> {
+        #[allow(unreachable_patterns)]
+        match &self.pool {
+            Pool::MySql(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// `SELECT 1`: fails with a transient error when the database is unreachable.
+    pub async fn ping(&self) -> Result<()> {
+        self.fetch("SELECT 1", &[], &[Kind::Int]).await.map(drop)
+    }
+
+    /// The database's clock (`CURRENT_TIMESTAMP` in UTC, with sub-second precision where the
+    /// backend has it), so that every instance agrees on lease expiry.
+    pub async fn now(&self) -> Result<DateTime<Utc>> {
+        let sql = match self.dialect {
+            Dialect::Postgres => "SELECT CAST(clock_timestamp() AS timestamptz)",
+            Dialect::MySql => "SELECT UTC_TIMESTAMP(6)",
+            Dialect::Sqlite => "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+        };
+        let rows = self
+            .fetch(sql, &[], &[Kind::Ts(TimestampFormat::Rfc3339)])
+            .await?;
+        rows.into_iter()
+            .next()
+            .and_then(|mut r| r.pop())
+            .and_then(Value::ts)
+            .ok_or_else(|| Error::Config("the database returned no time".into()))
+    }
+
+    /// Close every connection of the pool.
+    pub async fn close(&self) {
+        on_backend!(&self.pool, Pool, p, _m => p.close().await)
+    }
+
+    pub(crate) async fn execute(&self, sql: &str, args: &[Value]) -> Result<u64> {
+        on_backend!(&self.pool, Pool, p, m => {
+            m::bind(sql, args).execute(p).await.map(|r| r.rows_affected()).context(sql_head(sql))
+        })
+    }
+
+    pub(crate) async fn fetch(
+        &self,
+        sql: &str,
+        args: &[Value],
+        kinds: &[Kind],
+    ) -> Result<Vec<Vec<Value>>> {
+        on_backend!(&self.pool, Pool, p, m => {
+            let rows = m::bind(sql, args).fetch_all(p).await.context(sql_head(sql))?;
+            rows.iter()
+                .map(|r| m::decode(r, kinds))
+                .collect::<Result<Vec<_>, _>>()
+                .context(sql_head(sql))
+        })
+    }
+
+    /// Begin a transaction. On SQLite a writing transaction starts with `BEGIN IMMEDIATE`, so
+    /// that it takes the write lock before reading (no upgrade deadlocks between writers).
+    pub(crate) async fn begin(&self) -> Result<Tx> {
+        match &self.pool {
+            #[cfg(feature = "sqlite")]
+            Pool::Sqlite(p) => Ok(Tx::Sqlite(
+                p.begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .context("BEGIN IMMEDIATE")?,
+            )),
+            #[cfg(feature = "postgres")]
+            Pool::Postgres(p) => Ok(Tx::Postgres(p.begin().await.context("BEGIN")?)),
+            #[cfg(feature = "mysql")]
+            Pool::MySql(p) => Ok(Tx::MySql(p.begin().await.context("BEGIN")?)),
+        }
+    }
+}
+
+impl Tx {
+    pub(crate) async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64> {
+        on_backend!(self, Tx, tx, m => {
+            m::bind(sql, args).execute(&mut **tx).await.map(|r| r.rows_affected()).context(sql_head(sql))
+        })
+    }
+
+    pub(crate) async fn fetch(
+        &mut self,
+        sql: &str,
+        args: &[Value],
+        kinds: &[Kind],
+    ) -> Result<Vec<Vec<Value>>> {
+        on_backend!(self, Tx, tx, m => {
+            let rows = m::bind(sql, args).fetch_all(&mut **tx).await.context(sql_head(sql))?;
+            rows.iter()
+                .map(|r| m::decode(r, kinds))
+                .collect::<Result<Vec<_>, _>>()
+                .context(sql_head(sql))
+        })
+    }
+
+    pub(crate) async fn commit(self) -> Result<()> {
+        on_backend!(self, Tx, tx, _m => tx.commit().await.context("COMMIT"))
+    }
+}
+
+/// The first words of a statement, for error context (never values: those are bound).
+fn sql_head(sql: &str) -> &str {
+    let end = sql
+        .char_indices()
+        .nth(60)
+        .map(|(i, _)| i)
+        .unwrap_or(sql.len());
+    sql[..end].trim()
+}
