@@ -191,8 +191,10 @@ fn exponential_nanos(initial: u64, factor: f64, n: u32) -> u64 {
 /// How the base delay is spread so that records failing together do not retry together.
 ///
 /// Every kind draws from a stable hash of the record key and the retry index, so the same inputs
-/// always give the same delay (see `docs/retry-policy.md` for the formulas). Whatever the draw,
-/// the result is clamped to the policy's `[min_delay, max_delay]`.
+/// always give the same delay (see `docs/retry-policy.md` for the formulas). A jittered delay is
+/// a whole number of milliseconds (rounded down, but never below the lower end of its range), so
+/// a retry time stored in a millisecond-precision column is recomputed exactly. Whatever the
+/// draw, the result is clamped to the policy's `[min_delay, max_delay]`.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 #[non_exhaustive]

@@ -95,7 +95,7 @@ pub enum Error {
 
     /// `max_attempts` asks for more retries than a non-repeating schedule has entries.
     #[error(
-        "max_attempts {max_attempts} allows {} retries but the schedule has only {entries} entries; \
+        "max_attempts {max_attempts} allows {} retries but the schedule has only {entries} delay(s); \
          lower max_attempts to {} or let the schedule repeat its last entry",
         max_attempts.saturating_sub(1),
         entries.saturating_add(1)

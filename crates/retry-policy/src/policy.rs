@@ -419,29 +419,21 @@ impl RetryPolicy {
         }
         let kh = hash::key_hash(key.as_bytes());
         let draw = hash::draw(kh, n);
-        match jitter {
-            Jitter::None => (None, None, b),
-            Jitter::Full => (Some(draw), None, hash::uniform(draw, b)),
-            Jitter::Equal => {
-                let half = b / 2;
-                (Some(draw), None, b - half + hash::uniform(draw, half))
-            }
+        let value = match jitter {
+            Jitter::None => b,
+            Jitter::Full => in_range(draw, 0, b),
+            Jitter::Equal => in_range(draw, b - b / 2, b),
             Jitter::Proportional { fraction } => {
                 // fraction ∈ [0, 1] (validated): spread ≤ b, so lo never underflows.
                 let spread = ((b as f64 * fraction).round() as u64).min(b);
-                let lo = b - spread;
-                let span = spread.saturating_mul(2);
-                (
-                    Some(draw),
-                    None,
-                    lo.saturating_add(hash::uniform(draw, span)),
-                )
+                in_range(draw, b - spread, b.saturating_add(spread))
             }
             Jitter::Decorrelated => {
                 let (previous, value) = self.decorrelated(kh, n);
-                (Some(draw), Some(previous), value)
+                return (Some(draw), Some(previous), value);
             }
-        }
+        };
+        (Some(draw), None, value)
     }
 
     /// Decorrelated jitter as a pure function: `d_i = min(max, uniform[b_i, max(b_i, 3·d_{i−1})])`
@@ -456,7 +448,7 @@ impl RetryPolicy {
             previous = current;
             let lo = self.clamped_base(i);
             let hi = previous.saturating_mul(3).max(lo).min(hi_bound.max(lo));
-            current = lo + hash::uniform(hash::draw(kh, i), hi - lo);
+            current = in_range(hash::draw(kh, i), lo, hi);
         }
         (previous, current)
     }
@@ -536,6 +528,16 @@ impl RetryPolicy {
             decision,
         }
     }
+}
+
+/// A jittered value in `[lo, hi]` from a draw: uniform, then rounded down to a whole
+/// millisecond (so that persisted times survive millisecond-precision columns), but never below
+/// `lo`. Requires `lo <= hi`.
+#[inline]
+fn in_range(draw: u64, lo: u64, hi: u64) -> u64 {
+    const MS: u64 = 1_000_000;
+    let v = lo + hash::uniform(draw, hi - lo);
+    (v - v % MS).max(lo)
 }
 
 // ---------------------------------------------------------------------------------------------
