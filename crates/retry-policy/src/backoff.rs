@@ -32,7 +32,7 @@ pub enum Backoff {
     Exponential {
         /// Delay before the first retry; above zero.
         initial: Duration,
-        /// Growth per retry: exactly 1, or at least 1.001.
+        /// Growth per retry: exactly 1, or in `[1.001, 1000]`; kept to 6 decimal places.
         factor: f64,
     },
     /// The `n`-th entry of an explicit list, e.g. 5, 15, 30, 60, 120 minutes.
@@ -212,7 +212,7 @@ pub enum Jitter {
     Decorrelated,
     /// Uniform in `[base·(1 − fraction), base·(1 + fraction)]`, e.g. gRPC's ±20 %.
     Proportional {
-        /// The spread, in `[0, 1]`.
+        /// The spread, in `[0, 1]`; kept to 6 decimal places.
         fraction: f64,
     },
 }
@@ -269,7 +269,7 @@ mod tests {
         for b in [
             Backoff::constant(huge),
             Backoff::linear(huge, huge),
-            Backoff::exponential(Duration::from_nanos(1), 1e300),
+            Backoff::exponential(Duration::from_nanos(1), 1e300), // unvalidated: saturates anyway
             Backoff::exponential(Duration::from_secs(1), 2.0),
             Backoff::polynomial(u32::MAX, huge, huge),
         ] {

@@ -53,9 +53,9 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The exponential factor is not a finite number ≥ 1, or lies in (1, 1.001).
+    /// The exponential factor is neither exactly 1 nor in `[1.001, 1000]`.
     #[error(
-        "exponential factor must be a finite number equal to 1 or at least 1.001, got {factor}{}",
+        "exponential factor must be exactly 1 or between 1.001 and 1000, got {factor}{}",
         if *factor < 1.0 { " (a factor below 1 would shrink the delay)" } else { "" }
     )]
     InvalidFactor {

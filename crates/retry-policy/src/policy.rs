@@ -150,7 +150,9 @@ impl RetryPolicyBuilder {
         if max_attempts == Some(0) {
             return Err(Error::ZeroAttempts);
         }
-        match &self.backoff {
+        let mut backoff = self.backoff;
+        let mut jitter = self.jitter;
+        match &mut backoff {
             Backoff::Constant { delay } => {
                 limit("backoff.delay", *delay)?;
             }
@@ -163,11 +165,12 @@ impl RetryPolicyBuilder {
                 if initial.is_zero() {
                     return Err(Error::ZeroInitialDelay);
                 }
-                // `!(x >= y)` also catches NaN.
-                let valid = factor.is_finite() && (*factor == 1.0 || *factor >= 1.001);
+                let valid = factor.is_finite()
+                    && (*factor == 1.0 || (MIN_FACTOR..=MAX_FACTOR).contains(factor));
                 if !valid {
                     return Err(Error::InvalidFactor { factor: *factor });
                 }
+                *factor = six_decimals(*factor);
             }
             Backoff::Schedule {
                 delays,
@@ -188,7 +191,7 @@ impl RetryPolicyBuilder {
                         });
                     }
                 }
-                if !repeat_last {
+                if !*repeat_last {
                     let implied = u32::try_from(delays.len())
                         .unwrap_or(u32::MAX)
                         .saturating_add(1);
@@ -209,10 +212,13 @@ impl RetryPolicyBuilder {
                 limit("backoff.offset", *offset)?;
             }
         }
-        if let Jitter::Proportional { fraction } = self.jitter
-            && !(fraction.is_finite() && (0.0..=1.0).contains(&fraction))
-        {
-            return Err(Error::InvalidJitterFraction { fraction });
+        if let Jitter::Proportional { fraction } = &mut jitter {
+            if !(fraction.is_finite() && (0.0..=1.0).contains(fraction)) {
+                return Err(Error::InvalidJitterFraction {
+                    fraction: *fraction,
+                });
+            }
+            *fraction = six_decimals(*fraction);
         }
         let max_elapsed = self
             .max_elapsed
@@ -231,8 +237,8 @@ impl RetryPolicyBuilder {
         }
         let max_retry_after = limit("max_retry_after", self.max_retry_after.unwrap_or(max_delay))?;
         Ok(RetryPolicy {
-            backoff: self.backoff,
-            jitter: self.jitter,
+            backoff,
+            jitter,
             max_attempts,
             max_elapsed,
             min_delay,
@@ -240,6 +246,20 @@ impl RetryPolicyBuilder {
             max_retry_after,
         })
     }
+}
+
+/// Smallest exponential factor above 1: closer factors are indistinguishable from constant
+/// backoff and would let rounding make the base delay dip.
+const MIN_FACTOR: f64 = 1.001;
+/// Largest exponential factor; anything bigger reaches any cap in one step anyway.
+const MAX_FACTOR: f64 = 1000.0;
+
+/// `x` rounded to 6 decimal places: the nearest `f64` to a decimal of at most 10 significant
+/// digits (for the ranges validated here), which every JSON parser reads back exactly — serde_json
+/// without its `float_roundtrip` feature misreads some 17-digit floats by one ulp, and a policy
+/// must decide the same after a round trip through storage.
+fn six_decimals(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
 }
 
 /// Everything `decide` computes, in raw nanoseconds; `explain` turns it into an [`Explanation`].

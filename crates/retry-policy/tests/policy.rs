@@ -322,6 +322,10 @@ fn invalid_settings_are_refused_with_a_clear_error() {
             },
         ),
         (
+            b().backoff(Backoff::exponential(secs(1), 1000.5)).build(),
+            Error::InvalidFactor { factor: 1000.5 },
+        ),
+        (
             b().backoff(Backoff::exponential(Duration::ZERO, 2.0))
                 .build(),
             Error::ZeroInitialDelay,
@@ -381,7 +385,7 @@ fn invalid_settings_are_refused_with_a_clear_error() {
             .build()
             .unwrap_err()
             .to_string(),
-        "exponential factor must be a finite number equal to 1 or at least 1.001, got 0.5 \
+        "exponential factor must be exactly 1 or between 1.001 and 1000, got 0.5 \
          (a factor below 1 would shrink the delay)"
     );
 }
@@ -476,7 +480,7 @@ fn deserialising_validates_like_the_builder() {
         ),
         (
             r#"{ "backoff": { "kind": "exponential", "initial": "1s", "factor": 0.9 } }"#,
-            "exponential factor must be a finite number",
+            "exponential factor must be exactly 1 or between 1.001 and 1000",
         ),
         (
             r#"{ "backoff": { "kind": "constant", "delay": "1s" }, "max_attempts": 0 }"#,
@@ -510,4 +514,29 @@ fn decisions_and_classes_serialise() {
     let json = serde_json::to_string(&c).unwrap();
     assert_eq!(json, r#"{"kind":"throttled","retry_after":"1s500ms"}"#);
     assert_eq!(serde_json::from_str::<ErrorClass>(&json).unwrap(), c);
+}
+
+#[test]
+fn factors_and_fractions_are_kept_to_six_decimals_so_storage_cannot_change_them() {
+    // 17 significant digits: some JSON parsers read such numbers back one ulp off.
+    let p = RetryPolicy::builder()
+        .backoff(Backoff::exponential(secs(1), 1.618_033_988_749_895))
+        .jitter(Jitter::Proportional {
+            fraction: 0.123_456_789_012_345_67,
+        })
+        .build()
+        .unwrap();
+    assert_eq!(p.backoff(), &Backoff::exponential(secs(1), 1.618_034));
+    assert_eq!(
+        p.jitter(),
+        Jitter::Proportional {
+            fraction: 0.123_457
+        }
+    );
+    let json = serde_json::to_string(&p).unwrap();
+    assert!(json.contains(r#""factor":1.618034"#), "{json}");
+    let back: RetryPolicy = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, p);
+    let a = Attempt::new("k", 7, t0());
+    assert_eq!(back.decide(&a), p.decide(&a));
 }
