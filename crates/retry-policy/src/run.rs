@@ -178,7 +178,9 @@ impl<'a, E> Retry<'a, E> {
         }
     }
 
-    /// Called before each sleep with the attempt number, the delay and the error.
+    /// Called before each sleep with the attempt number, the delay and the error. The error
+    /// type is only known once [`run`](Self::run) is called, so a hook that uses the error
+    /// names its type: `|n: &Notice<'_, MyError>| ...`.
     pub fn notify(mut self, hook: impl FnMut(&Notice<'_, E>) + Send + 'a) -> Self {
         self.notify = Some(Box::new(hook));
         self
