@@ -1,0 +1,280 @@
+//! Backoff kinds (how the base delay grows) and jitter kinds (how it is spread).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::{LIMIT_NANOS, to_nanos};
+
+/// How the base delay grows with the retry index `n` (0 for the first retry, see
+/// [the counting convention](crate#counting-attempts)).
+///
+/// Every formula is computed in integer nanoseconds (the exponential one with IEEE-754
+/// multiplications only, which every platform rounds alike) and saturates instead of
+/// overflowing; the result is then clamped to the policy's `[min_delay, max_delay]`.
+/// Every kind is non-decreasing in `n`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Backoff {
+    /// The same delay every time.
+    Constant {
+        /// The delay.
+        delay: Duration,
+    },
+    /// `initial + step·n`.
+    Linear {
+        /// Delay before the first retry.
+        initial: Duration,
+        /// Added for every further retry.
+        step: Duration,
+    },
+    /// `initial·factor^n`.
+    Exponential {
+        /// Delay before the first retry; above zero.
+        initial: Duration,
+        /// Growth per retry: exactly 1, or in `[1.001, 1000]`; kept to 6 decimal places.
+        factor: f64,
+    },
+    /// The `n`-th entry of an explicit list, e.g. 5, 15, 30, 60, 120 minutes.
+    ///
+    /// Past the end, the last entry is used when `repeat_last` is set; otherwise the policy stops
+    /// retrying there (its `max_attempts` is at most `delays.len() + 1`).
+    Schedule {
+        /// The delays, non-decreasing.
+        delays: Vec<Duration>,
+        /// Keep using the last entry once the list is exhausted.
+        repeat_last: bool,
+    },
+    /// `offset + unit·n^exponent`: Sidekiq's `15 + n^4` seconds is
+    /// `Polynomial { exponent: 4, unit: 1s, offset: 15s }`.
+    Polynomial {
+        /// The power `k`.
+        exponent: u32,
+        /// What `n^k` counts: usually one second.
+        unit: Duration,
+        /// Added to every delay.
+        offset: Duration,
+    },
+}
+
+impl Backoff {
+    /// [`Backoff::Constant`].
+    #[must_use]
+    pub const fn constant(delay: Duration) -> Self {
+        Self::Constant { delay }
+    }
+
+    /// [`Backoff::Linear`]: `initial + step·n`.
+    #[must_use]
+    pub const fn linear(initial: Duration, step: Duration) -> Self {
+        Self::Linear { initial, step }
+    }
+
+    /// [`Backoff::Exponential`]: `initial·factor^n`.
+    #[must_use]
+    pub const fn exponential(initial: Duration, factor: f64) -> Self {
+        Self::Exponential { initial, factor }
+    }
+
+    /// [`Backoff::Schedule`] that stops retrying after its last entry.
+    #[must_use]
+    pub fn schedule(delays: impl IntoIterator<Item = Duration>) -> Self {
+        Self::Schedule {
+            delays: delays.into_iter().collect(),
+            repeat_last: false,
+        }
+    }
+
+    /// [`Backoff::Schedule`] that keeps using its last entry.
+    #[must_use]
+    pub fn schedule_repeating(delays: impl IntoIterator<Item = Duration>) -> Self {
+        Self::Schedule {
+            delays: delays.into_iter().collect(),
+            repeat_last: true,
+        }
+    }
+
+    /// [`Backoff::Polynomial`]: `offset + unit·n^exponent`.
+    #[must_use]
+    pub const fn polynomial(exponent: u32, unit: Duration, offset: Duration) -> Self {
+        Self::Polynomial {
+            exponent,
+            unit,
+            offset,
+        }
+    }
+
+    /// Short name of the kind, as used in the serialised form.
+    #[must_use]
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::Constant { .. } => "constant",
+            Self::Linear { .. } => "linear",
+            Self::Exponential { .. } => "exponential",
+            Self::Schedule { .. } => "schedule",
+            Self::Polynomial { .. } => "polynomial",
+        }
+    }
+
+    /// The unclamped base delay for retry index `n`, in nanoseconds, saturated at the limit.
+    #[inline]
+    pub(crate) fn base_nanos(&self, n: u32) -> u64 {
+        let n64 = u64::from(n);
+        match self {
+            Self::Constant { delay } => to_nanos(*delay),
+            Self::Linear { initial, step } => to_nanos(*initial)
+                .saturating_add(to_nanos(*step).saturating_mul(n64))
+                .min(LIMIT_NANOS),
+            Self::Exponential { initial, factor } => {
+                exponential_nanos(to_nanos(*initial), *factor, n)
+            }
+            Self::Schedule { delays, .. } => {
+                let i = usize::try_from(n).unwrap_or(usize::MAX);
+                delays
+                    .get(i)
+                    .or_else(|| delays.last())
+                    .map_or(0, |d| to_nanos(*d))
+            }
+            Self::Polynomial {
+                exponent,
+                unit,
+                offset,
+            } => {
+                let power = u128::from(n64).checked_pow(*exponent).unwrap_or(u128::MAX);
+                let scaled = power.saturating_mul(u128::from(to_nanos(*unit)));
+                let total = scaled.saturating_add(u128::from(to_nanos(*offset)));
+                // min() keeps it in u64 range.
+                total.min(u128::from(LIMIT_NANOS)) as u64
+            }
+        }
+    }
+}
+
+/// `initial·factor^n` in nanoseconds, saturated at the limit.
+///
+/// `factor^n` is computed by binary exponentiation with plain `f64` multiplications (correctly
+/// rounded by IEEE 754 on every platform Rust supports; `powi`/`powf` are not guaranteed to be),
+/// stopping early once the product can only exceed the limit. With `factor` = 1 or ≥ 1.001 the
+/// rounding error stays far below one step of growth, so the result is non-decreasing in `n`.
+#[inline]
+fn exponential_nanos(initial: u64, factor: f64, n: u32) -> u64 {
+    const LIMIT: f64 = LIMIT_NANOS as f64;
+    if n == 0 || factor == 1.0 {
+        return initial.min(LIMIT_NANOS);
+    }
+    let mut result = 1.0_f64;
+    let mut base = factor;
+    let mut e = n;
+    loop {
+        if e & 1 == 1 {
+            result *= base;
+            // initial >= 1 ns, so beyond this the product only grows past the limit.
+            if result >= LIMIT {
+                return LIMIT_NANOS;
+            }
+        }
+        e >>= 1;
+        if e == 0 {
+            break;
+        }
+        base *= base;
+    }
+    let v = initial as f64 * result;
+    if v >= LIMIT {
+        LIMIT_NANOS
+    } else {
+        // 0 <= v < LIMIT: the cast is exact after rounding and cannot saturate.
+        v.round() as u64
+    }
+}
+
+/// How the base delay is spread so that records failing together do not retry together.
+///
+/// Every kind draws from a stable hash of the record key and the retry index, so the same inputs
+/// always give the same delay (see `docs/retry-policy.md` for the formulas). A jittered delay is
+/// a whole number of milliseconds (rounded down, but never below the lower end of its range), so
+/// a retry time stored in a millisecond-precision column is recomputed exactly. Whatever the
+/// draw, the result is clamped to the policy's `[min_delay, max_delay]`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum Jitter {
+    /// No jitter: the base delay itself.
+    #[default]
+    None,
+    /// Uniform in `[0, base]` (AWS "full jitter").
+    Full,
+    /// Uniform in `[base/2, base]` (AWS "equal jitter").
+    Equal,
+    /// AWS "decorrelated jitter", made a pure function of (key, retry index): uniform in
+    /// `[base_n, 3·previous]`, where `previous` is this same formula for the retry before,
+    /// recomputed (not remembered).
+    Decorrelated,
+    /// Uniform in `[base·(1 − fraction), base·(1 + fraction)]`, e.g. gRPC's ±20 %.
+    Proportional {
+        /// The spread, in `[0, 1]`; kept to 6 decimal places.
+        fraction: f64,
+    },
+}
+
+impl Jitter {
+    /// Short name of the kind, as used in the serialised form.
+    #[must_use]
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Full => "full",
+            Self::Equal => "equal",
+            Self::Decorrelated => "decorrelated",
+            Self::Proportional { .. } => "proportional",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn formulas() {
+        let c = Backoff::constant(Duration::from_secs(7));
+        assert_eq!([c.base_nanos(0), c.base_nanos(9)], [7 * S, 7 * S]);
+
+        let l = Backoff::linear(Duration::from_secs(60), Duration::from_secs(60));
+        let got: Vec<u64> = (0..5).map(|n| l.base_nanos(n) / S).collect();
+        assert_eq!(got, [60, 120, 180, 240, 300]);
+
+        let e = Backoff::exponential(Duration::from_secs(1), 2.0);
+        let got: Vec<u64> = (0..5).map(|n| e.base_nanos(n) / S).collect();
+        assert_eq!(got, [1, 2, 4, 8, 16]);
+
+        let g = Backoff::exponential(Duration::from_secs(1), 1.6);
+        // 1.6^3 = 4.096 exactly in decimal; the f64 product rounds to the nearest nanosecond.
+        assert_eq!(g.base_nanos(3), 4_096_000_000);
+
+        let s = Backoff::schedule([5, 15, 30].map(|m| Duration::from_secs(m * 60)));
+        let got: Vec<u64> = (0..5).map(|n| s.base_nanos(n) / S / 60).collect();
+        assert_eq!(got, [5, 15, 30, 30, 30]);
+
+        let p = Backoff::polynomial(4, Duration::from_secs(1), Duration::from_secs(15));
+        let got: Vec<u64> = (0..4).map(|n| p.base_nanos(n) / S).collect();
+        assert_eq!(got, [15, 16, 31, 96]);
+    }
+
+    #[test]
+    fn saturates_instead_of_overflowing() {
+        let huge = Duration::from_secs(u64::MAX);
+        for b in [
+            Backoff::constant(huge),
+            Backoff::linear(huge, huge),
+            Backoff::exponential(Duration::from_nanos(1), 1e300), // unvalidated: saturates anyway
+            Backoff::exponential(Duration::from_secs(1), 2.0),
+            Backoff::polynomial(u32::MAX, huge, huge),
+        ] {
+            assert_eq!(b.base_nanos(u32::MAX), LIMIT_NANOS, "{b:?}");
+        }
+        assert_eq!(Backoff::schedule([]).base_nanos(3), 0);
+    }
+}

@@ -1,0 +1,764 @@
+//! [`RetryPolicy`]: settings, validation, serialisation and the decision itself.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::backoff::{Backoff, Jitter};
+use crate::decision::{
+    Attempt, Clamp, Decision, DelayBreakdown, ErrorClass, Explanation, GiveUpReason,
+};
+use crate::duration::{LIMIT_NANOS, from_nanos, to_nanos};
+use crate::error::{Error, Result};
+use crate::hash;
+
+/// Decorrelated jitter recomputes the chain of previous delays over at most this many retries
+/// before the current one (see `docs/retry-policy.md`).
+pub(crate) const DECORRELATED_WINDOW: u32 = 16;
+
+/// A validated retry policy: a pure function from the persisted facts of a failed record
+/// ([`Attempt`]) to "retry at T" or "give up" ([`Decision`]).
+///
+/// Build one with [`RetryPolicy::builder`], take a [`preset`](crate::presets), or deserialise
+/// one (deserialisation runs the same validation as [`RetryPolicyBuilder::build`]):
+///
+/// ```
+/// # use retry_policy::RetryPolicy;
+/// let policy: RetryPolicy = serde_json::from_str(r#"{
+///     "backoff": { "kind": "exponential", "initial": "1s", "factor": 2.0 },
+///     "jitter": { "kind": "full" },
+///     "max_attempts": 4,
+///     "max_delay": "30s"
+/// }"#)?;
+/// assert_eq!(policy.max_attempts(), Some(4));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+///
+/// Durations in the serialised form are text (`"250ms"`, `"1.5s"`, `"3h50m"`, units
+/// `d h m s ms us ns`) or integer milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "PolicySpec", into = "PolicySpec")]
+pub struct RetryPolicy {
+    backoff: Backoff,
+    jitter: Jitter,
+    max_attempts: Option<u32>,
+    max_elapsed: Option<Duration>,
+    min_delay: Duration,
+    max_delay: Duration,
+    max_retry_after: Duration,
+}
+
+/// Builder for [`RetryPolicy`]; every setting is optional.
+///
+/// Defaults: exponential backoff from 1 s with factor 2, no jitter, no attempt or time limit
+/// (retry for ever, unless the backoff is a non-repeating schedule), `min_delay` 0,
+/// `max_delay` [`RetryPolicy::DURATION_LIMIT`], `max_retry_after` = `max_delay`.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct RetryPolicyBuilder {
+    backoff: Backoff,
+    jitter: Jitter,
+    max_attempts: Option<u32>,
+    max_elapsed: Option<Duration>,
+    min_delay: Duration,
+    max_delay: Option<Duration>,
+    max_retry_after: Option<Duration>,
+}
+
+impl Default for RetryPolicyBuilder {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::exponential(Duration::from_secs(1), 2.0),
+            jitter: Jitter::None,
+            max_attempts: None,
+            max_elapsed: None,
+            min_delay: Duration::ZERO,
+            max_delay: None,
+            max_retry_after: None,
+        }
+    }
+}
+
+impl RetryPolicyBuilder {
+    /// How the base delay grows.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// How the base delay is spread.
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Give up once this many attempts have been made (`attempts_made >= max_attempts`).
+    /// 1 means: never retry. A schedule of 5 entries without repetition needs at most 6.
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = Some(max_attempts);
+        self
+    }
+
+    /// Give up rather than schedule a retry later than `first_failure_at + max_elapsed`.
+    pub fn max_elapsed(mut self, max_elapsed: Duration) -> Self {
+        self.max_elapsed = Some(max_elapsed);
+        self
+    }
+
+    /// No delay is shorter than this.
+    pub fn min_delay(mut self, min_delay: Duration) -> Self {
+        self.min_delay = min_delay;
+        self
+    }
+
+    /// No delay is longer than this (throttled errors aside, see
+    /// [`max_retry_after`](Self::max_retry_after)).
+    pub fn max_delay(mut self, max_delay: Duration) -> Self {
+        self.max_delay = Some(max_delay);
+        self
+    }
+
+    /// The longest `retry_after` of a throttled error that is honoured; longer ones are cut to
+    /// this. Defaults to `max_delay`. Setting it above `max_delay` lets throttled errors wait
+    /// longer than transient ones.
+    pub fn max_retry_after(mut self, max_retry_after: Duration) -> Self {
+        self.max_retry_after = Some(max_retry_after);
+        self
+    }
+
+    /// Validates the settings.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroAttempts`], [`Error::DurationTooLarge`], [`Error::InvalidFactor`],
+    /// [`Error::ZeroInitialDelay`], [`Error::InvalidJitterFraction`], [`Error::EmptySchedule`],
+    /// [`Error::UnsortedSchedule`], [`Error::ScheduleTooShort`] or [`Error::InvalidBounds`].
+    pub fn build(self) -> Result<RetryPolicy> {
+        fn limit(field: &'static str, d: Duration) -> Result<Duration> {
+            if d.as_nanos() > u128::from(LIMIT_NANOS) {
+                Err(Error::DurationTooLarge {
+                    field,
+                    input: format!("{d:?}"),
+                })
+            } else {
+                Ok(d)
+            }
+        }
+
+        let mut max_attempts = self.max_attempts;
+        if max_attempts == Some(0) {
+            return Err(Error::ZeroAttempts);
+        }
+        let mut backoff = self.backoff;
+        let mut jitter = self.jitter;
+        match &mut backoff {
+            Backoff::Constant { delay } => {
+                limit("backoff.delay", *delay)?;
+            }
+            Backoff::Linear { initial, step } => {
+                limit("backoff.initial", *initial)?;
+                limit("backoff.step", *step)?;
+            }
+            Backoff::Exponential { initial, factor } => {
+                limit("backoff.initial", *initial)?;
+                if initial.is_zero() {
+                    return Err(Error::ZeroInitialDelay);
+                }
+                let valid = factor.is_finite()
+                    && (*factor == 1.0 || (MIN_FACTOR..=MAX_FACTOR).contains(factor));
+                if !valid {
+                    return Err(Error::InvalidFactor { factor: *factor });
+                }
+                *factor = six_decimals(*factor);
+            }
+            Backoff::Schedule {
+                delays,
+                repeat_last,
+            } => {
+                if delays.is_empty() {
+                    return Err(Error::EmptySchedule);
+                }
+                for (index, d) in delays.iter().enumerate() {
+                    limit("backoff.delays", *d)?;
+                    if let Some(previous) = index.checked_sub(1).and_then(|i| delays.get(i))
+                        && d < previous
+                    {
+                        return Err(Error::UnsortedSchedule {
+                            index,
+                            delay: *d,
+                            previous: *previous,
+                        });
+                    }
+                }
+                if !*repeat_last {
+                    let implied = u32::try_from(delays.len())
+                        .unwrap_or(u32::MAX)
+                        .saturating_add(1);
+                    match max_attempts {
+                        Some(max) if max > implied => {
+                            return Err(Error::ScheduleTooShort {
+                                entries: delays.len(),
+                                max_attempts: max,
+                            });
+                        }
+                        Some(_) => {}
+                        None => max_attempts = Some(implied),
+                    }
+                }
+            }
+            Backoff::Polynomial { unit, offset, .. } => {
+                limit("backoff.unit", *unit)?;
+                limit("backoff.offset", *offset)?;
+            }
+        }
+        if let Jitter::Proportional { fraction } = &mut jitter {
+            if !(fraction.is_finite() && (0.0..=1.0).contains(fraction)) {
+                return Err(Error::InvalidJitterFraction {
+                    fraction: *fraction,
+                });
+            }
+            *fraction = six_decimals(*fraction);
+        }
+        let max_elapsed = self
+            .max_elapsed
+            .map(|d| limit("max_elapsed", d))
+            .transpose()?;
+        let min_delay = limit("min_delay", self.min_delay)?;
+        let max_delay = limit(
+            "max_delay",
+            self.max_delay.unwrap_or(from_nanos(LIMIT_NANOS)),
+        )?;
+        if min_delay > max_delay {
+            return Err(Error::InvalidBounds {
+                min_delay,
+                max_delay,
+            });
+        }
+        let max_retry_after = limit("max_retry_after", self.max_retry_after.unwrap_or(max_delay))?;
+        Ok(RetryPolicy {
+            backoff,
+            jitter,
+            max_attempts,
+            max_elapsed,
+            min_delay,
+            max_delay,
+            max_retry_after,
+        })
+    }
+}
+
+/// Smallest exponential factor above 1: closer factors are indistinguishable from constant
+/// backoff and would let rounding make the base delay dip.
+const MIN_FACTOR: f64 = 1.001;
+/// Largest exponential factor; anything bigger reaches any cap in one step anyway.
+const MAX_FACTOR: f64 = 1000.0;
+
+/// `x` rounded to 6 decimal places: the nearest `f64` to a decimal of at most 10 significant
+/// digits (for the ranges validated here), which every JSON parser reads back exactly — serde_json
+/// without its `float_roundtrip` feature misreads some 17-digit floats by one ulp, and a policy
+/// must decide the same after a round trip through storage.
+fn six_decimals(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+/// Everything `decide` computes, in raw nanoseconds; `explain` turns it into an [`Explanation`].
+struct Trace {
+    delay: Option<DelayTrace>,
+    deadline: Option<DateTime<Utc>>,
+    decision: Decision,
+}
+
+struct DelayTrace {
+    n: u32,
+    base: u64,
+    clamped_base: u64,
+    draw: Option<u64>,
+    previous: Option<u64>,
+    jittered: u64,
+    clamp: Option<Clamp>,
+    retry_after: Option<u64>,
+    delay: u64,
+}
+
+impl RetryPolicy {
+    /// The longest duration a policy accepts or produces: 100 years of 365 days.
+    pub const DURATION_LIMIT: Duration = from_nanos(LIMIT_NANOS);
+
+    /// A policy from settings known to be valid, for the [presets](crate::presets): no
+    /// `max_elapsed`, `min_delay` 0, `max_retry_after` = `max_delay`. The preset tests check
+    /// that [`RetryPolicyBuilder::build`] accepts each one unchanged.
+    pub(crate) fn preset(
+        backoff: Backoff,
+        jitter: Jitter,
+        max_attempts: Option<u32>,
+        max_delay: Duration,
+    ) -> Self {
+        Self {
+            backoff,
+            jitter,
+            max_attempts,
+            max_elapsed: None,
+            min_delay: Duration::ZERO,
+            max_delay,
+            max_retry_after: max_delay,
+        }
+    }
+
+    /// A builder with the defaults listed on [`RetryPolicyBuilder`].
+    pub fn builder() -> RetryPolicyBuilder {
+        RetryPolicyBuilder::default()
+    }
+
+    /// Decides what to do after a failed attempt. Pure: the same `attempt` always gives the
+    /// same decision, and nothing here reads the clock or a random number generator.
+    ///
+    /// In order:
+    /// 1. a [`Permanent`](ErrorClass::Permanent) error gives up;
+    /// 2. `attempts_made >= max_attempts` gives up (`attempts_made` 0 counts as 1);
+    /// 3. the delay is built: backoff, clamp to `[min_delay, max_delay]`, jitter, clamp again,
+    ///    then for a throttled error `max(delay, min(retry_after, max_retry_after))`;
+    /// 4. a retry later than `first_failure_at + max_elapsed` gives up instead.
+    pub fn decide(&self, attempt: &Attempt<'_>) -> Decision {
+        self.trace(attempt).decision
+    }
+
+    /// The same decision as [`decide`](Self::decide), with how it was reached: base delay,
+    /// jitter draw, clamps, retry-after and deadline.
+    pub fn explain(&self, attempt: &Attempt<'_>) -> Explanation {
+        let t = self.trace(attempt);
+        Explanation {
+            attempts_made: attempt.attempts_made,
+            error_class: attempt.error_class,
+            max_attempts: self.max_attempts,
+            delay: t.delay.map(|d| DelayBreakdown {
+                retry_index: d.n,
+                base: from_nanos(d.base),
+                clamped_base: from_nanos(d.clamped_base),
+                jitter: self.jitter,
+                draw: d.draw,
+                previous: d.previous.map(from_nanos),
+                jittered: from_nanos(d.jittered),
+                clamp: d.clamp,
+                retry_after: d.retry_after.map(from_nanos),
+                delay: from_nanos(d.delay),
+            }),
+            deadline: t.deadline,
+            decision: t.decision,
+        }
+    }
+
+    /// The base delay (backoff formula clamped to `[min_delay, max_delay]`, before jitter)
+    /// after `attempts_made` attempts. Non-decreasing in `attempts_made`.
+    #[must_use]
+    pub fn base_delay(&self, attempts_made: u32) -> Duration {
+        let n = attempts_made.max(1) - 1;
+        from_nanos(self.clamp(self.backoff.base_nanos(n)).0)
+    }
+
+    /// Attempts after which the policy gives up, if limited. A non-repeating schedule of `k`
+    /// entries implies `k + 1` when no smaller limit was set.
+    #[must_use]
+    pub const fn max_attempts(&self) -> Option<u32> {
+        self.max_attempts
+    }
+
+    /// The backoff kind.
+    #[must_use]
+    pub const fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+
+    /// The jitter kind.
+    #[must_use]
+    pub const fn jitter(&self) -> Jitter {
+        self.jitter
+    }
+
+    /// The time limit from the first failure, if any.
+    #[must_use]
+    pub const fn max_elapsed(&self) -> Option<Duration> {
+        self.max_elapsed
+    }
+
+    /// The shortest delay.
+    #[must_use]
+    pub const fn min_delay(&self) -> Duration {
+        self.min_delay
+    }
+
+    /// The longest delay for transient errors.
+    #[must_use]
+    pub const fn max_delay(&self) -> Duration {
+        self.max_delay
+    }
+
+    /// The longest `retry_after` honoured for throttled errors.
+    #[must_use]
+    pub const fn max_retry_after(&self) -> Duration {
+        self.max_retry_after
+    }
+
+    /// A builder holding this policy's settings, to derive a variant.
+    pub fn to_builder(&self) -> RetryPolicyBuilder {
+        RetryPolicyBuilder {
+            backoff: self.backoff.clone(),
+            jitter: self.jitter,
+            max_attempts: self.max_attempts,
+            max_elapsed: self.max_elapsed,
+            min_delay: self.min_delay,
+            max_delay: Some(self.max_delay),
+            max_retry_after: Some(self.max_retry_after),
+        }
+    }
+
+    /// `v` clamped to `[min_delay, max_delay]`, and which bound applied.
+    #[inline]
+    fn clamp(&self, v: u64) -> (u64, Option<Clamp>) {
+        let (lo, hi) = (to_nanos(self.min_delay), to_nanos(self.max_delay));
+        if v < lo {
+            (lo, Some(Clamp::RaisedToMin))
+        } else if v > hi {
+            (hi, Some(Clamp::LoweredToMax))
+        } else {
+            (v, None)
+        }
+    }
+
+    #[inline]
+    fn clamped_base(&self, n: u32) -> u64 {
+        self.clamp(self.backoff.base_nanos(n)).0
+    }
+
+    /// The jittered delay for retry index `n`, before the final clamp: (draw, previous, value).
+    #[inline]
+    fn jittered(&self, key: &str, n: u32, b: u64) -> (Option<u64>, Option<u64>, u64) {
+        let jitter = self.jitter;
+        if jitter == Jitter::None {
+            return (None, None, b);
+        }
+        let kh = hash::key_hash(key.as_bytes());
+        let draw = hash::draw(kh, n);
+        let value = match jitter {
+            Jitter::None => b,
+            Jitter::Full => in_range(draw, 0, b),
+            Jitter::Equal => in_range(draw, b - b / 2, b),
+            Jitter::Proportional { fraction } => {
+                // fraction ∈ [0, 1] (validated): spread ≤ b, so lo never underflows.
+                let spread = ((b as f64 * fraction).round() as u64).min(b);
+                in_range(draw, b - spread, b.saturating_add(spread))
+            }
+            Jitter::Decorrelated => {
+                let (previous, value) = self.decorrelated(kh, n);
+                return (Some(draw), Some(previous), value);
+            }
+        };
+        (Some(draw), None, value)
+    }
+
+    /// Decorrelated jitter as a pure function: `d_i = min(max, uniform[b_i, max(b_i, 3·d_{i−1})])`
+    /// for `i` from `s = n − min(n, WINDOW)` to `n`, starting from `d_{s−1} = b_s`, where `b_i`
+    /// is the clamped base delay. Returns (`d_{n−1}`, `d_n`).
+    fn decorrelated(&self, kh: u64, n: u32) -> (u64, u64) {
+        let hi_bound = to_nanos(self.max_delay);
+        let start = n.saturating_sub(DECORRELATED_WINDOW);
+        let mut previous = self.clamped_base(start);
+        let mut current = previous;
+        for i in start..=n {
+            previous = current;
+            let lo = self.clamped_base(i);
+            let hi = previous.saturating_mul(3).max(lo).min(hi_bound.max(lo));
+            current = in_range(hash::draw(kh, i), lo, hi);
+        }
+        (previous, current)
+    }
+
+    #[inline]
+    fn trace(&self, a: &Attempt<'_>) -> Trace {
+        let give_up = |reason| Trace {
+            delay: None,
+            deadline: None,
+            decision: Decision::GiveUp(reason),
+        };
+        if a.error_class == ErrorClass::Permanent {
+            return give_up(GiveUpReason::Permanent);
+        }
+        let made = a.attempts_made.max(1);
+        if let Some(max) = self.max_attempts
+            && made >= max
+        {
+            return give_up(GiveUpReason::MaxAttempts {
+                attempts_made: a.attempts_made,
+                max_attempts: max,
+            });
+        }
+
+        let n = made - 1;
+        let base = self.backoff.base_nanos(n);
+        let (clamped_base, _) = self.clamp(base);
+        let (draw, previous, jittered) = self.jittered(a.key, n, clamped_base);
+        let (mut delay, clamp) = self.clamp(jittered);
+        let retry_after = match a.error_class {
+            ErrorClass::Throttled { retry_after } => {
+                let capped = to_nanos(retry_after).min(to_nanos(self.max_retry_after));
+                delay = delay.max(capped);
+                Some(capped)
+            }
+            ErrorClass::Transient | ErrorClass::Permanent => None,
+        };
+        let trace = DelayTrace {
+            n,
+            base,
+            clamped_base,
+            draw,
+            previous,
+            jittered,
+            clamp,
+            retry_after,
+            delay,
+        };
+
+        // delay <= LIMIT_NANOS < i64::MAX, so the conversion is exact.
+        let Some(retry_at) = a
+            .now
+            .checked_add_signed(TimeDelta::nanoseconds(delay as i64))
+        else {
+            return Trace {
+                delay: Some(trace),
+                deadline: None,
+                decision: Decision::GiveUp(GiveUpReason::Unrepresentable),
+            };
+        };
+        // A deadline beyond the representable range can never be reached: no deadline.
+        let deadline = self.max_elapsed.and_then(|max| {
+            a.first_failure_at
+                .unwrap_or(a.now)
+                .checked_add_signed(TimeDelta::nanoseconds(to_nanos(max) as i64))
+        });
+        let decision = match deadline {
+            Some(deadline) if retry_at > deadline => Decision::GiveUp(GiveUpReason::Deadline {
+                deadline,
+                next_retry_at: retry_at,
+            }),
+            _ => Decision::RetryAt(retry_at),
+        };
+        Trace {
+            delay: Some(trace),
+            deadline,
+            decision,
+        }
+    }
+}
+
+/// A jittered value in `[lo, hi]` from a draw: uniform, then rounded down to a whole
+/// millisecond (so that persisted times survive millisecond-precision columns), but never below
+/// `lo`. Requires `lo <= hi`.
+#[inline]
+fn in_range(draw: u64, lo: u64, hi: u64) -> u64 {
+    const MS: u64 = 1_000_000;
+    let v = lo + hash::uniform(draw, hi - lo);
+    (v - v % MS).max(lo)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serialised form
+// ---------------------------------------------------------------------------------------------
+
+/// A duration as written in a serialised policy: text or integer milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Millis(i64),
+    Text(String),
+}
+
+impl RawDuration {
+    fn from_duration(d: Duration) -> Self {
+        Self::Text(crate::duration::fmt_duration(d))
+    }
+
+    fn parse(&self, field: &'static str) -> Result<Duration> {
+        use crate::duration::ParseError;
+        match self {
+            Self::Millis(ms) => {
+                let input = format!("{ms}ms");
+                let ms = u64::try_from(*ms).map_err(|_| Error::NegativeDuration {
+                    field,
+                    input: input.clone(),
+                })?;
+                match ms.checked_mul(1_000_000) {
+                    Some(n) if n <= LIMIT_NANOS => Ok(from_nanos(n)),
+                    _ => Err(Error::DurationTooLarge { field, input }),
+                }
+            }
+            Self::Text(text) => match crate::duration::parse(text) {
+                Ok(n) => Ok(from_nanos(n)),
+                Err(ParseError::Negative) => Err(Error::NegativeDuration {
+                    field,
+                    input: text.clone(),
+                }),
+                Err(ParseError::TooLarge) => Err(Error::DurationTooLarge {
+                    field,
+                    input: text.clone(),
+                }),
+                Err(ParseError::Invalid(reason)) => Err(Error::InvalidDuration {
+                    field,
+                    input: text.clone(),
+                    reason,
+                }),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum BackoffSpec {
+    Constant {
+        delay: RawDuration,
+    },
+    Linear {
+        initial: RawDuration,
+        step: RawDuration,
+    },
+    Exponential {
+        initial: RawDuration,
+        factor: f64,
+    },
+    Schedule {
+        delays: Vec<RawDuration>,
+        #[serde(default)]
+        repeat_last: bool,
+    },
+    Polynomial {
+        exponent: u32,
+        #[serde(default = "one_second")]
+        unit: RawDuration,
+        #[serde(default = "zero")]
+        offset: RawDuration,
+    },
+}
+
+fn one_second() -> RawDuration {
+    RawDuration::Text("1s".to_owned())
+}
+
+fn zero() -> RawDuration {
+    RawDuration::Text("0s".to_owned())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicySpec {
+    backoff: BackoffSpec,
+    #[serde(default)]
+    jitter: Jitter,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_elapsed: Option<RawDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    min_delay: Option<RawDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_delay: Option<RawDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_retry_after: Option<RawDuration>,
+}
+
+impl From<RetryPolicy> for PolicySpec {
+    fn from(p: RetryPolicy) -> Self {
+        let d = RawDuration::from_duration;
+        let backoff = match p.backoff {
+            Backoff::Constant { delay } => BackoffSpec::Constant { delay: d(delay) },
+            Backoff::Linear { initial, step } => BackoffSpec::Linear {
+                initial: d(initial),
+                step: d(step),
+            },
+            Backoff::Exponential { initial, factor } => BackoffSpec::Exponential {
+                initial: d(initial),
+                factor,
+            },
+            Backoff::Schedule {
+                delays,
+                repeat_last,
+            } => BackoffSpec::Schedule {
+                delays: delays.into_iter().map(d).collect(),
+                repeat_last,
+            },
+            Backoff::Polynomial {
+                exponent,
+                unit,
+                offset,
+            } => BackoffSpec::Polynomial {
+                exponent,
+                unit: d(unit),
+                offset: d(offset),
+            },
+        };
+        Self {
+            backoff,
+            jitter: p.jitter,
+            max_attempts: p.max_attempts,
+            max_elapsed: p.max_elapsed.map(d),
+            min_delay: Some(d(p.min_delay)),
+            max_delay: Some(d(p.max_delay)),
+            max_retry_after: Some(d(p.max_retry_after)),
+        }
+    }
+}
+
+impl TryFrom<PolicySpec> for RetryPolicy {
+    type Error = Error;
+
+    fn try_from(s: PolicySpec) -> Result<Self> {
+        let backoff = match s.backoff {
+            BackoffSpec::Constant { delay } => Backoff::Constant {
+                delay: delay.parse("backoff.delay")?,
+            },
+            BackoffSpec::Linear { initial, step } => Backoff::Linear {
+                initial: initial.parse("backoff.initial")?,
+                step: step.parse("backoff.step")?,
+            },
+            BackoffSpec::Exponential { initial, factor } => Backoff::Exponential {
+                initial: initial.parse("backoff.initial")?,
+                factor,
+            },
+            BackoffSpec::Schedule {
+                delays,
+                repeat_last,
+            } => Backoff::Schedule {
+                delays: delays
+                    .iter()
+                    .map(|d| d.parse("backoff.delays"))
+                    .collect::<Result<_>>()?,
+                repeat_last,
+            },
+            BackoffSpec::Polynomial {
+                exponent,
+                unit,
+                offset,
+            } => Backoff::Polynomial {
+                exponent,
+                unit: unit.parse("backoff.unit")?,
+                offset: offset.parse("backoff.offset")?,
+            },
+        };
+        let mut b = RetryPolicy::builder().backoff(backoff).jitter(s.jitter);
+        if let Some(max) = s.max_attempts {
+            b = b.max_attempts(max);
+        }
+        if let Some(v) = s.max_elapsed {
+            b = b.max_elapsed(v.parse("max_elapsed")?);
+        }
+        if let Some(v) = s.min_delay {
+            b = b.min_delay(v.parse("min_delay")?);
+        }
+        if let Some(v) = s.max_delay {
+            b = b.max_delay(v.parse("max_delay")?);
+        }
+        if let Some(v) = s.max_retry_after {
+            b = b.max_retry_after(v.parse("max_retry_after")?);
+        }
+        b.build()
+    }
+}

@@ -1,0 +1,542 @@
+//! Decision semantics, validation and the serialised form.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use retry_policy::{
+    Attempt, Backoff, Clamp, Decision, Error, ErrorClass, GiveUpReason, Jitter, RetryPolicy,
+};
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 1, 24, 12, 0, 0).unwrap()
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn exp(initial: u64, factor: f64) -> RetryPolicy {
+    RetryPolicy::builder()
+        .backoff(Backoff::exponential(secs(initial), factor))
+        .build()
+        .unwrap()
+}
+
+fn delay(policy: &RetryPolicy, attempt: &Attempt<'_>) -> Option<Duration> {
+    policy.decide(attempt).delay_after(attempt.now)
+}
+
+// ----- counting convention ------------------------------------------------------------------
+
+#[test]
+fn first_retry_uses_the_first_delay_and_max_attempts_counts_the_first_attempt() {
+    let p = RetryPolicy::builder()
+        .backoff(Backoff::schedule([10, 20, 30].map(secs)))
+        .build()
+        .unwrap();
+    // A non-repeating schedule of 3 entries allows 3 retries: 4 attempts.
+    assert_eq!(p.max_attempts(), Some(4));
+    let delays: Vec<_> = (1..=4)
+        .map(|made| delay(&p, &Attempt::new("k", made, t0())))
+        .collect();
+    assert_eq!(
+        delays,
+        [Some(secs(10)), Some(secs(20)), Some(secs(30)), None]
+    );
+    assert_eq!(
+        p.decide(&Attempt::new("k", 4, t0())),
+        Decision::GiveUp(GiveUpReason::MaxAttempts {
+            attempts_made: 4,
+            max_attempts: 4
+        })
+    );
+}
+
+#[test]
+fn zero_attempts_is_treated_as_one() {
+    let p = retry_policy::presets::aws_full_jitter();
+    for key in ["a", "b", "job-42"] {
+        let zero = Attempt::new(key, 0, t0());
+        let one = Attempt::new(key, 1, t0());
+        assert_eq!(p.decide(&zero), p.decide(&one));
+        assert!(p.decide(&zero).is_retry());
+    }
+    // …also where one attempt is the limit.
+    let once = RetryPolicy::builder().max_attempts(1).build().unwrap();
+    assert!(once.decide(&Attempt::new("k", 0, t0())).is_give_up());
+}
+
+#[test]
+fn repeating_schedule_keeps_its_last_entry_and_has_no_implied_limit() {
+    let p = RetryPolicy::builder()
+        .backoff(Backoff::schedule_repeating([1, 5].map(secs)))
+        .build()
+        .unwrap();
+    assert_eq!(p.max_attempts(), None);
+    for made in [2, 3, 100, u32::MAX] {
+        assert_eq!(delay(&p, &Attempt::new("k", made, t0())), Some(secs(5)));
+    }
+}
+
+#[test]
+fn explicit_max_attempts_may_shorten_a_schedule() {
+    let p = RetryPolicy::builder()
+        .backoff(Backoff::schedule([1, 2, 3].map(secs)))
+        .max_attempts(2)
+        .build()
+        .unwrap();
+    assert_eq!(p.max_attempts(), Some(2));
+    assert!(p.decide(&Attempt::new("k", 2, t0())).is_give_up());
+}
+
+// ----- error classes ------------------------------------------------------------------------
+
+#[test]
+fn permanent_gives_up_at_once() {
+    let p = exp(1, 2.0);
+    let a = Attempt::new("k", 1, t0()).error_class(ErrorClass::Permanent);
+    assert_eq!(p.decide(&a), Decision::GiveUp(GiveUpReason::Permanent));
+    assert!(p.explain(&a).delay.is_none());
+}
+
+#[test]
+fn throttled_waits_for_retry_after_but_never_less_than_the_policy_delay() {
+    let p = RetryPolicy::builder()
+        .backoff(Backoff::constant(secs(10)))
+        .max_delay(secs(60))
+        .max_retry_after(secs(300))
+        .build()
+        .unwrap();
+    let with = |ra: u64| {
+        let a = Attempt::new("k", 1, t0()).error_class(ErrorClass::throttled(secs(ra)));
+        delay(&p, &a).unwrap()
+    };
+    assert_eq!(
+        with(3),
+        secs(10),
+        "shorter retry-after: the policy's delay wins"
+    );
+    assert_eq!(
+        with(120),
+        secs(120),
+        "longer retry-after: honoured beyond max_delay"
+    );
+    assert_eq!(with(3_600), secs(300), "capped at max_retry_after");
+    assert_eq!(with(u64::MAX), secs(300), "absurd values are capped too");
+}
+
+#[test]
+fn max_retry_after_defaults_to_max_delay() {
+    let p = RetryPolicy::builder()
+        .backoff(Backoff::constant(secs(1)))
+        .max_delay(secs(30))
+        .build()
+        .unwrap();
+    assert_eq!(p.max_retry_after(), secs(30));
+    let a = Attempt::new("k", 1, t0()).error_class(ErrorClass::throttled(secs(90)));
+    assert_eq!(delay(&p, &a), Some(secs(30)));
+}
+
+// ----- deadline -----------------------------------------------------------------------------
+
+#[test]
+fn never_schedules_past_the_deadline() {
+    let p = RetryPolicy::builder()
+        .backoff(Backoff::constant(secs(60)))
+        .max_elapsed(secs(150))
+        .build()
+        .unwrap();
+    let first = t0();
+    // 60 s after the first failure: the retry at 120 s is within 150 s.
+    let ok = Attempt::new("k", 2, first + TimeDelta::seconds(60)).first_failure_at(first);
+    assert_eq!(
+        p.decide(&ok),
+        Decision::RetryAt(first + TimeDelta::seconds(120))
+    );
+    // Exactly at the deadline is allowed.
+    let edge = Attempt::new("k", 2, first + TimeDelta::seconds(90)).first_failure_at(first);
+    assert_eq!(
+        p.decide(&edge),
+        Decision::RetryAt(first + TimeDelta::seconds(150))
+    );
+    // 100 s after: the retry at 160 s would be past it.
+    let late = Attempt::new("k", 3, first + TimeDelta::seconds(100)).first_failure_at(first);
+    assert_eq!(
+        p.decide(&late),
+        Decision::GiveUp(GiveUpReason::Deadline {
+            deadline: first + TimeDelta::seconds(150),
+            next_retry_at: first + TimeDelta::seconds(160),
+        })
+    );
+    // Without first_failure_at the deadline runs from now.
+    assert_eq!(
+        p.explain(&Attempt::new("k", 1, first)).deadline,
+        Some(first + TimeDelta::seconds(150))
+    );
+}
+
+#[test]
+fn time_overflow_gives_up_instead_of_panicking() {
+    let p = RetryPolicy::builder()
+        .backoff(Backoff::constant(RetryPolicy::DURATION_LIMIT))
+        .max_elapsed(RetryPolicy::DURATION_LIMIT)
+        .build()
+        .unwrap();
+    let a =
+        Attempt::new("k", 1, DateTime::<Utc>::MAX_UTC).first_failure_at(DateTime::<Utc>::MAX_UTC);
+    assert_eq!(
+        p.decide(&a),
+        Decision::GiveUp(GiveUpReason::Unrepresentable)
+    );
+    // A deadline beyond the representable range is simply never reached.
+    let near_end = DateTime::<Utc>::MAX_UTC - TimeDelta::days(365 * 101);
+    let b = Attempt::new("k", 1, near_end).first_failure_at(DateTime::<Utc>::MAX_UTC);
+    assert!(p.decide(&b).is_retry());
+}
+
+// ----- bounds and jitter ----------------------------------------------------------------------
+
+#[test]
+fn min_and_max_delay_clamp_and_explain_says_so() {
+    let p = RetryPolicy::builder()
+        .backoff(Backoff::exponential(secs(1), 2.0))
+        .min_delay(secs(2))
+        .max_delay(secs(10))
+        .build()
+        .unwrap();
+    let first = p.explain(&Attempt::new("k", 1, t0()));
+    let d = first.delay.unwrap();
+    assert_eq!(
+        (d.base, d.clamped_base, d.delay),
+        (secs(1), secs(2), secs(2))
+    );
+    let late = p.explain(&Attempt::new("k", 10, t0())).delay.unwrap();
+    assert_eq!((late.base, late.delay), (secs(512), secs(10)));
+
+    // Full jitter can draw below min_delay: the final clamp raises it.
+    let full = p.to_builder().jitter(Jitter::Full).build().unwrap();
+    let raised = (0..200)
+        .map(|i| full.explain(&Attempt::new(&format!("key-{i}"), 1, t0())))
+        .find(|e| e.delay.as_ref().unwrap().clamp == Some(Clamp::RaisedToMin))
+        .expect("some draw falls under min_delay");
+    assert_eq!(raised.delay.unwrap().delay, secs(2));
+}
+
+#[test]
+fn jitter_kinds_stay_in_their_ranges() {
+    let base = secs(100);
+    let check = |jitter: Jitter, lo: Duration, hi: Duration| {
+        let p = RetryPolicy::builder()
+            .backoff(Backoff::constant(base))
+            .jitter(jitter)
+            .build()
+            .unwrap();
+        let mut seen = Vec::new();
+        for i in 0..500 {
+            let d = delay(&p, &Attempt::new(&format!("rec-{i}"), 1, t0())).unwrap();
+            assert!(
+                d >= lo && d <= hi,
+                "{jitter:?}: {d:?} not in [{lo:?}, {hi:?}]"
+            );
+            seen.push(d);
+        }
+        // Spread over the range: both the lowest and highest tenth are hit.
+        let tenth = (hi - lo) / 10;
+        assert!(seen.iter().any(|d| *d < lo + tenth), "{jitter:?} never low");
+        assert!(
+            seen.iter().any(|d| *d > hi - tenth),
+            "{jitter:?} never high"
+        );
+    };
+    check(Jitter::Full, Duration::ZERO, base);
+    check(Jitter::Equal, base / 2, base);
+    check(Jitter::Proportional { fraction: 0.2 }, secs(80), secs(120));
+    check(Jitter::Decorrelated, base, base * 3);
+}
+
+#[test]
+fn decorrelated_recomputes_the_previous_delay() {
+    let p = RetryPolicy::builder()
+        .backoff(Backoff::constant(secs(1)))
+        .jitter(Jitter::Decorrelated)
+        .max_delay(secs(1_000))
+        .build()
+        .unwrap();
+    for key in ["a", "b", "c", "d"] {
+        // Within the window, the "previous" of retry n is exactly the delay of retry n−1.
+        for made in 2..=16 {
+            let prev = p
+                .explain(&Attempt::new(key, made - 1, t0()))
+                .delay
+                .unwrap()
+                .delay;
+            let now = p.explain(&Attempt::new(key, made, t0())).delay.unwrap();
+            assert_eq!(now.previous, Some(prev), "{key} at {made}");
+            assert!(now.delay >= secs(1) && now.delay <= (prev * 3).max(secs(1)));
+        }
+    }
+}
+
+#[test]
+fn explain_agrees_with_decide_and_reads_well() {
+    let p = retry_policy::presets::grpc_connection();
+    let a = Attempt::new("conn-1", 3, t0());
+    let e = p.explain(&a);
+    assert_eq!(e.decision, p.decide(&a));
+    let d = e.delay.as_ref().unwrap();
+    assert_eq!(d.retry_index, 2);
+    assert_eq!(d.base, Duration::from_millis(2_560));
+    assert!(d.draw.is_some());
+    let text = e.to_string();
+    for part in [
+        "attempts made 3",
+        "retry #3",
+        "base 2s560ms",
+        "proportional jitter ±0.2",
+        "⇒ retry at 2024-01-24T12:00:0",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from {text:?}");
+    }
+}
+
+// ----- validation -----------------------------------------------------------------------------
+
+#[test]
+fn invalid_settings_are_refused_with_a_clear_error() {
+    let b = RetryPolicy::builder;
+    let cases: Vec<(retry_policy::Result<RetryPolicy>, Error)> = vec![
+        (b().max_attempts(0).build(), Error::ZeroAttempts),
+        (
+            b().backoff(Backoff::exponential(secs(1), 0.5)).build(),
+            Error::InvalidFactor { factor: 0.5 },
+        ),
+        (
+            b().backoff(Backoff::exponential(secs(1), 1.0005)).build(),
+            Error::InvalidFactor { factor: 1.0005 },
+        ),
+        (
+            b().backoff(Backoff::exponential(secs(1), f64::INFINITY))
+                .build(),
+            Error::InvalidFactor {
+                factor: f64::INFINITY,
+            },
+        ),
+        (
+            b().backoff(Backoff::exponential(secs(1), 1000.5)).build(),
+            Error::InvalidFactor { factor: 1000.5 },
+        ),
+        (
+            b().backoff(Backoff::exponential(Duration::ZERO, 2.0))
+                .build(),
+            Error::ZeroInitialDelay,
+        ),
+        (
+            b().jitter(Jitter::Proportional { fraction: 1.5 }).build(),
+            Error::InvalidJitterFraction { fraction: 1.5 },
+        ),
+        (
+            b().backoff(Backoff::schedule([])).build(),
+            Error::EmptySchedule,
+        ),
+        (
+            b().backoff(Backoff::schedule([5, 3].map(secs))).build(),
+            Error::UnsortedSchedule {
+                index: 1,
+                delay: secs(3),
+                previous: secs(5),
+            },
+        ),
+        (
+            b().backoff(Backoff::schedule([1, 2].map(secs)))
+                .max_attempts(4)
+                .build(),
+            Error::ScheduleTooShort {
+                entries: 2,
+                max_attempts: 4,
+            },
+        ),
+        (
+            b().min_delay(secs(10)).max_delay(secs(5)).build(),
+            Error::InvalidBounds {
+                min_delay: secs(10),
+                max_delay: secs(5),
+            },
+        ),
+    ];
+    for (got, want) in cases {
+        assert_eq!(got.as_ref().err(), Some(&want), "{got:?}");
+        assert!(!want.to_string().is_empty());
+        assert!(!want.is_transient());
+    }
+    // NaN never equals itself, so match on the variant.
+    assert!(matches!(
+        b().backoff(Backoff::exponential(secs(1), f64::NAN)).build(),
+        Err(Error::InvalidFactor { .. })
+    ));
+    assert!(matches!(
+        b().max_delay(Duration::MAX).build(),
+        Err(Error::DurationTooLarge {
+            field: "max_delay",
+            ..
+        })
+    ));
+    assert_eq!(
+        b().backoff(Backoff::exponential(secs(1), 0.5))
+            .build()
+            .unwrap_err()
+            .to_string(),
+        "exponential factor must be exactly 1 or between 1.001 and 1000, got 0.5 \
+         (a factor below 1 would shrink the delay)"
+    );
+}
+
+// ----- serde ----------------------------------------------------------------------------------
+
+#[test]
+fn every_preset_round_trips_through_json() {
+    use retry_policy::presets::*;
+    for p in [
+        startup_jobs(),
+        message_delivery(),
+        reconnect(),
+        api_call(),
+        vector_store_load(),
+        aws_full_jitter(),
+        grpc_connection(),
+    ] {
+        let json = serde_json::to_string(&p).unwrap();
+        let back: RetryPolicy = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, p, "{json}");
+    }
+}
+
+#[test]
+fn serialised_form_is_readable() {
+    let json = serde_json::to_value(retry_policy::presets::message_delivery()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "backoff": {
+                "kind": "schedule",
+                "delays": ["5m", "15m", "30m", "1h", "2h"],
+                "repeat_last": false
+            },
+            "jitter": { "kind": "none" },
+            "max_attempts": 6,
+            "min_delay": "0s",
+            "max_delay": "876000h",
+            "max_retry_after": "876000h"
+        })
+    );
+}
+
+#[test]
+fn deserialising_accepts_text_and_milliseconds_and_applies_defaults() {
+    let p: RetryPolicy = serde_json::from_str(
+        r#"{ "backoff": { "kind": "linear", "initial": 60000, "step": "1m" }, "max_delay": "5m" }"#,
+    )
+    .unwrap();
+    let built = RetryPolicy::builder()
+        .backoff(Backoff::linear(secs(60), secs(60)))
+        .max_delay(secs(300))
+        .build()
+        .unwrap();
+    assert_eq!(p, built);
+
+    let poly: RetryPolicy = serde_json::from_str(
+        r#"{ "backoff": { "kind": "polynomial", "exponent": 4, "offset": "15s" } }"#,
+    )
+    .unwrap();
+    assert_eq!(poly.backoff(), &Backoff::polynomial(4, secs(1), secs(15)));
+}
+
+#[test]
+fn deserialising_validates_like_the_builder() {
+    let err = |json: &str| {
+        serde_json::from_str::<RetryPolicy>(json)
+            .unwrap_err()
+            .to_string()
+    };
+    let cases = [
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": "-5s" } }"#,
+            "`backoff.delay` is negative (-5s)",
+        ),
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": -5000 } }"#,
+            "`backoff.delay` is negative (-5000ms)",
+        ),
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": "1s" }, "max_delay": "200y" }"#,
+            "`max_delay` is not a duration (\"200y\"): unknown unit",
+        ),
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": "1s" }, "max_elapsed": "40000d" }"#,
+            "`max_elapsed` is 40000d, more than the limit of 100 years",
+        ),
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": 9223372036854775807 } }"#,
+            "`backoff.delay` is 9223372036854775807ms, more than the limit",
+        ),
+        (
+            r#"{ "backoff": { "kind": "exponential", "initial": "1s", "factor": 0.9 } }"#,
+            "exponential factor must be exactly 1 or between 1.001 and 1000",
+        ),
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": "1s" }, "max_attempts": 0 }"#,
+            "max_attempts must be at least 1",
+        ),
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": "1s" }, "max_atempts": 3 }"#,
+            "unknown field `max_atempts`",
+        ),
+    ];
+    for (json, want) in cases {
+        let got = err(json);
+        assert!(got.contains(want), "{json}\n  got:  {got}\n  want: {want}");
+    }
+}
+
+#[test]
+fn decisions_and_classes_serialise() {
+    let d = Decision::GiveUp(GiveUpReason::MaxAttempts {
+        attempts_made: 6,
+        max_attempts: 6,
+    });
+    let json = serde_json::to_string(&d).unwrap();
+    assert_eq!(
+        json,
+        r#"{"give_up":{"reason":"max_attempts","attempts_made":6,"max_attempts":6}}"#
+    );
+    assert_eq!(serde_json::from_str::<Decision>(&json).unwrap(), d);
+
+    let c = ErrorClass::throttled(Duration::from_millis(1_500));
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(json, r#"{"kind":"throttled","retry_after":"1s500ms"}"#);
+    assert_eq!(serde_json::from_str::<ErrorClass>(&json).unwrap(), c);
+}
+
+#[test]
+fn factors_and_fractions_are_kept_to_six_decimals_so_storage_cannot_change_them() {
+    // 17 significant digits: some JSON parsers read such numbers back one ulp off.
+    let p = RetryPolicy::builder()
+        .backoff(Backoff::exponential(secs(1), 1.618_033_988_749_895))
+        .jitter(Jitter::Proportional {
+            fraction: 0.123_456_789_012_345_67,
+        })
+        .build()
+        .unwrap();
+    assert_eq!(p.backoff(), &Backoff::exponential(secs(1), 1.618_034));
+    assert_eq!(
+        p.jitter(),
+        Jitter::Proportional {
+            fraction: 0.123_457
+        }
+    );
+    let json = serde_json::to_string(&p).unwrap();
+    assert!(json.contains(r#""factor":1.618034"#), "{json}");
+    let back: RetryPolicy = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, p);
+    let a = Attempt::new("k", 7, t0());
+    assert_eq!(back.decide(&a), p.decide(&a));
+}
