@@ -1,1 +1,26 @@
 #![doc = include_str!("../README.md")]
+
+pub mod counters;
+mod decide;
+mod error;
+mod memory;
+mod model;
+mod reconcile;
+mod store;
+
+pub use decide::{
+    Action, AnomalyKind, JobStates, LeaveReason, Messages, Outcome, Settings, TimeBasis, decide,
+};
+pub use error::Error;
+pub use memory::{MemoryLeaseStore, StoredJob};
+pub use model::{
+    ApplyOutcome, CandidateKind, CandidateQuery, JobKey, JobRow, PruneMode, PruneQuery, Repair,
+};
+pub use reconcile::{LeasePrune, LeaseRepair, MAX_BATCH_SIZE, MAX_LISTED_ANOMALIES};
+pub use store::{LeaseStore, PruneStore};
+
+#[cfg(test)]
+pub use store::{MockLeaseStore, MockPruneStore};
+
+#[cfg(test)]
+mod tests;

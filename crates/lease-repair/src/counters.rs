@@ -1,0 +1,20 @@
+//! The counters lease repair reports.
+
+use recon_core::Counter;
+
+/// Jobs whose expired lease was cleared (whether they were requeued or failed).
+pub const LEASES_REPAIRED: Counter = Counter::new("leases_repaired");
+/// Orphaned jobs (no owner, no expiry) put back to the queue.
+pub const JOBS_REQUEUED: Counter = Counter::new("jobs_requeued");
+/// Jobs of either kind moved to the failed state because they used up their attempts.
+pub const JOBS_FAILED: Counter = Counter::new("jobs_failed");
+/// Rows reported, not changed: owner without expiry, expiry too far ahead, bad attempts.
+pub const ANOMALIES: Counter = Counter::new("anomalies");
+/// Repairs not applied because the job changed since it was read (or was locked).
+pub const SKIPPED_CHANGED: Counter = Counter::new("skipped_changed");
+/// Batches read.
+pub const BATCHES: Counter = Counter::new("batches");
+/// Old terminal jobs deleted by the prune step.
+pub const PRUNED: Counter = Counter::new("pruned");
+/// Old terminal jobs moved to the archive table by the prune step.
+pub const ARCHIVED: Counter = Counter::new("archived");

@@ -1,0 +1,338 @@
+//! The reconcilers: [`LeaseRepair`] and [`LeasePrune`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use recon_core::{Reconciler, RunContext, StepReport};
+use serde_json::json;
+
+use crate::counters::*;
+use crate::decide::{Action, AnomalyKind, Outcome, Settings, TimeBasis, decide};
+use crate::{
+    ApplyOutcome, CandidateKind, CandidateQuery, Error, JobKey, LeaseStore, PruneMode, PruneQuery,
+    PruneStore, Repair,
+};
+
+/// Largest batch a reconciler accepts (bounded memory and statement size).
+pub const MAX_BATCH_SIZE: usize = 10_000;
+/// At most this many anomalies are listed (all are counted).
+pub const MAX_LISTED_ANOMALIES: usize = 100;
+
+#[async_trait]
+impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
+    async fn read_candidates(&self, q: CandidateQuery) -> recon_core::Result<Vec<crate::JobRow>> {
+        (**self).read_candidates(q).await
+    }
+    async fn apply(&self, r: &[Repair], now: DateTime<Utc>) -> recon_core::Result<ApplyOutcome> {
+        (**self).apply(r, now).await
+    }
+    async fn database_now(&self) -> recon_core::Result<DateTime<Utc>> {
+        (**self).database_now().await
+    }
+}
+
+#[async_trait]
+impl<T: PruneStore + ?Sized> PruneStore for Arc<T> {
+    async fn prune_batch(&self, q: PruneQuery) -> recon_core::Result<u64> {
+        (**self).prune_batch(q).await
+    }
+    async fn count_prunable(&self, q: PruneQuery) -> recon_core::Result<u64> {
+        (**self).count_prunable(q).await
+    }
+}
+
+fn check_batch(n: usize) -> Result<usize, Error> {
+    if (1..=MAX_BATCH_SIZE).contains(&n) {
+        Ok(n)
+    } else {
+        Err(Error::Settings(format!(
+            "batch size {n} is outside 1..={MAX_BATCH_SIZE}"
+        )))
+    }
+}
+
+/// Repairs jobs stuck in `processing`: expired leases and orphans go back to the queue or,
+/// when their attempts are used up, to failed; anomalies are reported.
+///
+/// Each kind of candidate is read in keyset batches; each batch is decided by the pure
+/// [`decide`] and applied in one guarded, set-based store call, so a job that a live worker
+/// renewed or finished in between is left alone (counted as `skipped_changed`). Dry runs read
+/// and decide but apply nothing. The step stops between batches once the run's deadline passed.
+pub struct LeaseRepair<S> {
+    store: S,
+    settings: Settings,
+    name: String,
+    batch_size: usize,
+    time_basis: TimeBasis,
+}
+
+impl<S: LeaseStore> LeaseRepair<S> {
+    /// A lease repair step over `store` with `settings` (validated).
+    pub fn new(store: S, settings: Settings) -> Result<Self, Error> {
+        settings.validate()?;
+        Ok(Self {
+            store,
+            settings,
+            name: "lease-repair".into(),
+            batch_size: 500,
+            time_basis: TimeBasis::Run,
+        })
+    }
+
+    /// Rows per batch (1 to [`MAX_BATCH_SIZE`], default 500).
+    pub fn batch_size(mut self, n: usize) -> Result<Self, Error> {
+        self.batch_size = check_batch(n)?;
+        Ok(self)
+    }
+
+    /// Where the time deciding expiry comes from (default: the run's `now`).
+    #[must_use]
+    pub fn time_basis(mut self, basis: TimeBasis) -> Self {
+        self.time_basis = basis;
+        self
+    }
+
+    /// The step's name in reports (default `lease-repair`).
+    #[must_use]
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+struct Tally {
+    report: StepReport,
+    anomalies: Vec<serde_json::Value>,
+    repaired: u64,
+}
+
+impl Tally {
+    fn fail(&self, what: &str, e: recon_core::Error) -> recon_core::Error {
+        let context = format!(
+            "{what} (after {} repairs in {} batches)",
+            self.repaired,
+            self.report.count(BATCHES)
+        );
+        if e.is_transient() {
+            recon_core::Error::transient(context, e)
+        } else {
+            recon_core::Error::permanent(context, e)
+        }
+    }
+}
+
+#[async_trait]
+impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn reconcile(&self, ctx: &RunContext) -> recon_core::Result<StepReport> {
+        let now = match self.time_basis {
+            TimeBasis::Run => ctx.now(),
+            TimeBasis::Database => self.store.database_now().await?,
+        };
+        let mut t = Tally {
+            report: StepReport::new(&self.name),
+            anomalies: Vec::new(),
+            repaired: 0,
+        };
+        for c in [
+            LEASES_REPAIRED,
+            JOBS_REQUEUED,
+            JOBS_FAILED,
+            ANOMALIES,
+            SKIPPED_CHANGED,
+            BATCHES,
+        ] {
+            t.report.add(c, 0);
+        }
+        let mut seen = 0_u64;
+        'kinds: for kind in CandidateKind::ALL {
+            let mut after: Option<JobKey> = None;
+            loop {
+                if ctx.deadline_passed() {
+                    t.report.note(format!(
+                        "stopped at the deadline before finishing {kind:?} candidates; the next run continues"
+                    ));
+                    break 'kinds;
+                }
+                let query = CandidateQuery {
+                    kind,
+                    processing_state: self.settings.states.processing.clone(),
+                    now,
+                    max_lease: self.settings.max_lease,
+                    after: after.clone(),
+                    limit: self.batch_size,
+                };
+                let rows = self
+                    .store
+                    .read_candidates(query)
+                    .await
+                    .map_err(|e| t.fail("read stuck jobs", e))?;
+                if rows.is_empty() {
+                    break;
+                }
+                t.report.add(BATCHES, 1);
+                seen += rows.len() as u64;
+                let full = rows.len() >= self.batch_size;
+                after = rows.last().map(|r| r.key.clone());
+                let mut repairs = Vec::new();
+                let mut outcomes = Vec::new();
+                for row in &rows {
+                    match decide(row, kind, now, &self.settings) {
+                        Action::Repair { repair, outcome } => {
+                            outcomes.push((repair.expected.key.clone(), outcome, kind));
+                            repairs.push(repair);
+                        }
+                        Action::Anomaly(a) => record_anomaly(&mut t, &row.key, a),
+                        Action::Leave(_) => {}
+                    }
+                }
+                if !repairs.is_empty() {
+                    let applied = if ctx.is_dry_run() {
+                        ApplyOutcome {
+                            applied: repairs.iter().map(|r| r.expected.key.clone()).collect(),
+                            skipped: vec![],
+                        }
+                    } else {
+                        self.store
+                            .apply(&repairs, now)
+                            .await
+                            .map_err(|e| t.fail("apply repairs", e))?
+                    };
+                    let applied_keys: std::collections::HashSet<&JobKey> =
+                        applied.applied.iter().collect();
+                    for (key, outcome, kind) in &outcomes {
+                        if !applied_keys.contains(key) {
+                            continue;
+                        }
+                        t.repaired += 1;
+                        match kind {
+                            CandidateKind::ExpiredLease => {
+                                t.report.add(LEASES_REPAIRED, 1);
+                            }
+                            _ if *outcome == Outcome::Requeued => {
+                                t.report.add(JOBS_REQUEUED, 1);
+                            }
+                            _ => {}
+                        }
+                        if *outcome == Outcome::Failed {
+                            t.report.add(JOBS_FAILED, 1);
+                        }
+                    }
+                    t.report.add(SKIPPED_CHANGED, applied.skipped.len() as u64);
+                }
+                ctx.report_progress(seen, None);
+                if !full {
+                    break;
+                }
+            }
+        }
+        if !t.anomalies.is_empty() {
+            t.report.detail("anomalies", json!(t.anomalies));
+        }
+        tracing::debug!(repaired = t.repaired, seen, "lease repair finished");
+        Ok(t.report)
+    }
+}
+
+fn record_anomaly(t: &mut Tally, key: &JobKey, kind: AnomalyKind) {
+    t.report.add(ANOMALIES, 1);
+    if t.anomalies.len() < MAX_LISTED_ANOMALIES {
+        t.anomalies
+            .push(json!({ "key": key.to_string(), "kind": kind }));
+    }
+}
+
+/// Deletes, or moves to an archive table, terminal jobs older than a cut-off, in batches.
+pub struct LeasePrune<S> {
+    store: S,
+    terminal_states: Vec<String>,
+    older_than: chrono::Duration,
+    mode: PruneMode,
+    batch_size: usize,
+    name: String,
+}
+
+impl<S: PruneStore> LeasePrune<S> {
+    /// Prune jobs in `terminal_states` last updated more than `older_than` before the run.
+    pub fn new(
+        store: S,
+        terminal_states: Vec<String>,
+        older_than: chrono::Duration,
+        mode: PruneMode,
+    ) -> Result<Self, Error> {
+        if terminal_states.is_empty() || terminal_states.iter().any(|s| s.trim().is_empty()) {
+            return Err(Error::Settings(
+                "prune needs at least one non-empty terminal state".into(),
+            ));
+        }
+        if older_than <= chrono::Duration::zero() {
+            return Err(Error::Settings("prune age must be positive".into()));
+        }
+        Ok(Self {
+            store,
+            terminal_states,
+            older_than,
+            mode,
+            batch_size: 1000,
+            name: "lease-prune".into(),
+        })
+    }
+
+    /// Jobs per batch (1 to [`MAX_BATCH_SIZE`], default 1000).
+    pub fn batch_size(mut self, n: usize) -> Result<Self, Error> {
+        self.batch_size = check_batch(n)?;
+        Ok(self)
+    }
+}
+
+#[async_trait]
+impl<S: PruneStore + 'static> Reconciler for LeasePrune<S> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn reconcile(&self, ctx: &RunContext) -> recon_core::Result<StepReport> {
+        let counter = match self.mode {
+            PruneMode::Delete => PRUNED,
+            PruneMode::Archive => ARCHIVED,
+        };
+        let mut report = StepReport::new(&self.name);
+        report.add(counter, 0).add(BATCHES, 0);
+        let query = PruneQuery {
+            terminal_states: self.terminal_states.clone(),
+            older_than: ctx
+                .now()
+                .checked_sub_signed(self.older_than)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+            limit: self.batch_size,
+            mode: self.mode.clone(),
+        };
+        if ctx.is_dry_run() {
+            let n = self.store.count_prunable(query).await?;
+            report.add(counter, n);
+            return Ok(report);
+        }
+        loop {
+            if ctx.deadline_passed() {
+                report.note("stopped at the deadline; the next run continues");
+                break;
+            }
+            let n = self.store.prune_batch(query.clone()).await?;
+            report.add(counter, n).add(BATCHES, 1);
+            ctx.report_progress(report.count(counter), None);
+            if n < self.batch_size as u64 {
+                break;
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,41 @@
+//! The store traits lease repair reads and writes through.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use recon_core::Result;
+
+use crate::{ApplyOutcome, CandidateQuery, JobRow, PruneQuery, Repair};
+
+/// Where the host's jobs live, shaped around batches.
+///
+/// Implementations: `store_sqlx::SqlLeaseStore` (SQLite, PostgreSQL, MySQL/MariaDB) and
+/// [`MemoryLeaseStore`](crate::MemoryLeaseStore) (the reference the conformance suite
+/// compares against). A host that keeps its jobs elsewhere implements this trait.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Up to `query.limit` rows of `query.kind` with keys after `query.after`, in key order,
+    /// as defined by [`CandidateKind::matches`](crate::CandidateKind::matches). Reads only.
+    async fn read_candidates(&self, query: CandidateQuery) -> Result<Vec<JobRow>>;
+
+    /// Apply a batch of decided repairs in one transaction, set-based. A repair is applied
+    /// only if its job still equals `repair.expected` (status, owner, expiry, attempts) and is
+    /// not locked by another repairer; otherwise the job is reported as skipped and left
+    /// alone. `now` stamps `updated_at` / `failed_at` where the host maps them.
+    async fn apply(&self, repairs: &[Repair], now: DateTime<Utc>) -> Result<ApplyOutcome>;
+
+    /// The database's current time, for [`TimeBasis::Database`](crate::TimeBasis::Database).
+    async fn database_now(&self) -> Result<DateTime<Utc>>;
+}
+
+/// Deletes or archives old terminal jobs in batches.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait PruneStore: Send + Sync {
+    /// Dispose of up to `query.limit` matching jobs (oldest keys first) in one transaction;
+    /// returns how many.
+    async fn prune_batch(&self, query: PruneQuery) -> Result<u64>;
+
+    /// How many jobs match `query` (ignoring its limit), for dry runs.
+    async fn count_prunable(&self, query: PruneQuery) -> Result<u64>;
+}

@@ -1,0 +1,623 @@
+//! Unit tests: the decision on scenario A's rows, properties of the decision, and the
+//! reconciler's orchestration against the memory store and mocks.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use proptest::prelude::*;
+use recon_core::{Reconciler, RunContext};
+use retry_policy::presets;
+
+use crate::counters::*;
+use crate::*;
+
+fn t(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn now() -> DateTime<Utc> {
+    t("2024-01-24T12:00:00Z")
+}
+
+fn row(
+    key: i64,
+    status: &str,
+    owner: Option<&str>,
+    until: Option<&str>,
+    attempts: Option<i64>,
+) -> JobRow {
+    JobRow {
+        key: JobKey::Int(key),
+        status: status.into(),
+        lease_owner: owner.map(Into::into),
+        lease_expires_at: until.map(t),
+        attempts,
+    }
+}
+
+fn settings(count_interrupted: bool) -> Settings {
+    let mut s = Settings::new(presets::startup_jobs());
+    s.count_interrupted_attempt = count_interrupted;
+    s
+}
+
+/// Scenario A's five jobs.
+fn scenario_a() -> Vec<StoredJob> {
+    let j = |k: i64, st: &str, o: Option<&str>, u: Option<&str>, a: i64| {
+        StoredJob::new(k, st, o, u.map(t), Some(a))
+    };
+    vec![
+        j(
+            42,
+            "processing",
+            Some("worker-001"),
+            Some("2024-01-24T10:00:00Z"),
+            1,
+        ),
+        j(43, "processing", None, None, 2),
+        j(44, "pending", None, None, 0),
+        j(
+            45,
+            "processing",
+            Some("worker-002"),
+            Some("2024-01-24T13:00:00Z"),
+            0,
+        ),
+        j(
+            46,
+            "processing",
+            Some("worker-003"),
+            Some("2024-01-24T09:00:00Z"),
+            3,
+        ),
+    ]
+}
+
+fn expect_repair(a: Action) -> (Repair, Outcome) {
+    match a {
+        Action::Repair { repair, outcome } => (repair, outcome),
+        other => panic!("expected a repair, got {other:?}"),
+    }
+}
+
+#[test]
+fn scenario_a_decisions_with_stored_attempts() {
+    let s = settings(false);
+    let (r42, o42) = expect_repair(decide(
+        &row(
+            42,
+            "processing",
+            Some("worker-001"),
+            Some("2024-01-24T10:00:00Z"),
+            Some(1),
+        ),
+        CandidateKind::ExpiredLease,
+        now(),
+        &s,
+    ));
+    assert_eq!(
+        (r42.status.as_str(), r42.attempts, o42),
+        ("retry", 1, Outcome::Requeued)
+    );
+    assert_eq!(
+        r42.last_error,
+        "Lease expired - worker crashed or timed out"
+    );
+    assert!(
+        r42.next_run_at.unwrap() > now(),
+        "retry time comes from the policy"
+    );
+
+    let (r43, o43) = expect_repair(decide(
+        &row(43, "processing", None, None, Some(2)),
+        CandidateKind::Orphaned,
+        now(),
+        &s,
+    ));
+    assert_eq!(
+        (r43.status.as_str(), r43.attempts, o43),
+        ("retry", 2, Outcome::Requeued)
+    );
+    assert_eq!(r43.last_error, "Orphaned job recovered");
+
+    assert_eq!(
+        decide(
+            &row(
+                45,
+                "processing",
+                Some("worker-002"),
+                Some("2024-01-24T13:00:00Z"),
+                Some(0)
+            ),
+            CandidateKind::ExpiredLease,
+            now(),
+            &s
+        ),
+        Action::Leave(LeaveReason::LiveLease)
+    );
+    assert_eq!(
+        decide(
+            &row(44, "pending", None, None, Some(0)),
+            CandidateKind::Orphaned,
+            now(),
+            &s
+        ),
+        Action::Leave(LeaveReason::NotProcessing)
+    );
+
+    let (r46, o46) = expect_repair(decide(
+        &row(
+            46,
+            "processing",
+            Some("worker-003"),
+            Some("2024-01-24T09:00:00Z"),
+            Some(3),
+        ),
+        CandidateKind::ExpiredLease,
+        now(),
+        &s,
+    ));
+    assert_eq!(
+        (r46.status.as_str(), r46.attempts, o46),
+        ("failed", 3, Outcome::Failed)
+    );
+    assert!(r46.failed && r46.next_run_at.is_none());
+}
+
+#[test]
+fn scenario_a_decisions_counting_the_interrupted_attempt() {
+    let s = settings(true);
+    let d = |r: JobRow, k| expect_repair(decide(&r, k, now(), &s));
+    let (r42, o) = d(
+        row(
+            42,
+            "processing",
+            Some("worker-001"),
+            Some("2024-01-24T10:00:00Z"),
+            Some(1),
+        ),
+        CandidateKind::ExpiredLease,
+    );
+    assert_eq!(
+        (r42.status.as_str(), r42.attempts, o),
+        ("retry", 2, Outcome::Requeued)
+    );
+    let (r43, o) = d(
+        row(43, "processing", None, None, Some(2)),
+        CandidateKind::Orphaned,
+    );
+    assert_eq!(
+        (r43.status.as_str(), r43.attempts, o),
+        ("failed", 3, Outcome::Failed)
+    );
+    let (r46, _) = d(
+        row(
+            46,
+            "processing",
+            Some("worker-003"),
+            Some("2024-01-24T09:00:00Z"),
+            Some(3),
+        ),
+        CandidateKind::ExpiredLease,
+    );
+    assert_eq!((r46.status.as_str(), r46.attempts), ("failed", 4));
+}
+
+#[test]
+fn anomalies_are_reported_not_repaired_by_default() {
+    let s = settings(false);
+    let k = CandidateKind::Anomaly;
+    assert_eq!(
+        decide(
+            &row(1, "processing", Some("w"), None, Some(0)),
+            k,
+            now(),
+            &s
+        ),
+        Action::Anomaly(AnomalyKind::OwnerWithoutExpiry)
+    );
+    assert_eq!(
+        decide(
+            &row(
+                2,
+                "processing",
+                Some("w"),
+                Some("2024-02-24T12:00:00Z"),
+                Some(0)
+            ),
+            k,
+            now(),
+            &s
+        ),
+        Action::Anomaly(AnomalyKind::ExpiryTooFarAhead)
+    );
+    for bad in [None, Some(-1), Some(i64::MIN)] {
+        assert_eq!(
+            decide(
+                &row(
+                    3,
+                    "processing",
+                    Some("w"),
+                    Some("2024-01-24T10:00:00Z"),
+                    bad
+                ),
+                CandidateKind::ExpiredLease,
+                now(),
+                &s
+            ),
+            Action::Anomaly(AnomalyKind::InvalidAttempts)
+        );
+    }
+    // opting in repairs the safe ones
+    let mut s = s;
+    s.repair_anomalies = true;
+    let (r, _) = expect_repair(decide(
+        &row(1, "processing", Some("w"), None, None),
+        k,
+        now(),
+        &s,
+    ));
+    assert_eq!((r.status.as_str(), r.attempts), ("retry", 0));
+    assert_eq!(
+        decide(
+            &row(
+                2,
+                "processing",
+                Some("w"),
+                Some("9999-01-01T00:00:00Z"),
+                Some(0)
+            ),
+            k,
+            now(),
+            &s
+        ),
+        Action::Anomaly(AnomalyKind::ExpiryTooFarAhead)
+    );
+}
+
+#[test]
+fn huge_attempts_give_up_without_overflow() {
+    let s = settings(true);
+    let (r, o) = expect_repair(decide(
+        &row(1, "processing", None, None, Some(i64::MAX)),
+        CandidateKind::Orphaned,
+        now(),
+        &s,
+    ));
+    assert_eq!((o, r.attempts), (Outcome::Failed, i64::MAX));
+}
+
+#[test]
+fn settings_are_validated() {
+    let mut s = settings(false);
+    s.states.retry = "processing".into();
+    assert!(s.validate().unwrap_err().to_string().contains("stay stuck"));
+    let mut s = settings(false);
+    s.states.failed = " ".into();
+    assert!(LeaseRepair::new(MemoryLeaseStore::new(), s).is_err());
+    let mut s = settings(false);
+    s.max_lease = Some(Duration::zero());
+    assert!(s.validate().is_err());
+    let step = LeaseRepair::new(MemoryLeaseStore::new(), settings(false)).unwrap();
+    assert!(step.batch_size(0).is_err());
+    let step = LeaseRepair::new(MemoryLeaseStore::new(), settings(false)).unwrap();
+    assert!(step.batch_size(MAX_BATCH_SIZE + 1).is_err());
+}
+
+fn arb_row() -> impl Strategy<Value = JobRow> {
+    (
+        0_i64..50,
+        prop::sample::select(vec!["processing", "retry", "pending", "done"]),
+        prop::option::of(prop::sample::select(vec!["w1", "w2"])),
+        prop::option::of(-3 * 3600_i64..3 * 24 * 3600),
+        prop::option::of(-2_i64..6),
+    )
+        .prop_map(|(k, st, o, off, a)| JobRow {
+            key: JobKey::Int(k),
+            status: st.into(),
+            lease_owner: o.map(Into::into),
+            lease_expires_at: off.map(|s| now() + Duration::seconds(s)),
+            attempts: a,
+        })
+}
+
+proptest! {
+    #[test]
+    fn a_live_lease_is_never_repaired(r in arb_row(), count in any::<bool>()) {
+        let s = settings(count);
+        for kind in CandidateKind::ALL {
+            if let Action::Repair { repair, .. } = decide(&r, kind, now(), &s) {
+                prop_assert_eq!(&r.status, "processing");
+                let expired = r.lease_expires_at.is_some_and(|e| e < now());
+                let orphan = r.lease_owner.is_none() && r.lease_expires_at.is_none();
+                prop_assert!(expired || orphan, "repaired a live job: {:?}", r);
+                prop_assert!(repair.attempts >= r.attempts.unwrap());
+                prop_assert!(repair.status != "processing");
+                // failed exactly when the attempts that count reach the maximum
+                prop_assert_eq!(repair.failed, repair.attempts >= 3);
+            }
+        }
+    }
+
+    #[test]
+    fn decisions_are_deterministic(r in arb_row()) {
+        let s = settings(false);
+        for kind in CandidateKind::ALL {
+            prop_assert_eq!(decide(&r, kind, now(), &s), decide(&r, kind, now(), &s));
+        }
+    }
+
+    #[test]
+    fn every_processing_row_falls_in_at_most_one_candidate_kind(r in arb_row()) {
+        let q = |kind| CandidateQuery {
+            kind, processing_state: "processing".into(), now: now(),
+            max_lease: Some(Duration::hours(24)), after: None, limit: 10,
+        };
+        let n = CandidateKind::ALL.iter().filter(|k| k.matches(&r, &q(**k))).count();
+        prop_assert!(n <= 1, "{:?} matched {} kinds", r, n);
+    }
+}
+
+async fn run(step: &impl Reconciler, dry: bool) -> recon_core::StepReport {
+    step.reconcile(&RunContext::new(now()).with_dry_run(dry))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn scenario_a_end_to_end_on_the_memory_store() {
+    let store = Arc::new(MemoryLeaseStore::new());
+    store.insert(scenario_a());
+    let step = LeaseRepair::new(store.clone(), settings(false)).unwrap();
+    let r = run(&step, false).await;
+    assert_eq!(r.count(LEASES_REPAIRED), 2);
+    assert_eq!(r.count(JOBS_REQUEUED), 1);
+    assert_eq!(r.count(JOBS_FAILED), 1);
+    assert_eq!(r.count(ANOMALIES), 0);
+    assert_eq!(r.count(SKIPPED_CHANGED), 0);
+    let jobs = store.jobs();
+    let st: Vec<_> = jobs
+        .iter()
+        .map(|j| (j.row.status.as_str(), j.row.attempts))
+        .collect();
+    assert_eq!(
+        st,
+        [
+            ("retry", Some(1)),
+            ("retry", Some(2)),
+            ("pending", Some(0)),
+            ("processing", Some(0)),
+            ("failed", Some(3))
+        ]
+    );
+    // a second run right after repairs nothing
+    let again = run(&step, false).await;
+    for c in [LEASES_REPAIRED, JOBS_REQUEUED, JOBS_FAILED, SKIPPED_CHANGED] {
+        assert_eq!(again.count(c), 0, "{c}");
+    }
+    assert_eq!(store.jobs(), jobs, "second run changed something");
+}
+
+#[tokio::test]
+async fn dry_run_counts_but_never_applies() {
+    let mut store = MockLeaseStore::new();
+    let rows = vec![row(
+        42,
+        "processing",
+        Some("w"),
+        Some("2024-01-24T10:00:00Z"),
+        Some(1),
+    )];
+    store.expect_read_candidates().returning(move |q| {
+        Ok(
+            if q.kind == CandidateKind::ExpiredLease && q.after.is_none() {
+                rows.clone()
+            } else {
+                vec![]
+            },
+        )
+    });
+    store.expect_apply().never();
+    let step = LeaseRepair::new(store, settings(false)).unwrap();
+    let r = run(&step, true).await;
+    assert_eq!(
+        r.count(LEASES_REPAIRED),
+        1,
+        "dry run reports what would happen"
+    );
+}
+
+#[tokio::test]
+async fn batches_follow_the_keyset_and_skips_are_counted() {
+    let mut store = MockLeaseStore::new();
+    let stuck: Vec<JobRow> = (1..=5)
+        .map(|k| {
+            row(
+                k,
+                "processing",
+                Some("w"),
+                Some("2024-01-24T10:00:00Z"),
+                Some(0),
+            )
+        })
+        .collect();
+    store.expect_read_candidates().returning(move |q| {
+        if q.kind != CandidateKind::ExpiredLease {
+            return Ok(vec![]);
+        }
+        let after = match q.after {
+            Some(JobKey::Int(k)) => k,
+            _ => 0,
+        };
+        Ok(stuck
+            .iter()
+            .filter(|r| r.key > JobKey::Int(after))
+            .take(q.limit)
+            .cloned()
+            .collect())
+    });
+    // key 3 was renewed by its worker between read and write
+    store.expect_apply().times(3).returning(|repairs, _| {
+        let mut out = ApplyOutcome::default();
+        for r in repairs {
+            if r.expected.key == JobKey::Int(3) {
+                out.skipped.push(r.expected.key.clone())
+            } else {
+                out.applied.push(r.expected.key.clone())
+            }
+        }
+        Ok(out)
+    });
+    let step = LeaseRepair::new(store, settings(false))
+        .unwrap()
+        .batch_size(2)
+        .unwrap();
+    let r = run(&step, false).await;
+    assert_eq!(r.count(BATCHES), 3);
+    assert_eq!(r.count(LEASES_REPAIRED), 4);
+    assert_eq!(r.count(SKIPPED_CHANGED), 1);
+}
+
+#[tokio::test]
+async fn a_store_failure_mid_run_says_what_was_done() {
+    let mut store = MockLeaseStore::new();
+    let mut calls = 0;
+    store.expect_read_candidates().returning(move |_| {
+        calls += 1;
+        if calls == 1 {
+            Ok(vec![row(1, "processing", None, None, Some(0))])
+        } else {
+            Err(recon_core::Error::transient(
+                "read",
+                std::io::Error::other("connection reset"),
+            ))
+        }
+    });
+    store.expect_apply().times(1).returning(|r, _| {
+        Ok(ApplyOutcome {
+            applied: vec![r[0].expected.key.clone()],
+            skipped: vec![],
+        })
+    });
+    let step = LeaseRepair::new(store, settings(false))
+        .unwrap()
+        .batch_size(1)
+        .unwrap();
+    let err = step.reconcile(&RunContext::new(now())).await.unwrap_err();
+    assert!(err.is_transient());
+    assert!(
+        err.to_string().contains("after 1 repairs in 1 batches"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn anomalies_are_listed_in_the_report() {
+    let store = MemoryLeaseStore::new();
+    store.insert([
+        StoredJob::new(1, "processing", Some("w"), None, Some(0)),
+        StoredJob::new(
+            2,
+            "processing",
+            Some("w"),
+            Some(t("2030-01-01T00:00:00Z")),
+            Some(0),
+        ),
+        StoredJob::new(
+            3,
+            "processing",
+            Some("w"),
+            Some(t("2024-01-24T13:00:00Z")),
+            None,
+        ),
+        StoredJob::new(
+            4,
+            "processing",
+            Some("w"),
+            Some(t("2024-01-24T10:00:00Z")),
+            Some(-1),
+        ),
+    ]);
+    let step = LeaseRepair::new(store, settings(false)).unwrap();
+    let r = run(&step, false).await;
+    assert_eq!(r.count(ANOMALIES), 4);
+    assert_eq!(r.count(LEASES_REPAIRED), 0);
+    let listed = r.details()["anomalies"].as_array().unwrap();
+    let kinds: Vec<_> = listed.iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "invalid_attempts",
+            "owner_without_expiry",
+            "expiry_too_far_ahead",
+            "invalid_attempts"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_step_stops_between_batches_at_the_deadline() {
+    let store = MemoryLeaseStore::new();
+    store.insert((1..=10).map(|k| StoredJob::new(k, "processing", None, None, Some(0))));
+    let step = LeaseRepair::new(store, settings(false))
+        .unwrap()
+        .batch_size(3)
+        .unwrap();
+    let ctx = RunContext::new(now()).with_deadline(Some(tokio::time::Instant::now()));
+    let r = step.reconcile(&ctx).await.unwrap();
+    assert_eq!(r.count(BATCHES), 0);
+    assert!(r.notes()[0].contains("deadline"));
+}
+
+#[tokio::test]
+async fn prune_deletes_or_archives_old_terminal_jobs_in_batches() {
+    let store = Arc::new(MemoryLeaseStore::new());
+    let old = |k, st: &str| {
+        let mut j = StoredJob::new(k, st, None, None, Some(1));
+        j.updated_at = Some(t("2023-12-01T00:00:00Z"));
+        j
+    };
+    let mut recent = StoredJob::new(9, "done", None, None, Some(1));
+    recent.updated_at = Some(t("2024-01-23T00:00:00Z"));
+    store.insert([
+        old(1, "done"),
+        old(2, "failed"),
+        old(3, "done"),
+        old(4, "processing"),
+        recent,
+    ]);
+    let step = LeasePrune::new(
+        store.clone(),
+        vec!["done".into(), "failed".into()],
+        Duration::days(30),
+        PruneMode::Archive,
+    )
+    .unwrap()
+    .batch_size(2)
+    .unwrap();
+    let dry = run(&step, true).await;
+    assert_eq!(dry.count(ARCHIVED), 3);
+    assert_eq!(store.jobs().len(), 5, "dry run keeps everything");
+    let r = run(&step, false).await;
+    assert_eq!(r.count(ARCHIVED), 3);
+    assert_eq!(r.count(BATCHES), 2);
+    let left: Vec<_> = store.jobs().iter().map(|j| j.row.key.clone()).collect();
+    assert_eq!(left, [JobKey::Int(4), JobKey::Int(9)]);
+    assert_eq!(store.archived().len(), 3, "archived, not lost");
+    assert!(
+        LeasePrune::new(
+            MemoryLeaseStore::new(),
+            vec![],
+            Duration::days(1),
+            PruneMode::Delete
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn keys_order_and_display() {
+    assert!(JobKey::Int(9) < JobKey::Int(10));
+    assert!(JobKey::Int(i64::MAX) < JobKey::Text(String::new()));
+    assert_eq!(JobKey::from("a1").to_string(), "a1");
+}
