@@ -5,6 +5,8 @@
 
 mod common;
 mod core_stores;
+mod jobs;
+mod lease;
 
 use common::TestDb;
 

@@ -16,17 +16,18 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    /// Placeholder for the `n`-th (1-based) bound value.
+    /// Placeholder for the `n`-th (1-based) bound value. MySQL's `?` is positional: a
+    /// value used twice must be bound twice, and placeholders must appear in bind order.
     pub(crate) fn param(self, n: usize) -> String {
         match self {
             Self::Postgres => format!("${n}"),
-            Self::Sqlite | Self::MySql => "?".to_owned(),
+            Self::Sqlite => format!("?{n}"),
+            Self::MySql => "?".to_owned(),
         }
     }
 
     /// `FOR UPDATE SKIP LOCKED` where the database has row locks; SQLite serialises writers
     /// with `BEGIN IMMEDIATE` instead.
-    #[allow(dead_code)] // used by the host-table stores
     pub(crate) fn lock_rows(self) -> &'static str {
         match self {
             Self::Postgres | Self::MySql => " FOR UPDATE SKIP LOCKED",
@@ -65,7 +66,6 @@ pub enum TimestampFormat {
 
 impl TimestampFormat {
     /// `t` as a value to bind against a column of this format, in `dialect`.
-    #[allow(dead_code)] // used by the host-table stores
     pub(crate) fn value(self, dialect: Dialect, t: Option<DateTime<Utc>>) -> Value {
         if dialect != Dialect::Sqlite {
             return Value::Ts(t);

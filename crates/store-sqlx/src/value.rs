@@ -35,7 +35,7 @@ impl Value {
         }
     }
 
-    #[allow(dead_code)] // used by the host-table stores
+    #[allow(dead_code)] // for aggregate metrics (sums, averages) of the host-table stores
     pub(crate) fn float(self) -> Option<f64> {
         match self {
             Value::Float(v) => v,
@@ -52,7 +52,7 @@ pub(crate) enum Kind {
     Text,
     /// A timestamp; on SQLite stored per the format, elsewhere native.
     Ts(crate::TimestampFormat),
-    #[allow(dead_code)] // used by the host-table stores
+    #[allow(dead_code)] // for aggregate metrics (sums, averages) of the host-table stores
     Float,
 }
 

@@ -1,0 +1,774 @@
+//! Lease repair behaves the same on memory, SQLite, PostgreSQL and MySQL/MariaDB.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use lease_repair::counters::*;
+use lease_repair::{
+    CandidateKind, CandidateQuery, JobKey, JobRow, LeasePrune, LeaseRepair, PruneMode, Settings,
+    StoredJob, TimeBasis,
+};
+use recon_core::{Reconciler, RunContext, StepReport};
+use retry_policy::presets;
+use store_sqlx::{Dialect, KeyKind, TimestampFormat};
+
+use crate::Backend;
+use crate::jobs::{Jobs, Shape};
+
+fn t(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn now() -> DateTime<Utc> {
+    t("2024-01-24T12:00:00Z")
+}
+
+fn settings(count_interrupted: bool) -> Settings {
+    let mut s = Settings::new(presets::startup_jobs());
+    s.count_interrupted_attempt = count_interrupted;
+    s
+}
+
+fn scenario_a() -> Vec<StoredJob> {
+    let j = |k: i64, st: &str, o: Option<&str>, u: Option<&str>, a: i64| {
+        StoredJob::new(k, st, o, u.map(t), Some(a))
+    };
+    vec![
+        j(
+            42,
+            "processing",
+            Some("worker-001"),
+            Some("2024-01-24T10:00:00Z"),
+            1,
+        ),
+        j(43, "processing", None, None, 2),
+        j(44, "pending", None, None, 0),
+        j(
+            45,
+            "processing",
+            Some("worker-002"),
+            Some("2024-01-24T13:00:00Z"),
+            0,
+        ),
+        j(
+            46,
+            "processing",
+            Some("worker-003"),
+            Some("2024-01-24T09:00:00Z"),
+            3,
+        ),
+    ]
+}
+
+async fn run(step: &impl Reconciler, dry: bool) -> StepReport {
+    step.reconcile(&RunContext::new(now()).with_dry_run(dry))
+        .await
+        .unwrap()
+}
+
+/// (status, owner, expiry, attempts, last_error) of every job.
+type Brief = (
+    JobKey,
+    String,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<i64>,
+    Option<String>,
+);
+
+fn brief(jobs: &[StoredJob]) -> Vec<Brief> {
+    jobs.iter()
+        .map(|j| {
+            (
+                j.row.key.clone(),
+                j.row.status.clone(),
+                j.row.lease_owner.clone(),
+                j.row.lease_expires_at,
+                j.row.attempts,
+                j.last_error.clone(),
+            )
+        })
+        .collect()
+}
+
+fn b(k: i64, st: &str, o: Option<&str>, u: Option<&str>, a: i64, e: Option<&str>) -> Brief {
+    (
+        JobKey::Int(k),
+        st.into(),
+        o.map(Into::into),
+        u.map(t),
+        Some(a),
+        e.map(Into::into),
+    )
+}
+
+const EXPIRED: &str = "Lease expired - worker crashed or timed out";
+const ORPHANED: &str = "Orphaned job recovered";
+
+async fn scenario_a_jobs_row_by_row(be: &Backend<'_>) {
+    let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    jobs.insert(&scenario_a(), Shape::default()).await;
+    let step = LeaseRepair::new(jobs.lease.clone(), settings(false)).unwrap();
+    let r = run(&step, false).await;
+    assert_eq!(
+        (
+            r.count(LEASES_REPAIRED),
+            r.count(JOBS_REQUEUED),
+            r.count(JOBS_FAILED)
+        ),
+        (2, 1, 1),
+        "{}",
+        be.name()
+    );
+    assert_eq!(r.count(ANOMALIES) + r.count(SKIPPED_CHANGED), 0);
+    let after = jobs.all().await;
+    assert_eq!(
+        brief(&after),
+        vec![
+            b(42, "retry", None, None, 1, Some(EXPIRED)),
+            b(43, "retry", None, None, 2, Some(ORPHANED)),
+            b(44, "pending", None, None, 0, None),
+            b(
+                45,
+                "processing",
+                Some("worker-002"),
+                Some("2024-01-24T13:00:00Z"),
+                0,
+                None
+            ),
+            b(46, "failed", None, None, 3, Some(EXPIRED)),
+        ],
+        "{}",
+        be.name()
+    );
+    // repair metadata: next run from the policy, failure and update times stamped
+    assert!(after[0].next_run_at.is_some_and(|n| n > now()));
+    assert_eq!(after[4].failed_at, Some(now()));
+    assert_eq!(after[4].next_run_at, None);
+    assert_eq!(after[0].updated_at, Some(now()));
+    assert_eq!(after[2].updated_at, None, "untouched rows stay untouched");
+    // a second run right after repairs nothing
+    let again = run(&step, false).await;
+    for c in [
+        LEASES_REPAIRED,
+        JOBS_REQUEUED,
+        JOBS_FAILED,
+        SKIPPED_CHANGED,
+        ANOMALIES,
+    ] {
+        assert_eq!(again.count(c), 0, "{}: {c}", be.name());
+    }
+    assert_eq!(
+        jobs.all().await,
+        after,
+        "{}: the second run changed something",
+        be.name()
+    );
+}
+
+async fn scenario_a_jobs_counting_the_interrupted_attempt(be: &Backend<'_>) {
+    let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    jobs.insert(&scenario_a(), Shape::default()).await;
+    let step = LeaseRepair::new(jobs.lease.clone(), settings(true)).unwrap();
+    let r = run(&step, false).await;
+    assert_eq!(
+        (
+            r.count(LEASES_REPAIRED),
+            r.count(JOBS_REQUEUED),
+            r.count(JOBS_FAILED)
+        ),
+        (2, 0, 2)
+    );
+    assert_eq!(
+        brief(&jobs.all().await),
+        vec![
+            b(42, "retry", None, None, 2, Some(EXPIRED)),
+            b(43, "failed", None, None, 3, Some(ORPHANED)),
+            b(44, "pending", None, None, 0, None),
+            b(
+                45,
+                "processing",
+                Some("worker-002"),
+                Some("2024-01-24T13:00:00Z"),
+                0,
+                None
+            ),
+            b(46, "failed", None, None, 4, Some(EXPIRED)),
+        ],
+        "{}",
+        be.name()
+    );
+    let again = run(&step, false).await;
+    assert_eq!(again.count(LEASES_REPAIRED) + again.count(JOBS_FAILED), 0);
+}
+
+async fn a_lease_renewed_between_read_and_write_is_not_clobbered(be: &Backend<'_>) {
+    let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    jobs.insert(&scenario_a(), Shape::default()).await;
+    let q = CandidateQuery {
+        kind: CandidateKind::ExpiredLease,
+        processing_state: "processing".into(),
+        now: now(),
+        max_lease: None,
+        after: None,
+        limit: 100,
+    };
+    let rows = jobs.lease.read_candidates(q).await.unwrap();
+    let keys: Vec<_> = rows.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys, [JobKey::Int(42), JobKey::Int(46)], "{}", be.name());
+    // worker-001 comes back and renews job 42's lease before the repair is written
+    jobs.renew(42, t("2024-01-24T12:05:00Z")).await;
+    let s = settings(false);
+    let repairs: Vec<_> = rows
+        .iter()
+        .filter_map(
+            |r| match lease_repair::decide(r, CandidateKind::ExpiredLease, now(), &s) {
+                lease_repair::Action::Repair { repair, .. } => Some(repair),
+                _ => None,
+            },
+        )
+        .collect();
+    let out = jobs.lease.apply(&repairs, now()).await.unwrap();
+    assert_eq!(out.applied, [JobKey::Int(46)], "{}", be.name());
+    assert_eq!(out.skipped, [JobKey::Int(42)], "{}", be.name());
+    let after = jobs.all().await;
+    assert_eq!(
+        brief(&after[..1]),
+        vec![b(
+            42,
+            "processing",
+            Some("worker-001"),
+            Some("2024-01-24T12:05:00Z"),
+            1,
+            None
+        )],
+        "{}: a live lease was clobbered",
+        be.name()
+    );
+}
+
+fn stuck(n: i64, start: i64) -> Vec<StoredJob> {
+    (start..start + n)
+        .map(|k| {
+            if k % 5 == 0 {
+                StoredJob::new(k, "processing", None, None, Some(k % 3))
+            } else {
+                StoredJob::new(
+                    k,
+                    "processing",
+                    Some("w"),
+                    Some(now() - Duration::minutes(1 + k % 50)),
+                    Some(k % 3),
+                )
+            }
+        })
+        .collect()
+}
+
+async fn stuck_sets_larger_than_a_batch_are_repaired_in_keyset_batches(be: &Backend<'_>) {
+    let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    jobs.insert(&stuck(1234, 1), Shape::default()).await;
+    let step = LeaseRepair::new(jobs.lease.clone(), settings(false))
+        .unwrap()
+        .batch_size(100)
+        .unwrap();
+    let r = run(&step, false).await;
+    let total = r.count(LEASES_REPAIRED)
+        + r.count(JOBS_REQUEUED)
+        + (r.count(JOBS_FAILED) - failed_orphans(&jobs.all().await));
+    assert_eq!(total, 1234, "{}", be.name());
+    // 988 expired (10 batches) + 246 orphans (3 batches)
+    assert_eq!(r.count(BATCHES), 13, "{}", be.name());
+    assert!(
+        jobs.all()
+            .await
+            .iter()
+            .all(|j| j.row.status != "processing")
+    );
+}
+
+/// Orphans that ended failed are counted in jobs_failed but not in jobs_requeued.
+fn failed_orphans(jobs: &[StoredJob]) -> u64 {
+    jobs.iter()
+        .filter(|j| j.row.status == "failed" && j.last_error.as_deref() == Some(ORPHANED))
+        .count() as u64
+}
+
+async fn four_concurrent_reconcilers_repair_every_job_exactly_once(be: &Backend<'_>) {
+    let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    let n = 2000;
+    let seed: Vec<_> = (1..=n)
+        .map(|k| {
+            StoredJob::new(
+                k,
+                "processing",
+                Some("w"),
+                Some(now() - Duration::minutes(5)),
+                Some(0),
+            )
+        })
+        .collect();
+    jobs.insert(&seed, Shape::default()).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        // counting the interrupted attempt makes a double repair visible as attempts 2
+        let step = LeaseRepair::new(jobs.lease.clone(), settings(true))
+            .unwrap()
+            .batch_size(50)
+            .unwrap();
+        tasks.push(tokio::spawn(async move { run(&step, false).await }));
+    }
+    let mut repaired = 0;
+    for task in tasks {
+        repaired += task.await.unwrap().count(LEASES_REPAIRED);
+    }
+    assert_eq!(
+        repaired,
+        n as u64,
+        "{}: repairs across instances",
+        be.name()
+    );
+    let after = jobs.all().await;
+    assert_eq!(after.len(), n as usize);
+    for j in &after {
+        assert_eq!(
+            (j.row.status.as_str(), j.row.attempts),
+            ("retry", Some(1)),
+            "{}: job {} repaired other than exactly once",
+            be.name(),
+            j.row.key
+        );
+    }
+}
+
+async fn dry_run_changes_nothing(be: &Backend<'_>) {
+    let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    jobs.insert(&scenario_a(), Shape::default()).await;
+    let before = jobs.all().await;
+    let step = LeaseRepair::new(jobs.lease.clone(), settings(false)).unwrap();
+    let r = run(&step, true).await;
+    assert_eq!(
+        (
+            r.count(LEASES_REPAIRED),
+            r.count(JOBS_REQUEUED),
+            r.count(JOBS_FAILED)
+        ),
+        (2, 1, 1),
+        "dry run reports what it would do"
+    );
+    assert_eq!(
+        jobs.all().await,
+        before,
+        "{}: dry run changed rows",
+        be.name()
+    );
+}
+
+async fn anomalies_are_reported_and_left_alone(be: &Backend<'_>) {
+    let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    let rows = vec![
+        StoredJob::new(1, "processing", Some("w"), None, Some(0)),
+        StoredJob::new(
+            2,
+            "processing",
+            Some("w"),
+            Some(t("2031-01-01T00:00:00Z")),
+            Some(0),
+        ),
+        StoredJob::new(
+            3,
+            "processing",
+            Some("w"),
+            Some(t("2024-01-24T13:00:00Z")),
+            None,
+        ),
+        StoredJob::new(
+            4,
+            "processing",
+            Some("w"),
+            Some(t("2024-01-24T10:00:00Z")),
+            Some(-2),
+        ),
+        StoredJob::new(
+            5,
+            "processing",
+            Some("w"),
+            Some(t("1969-07-20T20:17:00Z")),
+            Some(1),
+        ),
+    ];
+    jobs.insert(&rows, Shape::default()).await;
+    let before = jobs.all().await;
+    let step = LeaseRepair::new(jobs.lease.clone(), settings(false)).unwrap();
+    let r = run(&step, false).await;
+    assert_eq!(r.count(ANOMALIES), 4, "{}", be.name());
+    assert_eq!(
+        r.count(LEASES_REPAIRED),
+        1,
+        "a lease that ended before 1970 is still expired"
+    );
+    let after = jobs.all().await;
+    assert_eq!(
+        brief(&after[..4]),
+        brief(&before[..4]),
+        "{}: anomalies changed",
+        be.name()
+    );
+}
+
+async fn candidate_reads_agree_with_the_reference_definition(be: &Backend<'_>) {
+    let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    // every combination of status × owner × expiry × attempts around `now`
+    let mut rows = Vec::new();
+    let mut k = 0;
+    for st in ["processing", "retry"] {
+        for owner in [None, Some("w")] {
+            for exp in [
+                None,
+                Some(-3600),
+                Some(-1),
+                Some(0),
+                Some(1),
+                Some(3600),
+                Some(90_000),
+            ] {
+                for att in [None, Some(-1), Some(0), Some(5)] {
+                    k += 1;
+                    rows.push(StoredJob::new(
+                        k,
+                        st,
+                        owner,
+                        exp.map(|s| now() + Duration::seconds(s)),
+                        att,
+                    ));
+                }
+            }
+        }
+    }
+    jobs.insert(&rows, Shape::default()).await;
+    for kind in CandidateKind::ALL {
+        let q = CandidateQuery {
+            kind,
+            processing_state: "processing".into(),
+            now: now(),
+            max_lease: Some(Duration::hours(24)),
+            after: None,
+            limit: 1000,
+        };
+        let want: Vec<JobRow> = rows
+            .iter()
+            .map(|j| j.row.clone())
+            .filter(|r| kind.matches(r, &q))
+            .collect();
+        let got = jobs.lease.read_candidates(q.clone()).await.unwrap();
+        assert_eq!(got, want, "{}: {kind:?}", be.name());
+        // keyset: the second half after the middle key
+        if let Some(mid) = want.get(want.len() / 2) {
+            let q2 = CandidateQuery {
+                after: Some(mid.key.clone()),
+                ..q
+            };
+            let got2 = jobs.lease.read_candidates(q2).await.unwrap();
+            assert_eq!(
+                got2,
+                want[want.len() / 2 + 1..].to_vec(),
+                "{}: keyset {kind:?}",
+                be.name()
+            );
+        }
+    }
+}
+
+async fn text_and_uuid_keys_work(be: &Backend<'_>) {
+    for key in [KeyKind::Text, KeyKind::Uuid] {
+        let shape = Shape {
+            key,
+            ..Shape::default()
+        };
+        let table = if key == KeyKind::Text {
+            "jobs_text"
+        } else {
+            "jobs_uuid"
+        };
+        let jobs = Jobs::new(be, table, shape).await;
+        let ids = [
+            "0b6b7a1e-0000-4000-8000-000000000001",
+            "0b6b7a1e-0000-4000-8000-000000000002",
+            "0b6b7a1e-0000-4000-8000-000000000003",
+        ];
+        let rows: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                StoredJob::new(
+                    *id,
+                    "processing",
+                    Some("w"),
+                    Some(now() - Duration::minutes(i as i64 + 1)),
+                    Some(0),
+                )
+            })
+            .collect();
+        jobs.insert(&rows, shape).await;
+        let step = LeaseRepair::new(jobs.lease.clone(), settings(false))
+            .unwrap()
+            .batch_size(2)
+            .unwrap();
+        let r = run(&step, false).await;
+        assert_eq!(r.count(LEASES_REPAIRED), 3, "{}: {key:?}", be.name());
+        assert_eq!(r.count(BATCHES), 2);
+        assert!(jobs.all().await.iter().all(|j| j.row.status == "retry"));
+    }
+}
+
+async fn prune_deletes_or_archives_old_terminal_jobs(be: &Backend<'_>) {
+    let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    let mut rows = Vec::new();
+    for k in 1..=25 {
+        let st = ["done", "failed", "processing", "retry", "done"][(k % 5) as usize];
+        let mut j = StoredJob::new(k, st, None, None, Some(1));
+        j.updated_at = Some(if k <= 20 {
+            t("2023-11-01T00:00:00Z")
+        } else {
+            t("2024-01-20T00:00:00Z")
+        });
+        rows.push(j);
+    }
+    jobs.insert(&rows, Shape::default()).await;
+    let terminal = vec!["done".to_owned(), "failed".to_owned()];
+    let archive = LeasePrune::new(
+        jobs.prune.clone(),
+        terminal.clone(),
+        Duration::days(30),
+        PruneMode::Archive,
+    )
+    .unwrap()
+    .batch_size(5)
+    .unwrap();
+    assert_eq!(
+        run(&archive, true).await.count(ARCHIVED),
+        12,
+        "{}",
+        be.name()
+    );
+    assert_eq!(jobs.all().await.len(), 25, "dry run keeps everything");
+    let r = run(&archive, false).await;
+    assert_eq!(r.count(ARCHIVED), 12, "{}", be.name());
+    assert_eq!(jobs.all().await.len(), 13);
+    let archived = jobs.archived().await;
+    assert_eq!(archived.len(), 12, "{}: archived rows are kept", be.name());
+    assert!(
+        archived
+            .iter()
+            .all(|j| j.row.status == "done" || j.row.status == "failed")
+    );
+    assert_eq!(run(&archive, false).await.count(ARCHIVED), 0, "idempotent");
+}
+
+async fn database_time_basis_uses_the_database_clock(be: &Backend<'_>) {
+    let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    // expired by the real clock, live by scenario A's frozen now
+    let real = Utc::now();
+    jobs.insert(
+        &[StoredJob::new(
+            1,
+            "processing",
+            Some("w"),
+            Some(real - Duration::minutes(10)),
+            Some(0),
+        )],
+        Shape::default(),
+    )
+    .await;
+    let step = LeaseRepair::new(jobs.lease.clone(), settings(false)).unwrap();
+    let ctx = RunContext::new(real - Duration::hours(1));
+    assert_eq!(
+        step.reconcile(&ctx).await.unwrap().count(LEASES_REPAIRED),
+        0
+    );
+    let step = step.time_basis(TimeBasis::Database);
+    assert_eq!(
+        step.reconcile(&ctx).await.unwrap().count(LEASES_REPAIRED),
+        1,
+        "{}",
+        be.name()
+    );
+}
+
+async fn sqlite_timestamp_formats(be: &Backend<'_>) {
+    let Backend::Sql(tdb) = be else { return };
+    if tdb.db.dialect() != Dialect::Sqlite {
+        return;
+    }
+    for f in [TimestampFormat::SqliteText, TimestampFormat::UnixSeconds] {
+        let shape = Shape {
+            sqlite_ts: f,
+            ..Shape::default()
+        };
+        let table = format!("jobs_{f:?}").to_lowercase();
+        let jobs = Jobs::new(be, &table, shape).await;
+        jobs.insert(&scenario_a(), shape).await;
+        let r = run(
+            &LeaseRepair::new(jobs.lease.clone(), settings(false)).unwrap(),
+            false,
+        )
+        .await;
+        assert_eq!(
+            (
+                r.count(LEASES_REPAIRED),
+                r.count(JOBS_REQUEUED),
+                r.count(JOBS_FAILED)
+            ),
+            (2, 1, 1),
+            "{f:?}"
+        );
+        let after = jobs.all().await;
+        assert_eq!(after[3].row.status, "processing", "{f:?}: live lease kept");
+        assert_eq!(
+            after[4].failed_at,
+            Some(now()),
+            "{f:?}: failed_at written in the table's format"
+        );
+    }
+}
+
+async fn verify_names_what_is_missing(be: &Backend<'_>) {
+    let Backend::Sql(tdb) = be else { return };
+    let _jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    let map = |table: &str| store_sqlx::JobTable::builder(table);
+    let err = tdb
+        .db
+        .lease_store(map("no_such_jobs").build().unwrap())
+        .verify()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("table no_such_jobs does not exist"),
+        "{err}"
+    );
+    let err = tdb
+        .db
+        .lease_store(
+            map("processing_jobs")
+                .lease_owner("owner")
+                .attempts("tries")
+                .build()
+                .unwrap(),
+        )
+        .verify()
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("has no column(s) owner, tries"), "{msg}");
+    // Quoted names are case-sensitive on PostgreSQL only; verify follows each backend's rules.
+    let upper = tdb
+        .db
+        .lease_store(map("processing_jobs").status("STATUS").build().unwrap())
+        .verify()
+        .await;
+    let table_case = tdb
+        .db
+        .lease_store(map("Processing_Jobs").build().unwrap())
+        .verify()
+        .await;
+    let err = match tdb.db.dialect() {
+        Dialect::Postgres => {
+            let e = upper.unwrap_err();
+            assert!(e.to_string().contains("did you mean `status`"), "{e}");
+            let e = table_case.unwrap_err();
+            assert!(
+                e.to_string().contains("did you mean `processing_jobs`"),
+                "{e}"
+            );
+            e
+        }
+        _ => {
+            upper.expect("SQLite and MySQL match column names without regard to case");
+            if tdb.db.dialect() == Dialect::Sqlite {
+                table_case.expect("SQLite matches table names without regard to case");
+            }
+            tdb.db
+                .lease_store(map("no_such_jobs").build().unwrap())
+                .verify()
+                .await
+                .unwrap_err()
+        }
+    };
+    // recon converts it into a config error for the runner
+    let core: recon_core::Error = err.into();
+    assert!(!core.is_transient());
+}
+
+async fn bad_mappings_are_rejected_before_any_sql(_be: &Backend<'_>) {
+    use store_sqlx::JobTable;
+    for (what, r) in [
+        ("table", JobTable::builder("jobs; DROP TABLE jobs").build()),
+        (
+            "status",
+            JobTable::builder("jobs")
+                .status("status\" OR 1=1 --")
+                .build(),
+        ),
+        (
+            "owner",
+            JobTable::builder("jobs").lease_owner("x`y").build(),
+        ),
+        (
+            "expiry",
+            JobTable::builder("jobs").lease_expires_at("a b").build(),
+        ),
+        ("attempts", JobTable::builder("jobs").attempts("").build()),
+        (
+            "error",
+            JobTable::builder("jobs").last_error("1col").build(),
+        ),
+        ("next", JobTable::builder("jobs").next_run_at("n'x").build()),
+        (
+            "archive",
+            JobTable::builder("jobs").archive_table("a.b.c").build(),
+        ),
+        (
+            "twice",
+            JobTable::builder("jobs").attempts("status").build(),
+        ),
+    ] {
+        assert!(r.is_err(), "{what} accepted");
+    }
+}
+
+async fn a_key_of_the_wrong_type_is_an_error(be: &Backend<'_>) {
+    if matches!(be, Backend::Memory) {
+        return;
+    }
+    let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    let q = CandidateQuery {
+        kind: CandidateKind::ExpiredLease,
+        processing_state: "processing".into(),
+        now: now(),
+        max_lease: None,
+        after: Some(JobKey::Text("not-an-int".into())),
+        limit: 10,
+    };
+    let err = jobs.lease.read_candidates(q).await.unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
+    let _ = Arc::new(());
+}
+
+crate::conformance!(
+    scenario_a_jobs_row_by_row,
+    scenario_a_jobs_counting_the_interrupted_attempt,
+    a_lease_renewed_between_read_and_write_is_not_clobbered,
+    stuck_sets_larger_than_a_batch_are_repaired_in_keyset_batches,
+    four_concurrent_reconcilers_repair_every_job_exactly_once,
+    dry_run_changes_nothing,
+    anomalies_are_reported_and_left_alone,
+    candidate_reads_agree_with_the_reference_definition,
+    text_and_uuid_keys_work,
+    prune_deletes_or_archives_old_terminal_jobs,
+    database_time_basis_uses_the_database_clock,
+    sqlite_timestamp_formats,
+    verify_names_what_is_missing,
+    bad_mappings_are_rejected_before_any_sql,
+    a_key_of_the_wrong_type_is_an_error,
+);
