@@ -288,6 +288,7 @@ pub struct DelayBreakdown {
 
 /// A decision together with how it was reached. Produced by
 /// [`RetryPolicy::explain`](crate::RetryPolicy::explain); its `Display` is one readable line.
+#[must_use]
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Explanation {

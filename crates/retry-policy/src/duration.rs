@@ -11,14 +11,14 @@ pub(crate) const LIMIT_NANOS: u64 = 100 * 365 * 86_400 * NANOS_PER_SEC;
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// Nanoseconds of `d`, saturated at [`LIMIT_NANOS`].
+#[inline]
 pub(crate) fn to_nanos(d: Duration) -> u64 {
-    let n = d.as_nanos();
-    if n > u128::from(LIMIT_NANOS) {
-        LIMIT_NANOS
-    } else {
-        // In range: n <= LIMIT_NANOS < u64::MAX.
-        n as u64
-    }
+    // u64 arithmetic only (this runs several times per decision); saturating is exact here
+    // because anything that saturates is above the limit anyway.
+    d.as_secs()
+        .saturating_mul(NANOS_PER_SEC)
+        .saturating_add(u64::from(d.subsec_nanos()))
+        .min(LIMIT_NANOS)
 }
 
 /// `Duration` from nanoseconds.

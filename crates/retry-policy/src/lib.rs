@@ -19,3 +19,9 @@ pub use run::{
     Classify, FallbackChain, FallbackError, FallbackSuccess, Notice, Outcome, Retry, RetryError,
     StageFailure, retry,
 };
+
+/// The design guide's examples (`docs/retry-policy.md`) are compiled as doctests, so the guide
+/// cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/retry-policy.md")]
+struct DesignGuide;

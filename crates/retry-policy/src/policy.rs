@@ -467,7 +467,15 @@ impl RetryPolicy {
         for i in start..=n {
             previous = current;
             let lo = self.clamped_base(i);
-            let hi = previous.saturating_mul(3).max(lo).min(hi_bound.max(lo));
+            if lo == hi_bound {
+                // The base reached max_delay: this step and every later one is exactly
+                // max_delay (their lower bound is max_delay too), so stop here.
+                if i < n {
+                    previous = hi_bound;
+                }
+                return (previous, hi_bound);
+            }
+            let hi = previous.saturating_mul(3).max(lo).min(hi_bound);
             current = in_range(hash::draw(kh, i), lo, hi);
         }
         (previous, current)
@@ -760,5 +768,64 @@ impl TryFrom<PolicySpec> for RetryPolicy {
             b = b.max_retry_after(v.parse("max_retry_after")?);
         }
         b.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The decorrelated recurrence written out naively: no early exit.
+    fn naive_decorrelated(p: &RetryPolicy, kh: u64, n: u32) -> (u64, u64) {
+        let hi_bound = to_nanos(p.max_delay);
+        let start = n.saturating_sub(DECORRELATED_WINDOW);
+        let mut previous = p.clamped_base(start);
+        let mut current = previous;
+        for i in start..=n {
+            previous = current;
+            let lo = p.clamped_base(i);
+            let hi = previous.saturating_mul(3).max(lo).min(hi_bound.max(lo));
+            current = in_range(hash::draw(kh, i), lo, hi);
+        }
+        (previous, current)
+    }
+
+    #[test]
+    fn decorrelated_shortcut_matches_the_plain_recurrence() {
+        let s = Duration::from_secs;
+        let policies = [
+            RetryPolicy::builder()
+                .backoff(Backoff::constant(s(1)))
+                .max_delay(s(30))
+                .build(),
+            RetryPolicy::builder().max_delay(s(100)).build(),
+            RetryPolicy::builder()
+                .backoff(Backoff::linear(s(1), s(1)))
+                .min_delay(s(2))
+                .max_delay(s(20))
+                .build(),
+            RetryPolicy::builder()
+                .backoff(Backoff::schedule_repeating([1, 1, 5, 60].map(s)))
+                .max_delay(s(60))
+                .build(),
+        ];
+        for p in policies {
+            let p = p
+                .expect("valid")
+                .to_builder()
+                .jitter(Jitter::Decorrelated)
+                .build();
+            let p = p.expect("valid");
+            for key in ["a", "job-42", "message:0001"] {
+                let kh = hash::key_hash(key.as_bytes());
+                for n in (0..60).chain([1_000, u32::MAX]) {
+                    assert_eq!(
+                        p.decorrelated(kh, n),
+                        naive_decorrelated(&p, kh, n),
+                        "{p:?} {key} {n}"
+                    );
+                }
+            }
+        }
     }
 }

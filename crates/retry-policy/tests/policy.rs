@@ -26,6 +26,36 @@ fn delay(policy: &RetryPolicy, attempt: &Attempt<'_>) -> Option<Duration> {
     policy.decide(attempt).delay_after(attempt.now)
 }
 
+/// The traits the rest of the workspace relies on (checked at compile time).
+#[test]
+fn public_types_have_the_promised_traits() {
+    fn policy_like<T>()
+    where
+        T: Clone
+            + std::fmt::Debug
+            + PartialEq
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+    }
+    fn value_like<T: Copy + std::fmt::Debug + PartialEq + Eq + std::hash::Hash + Send + Sync>() {}
+    policy_like::<RetryPolicy>();
+    policy_like::<Decision>();
+    policy_like::<ErrorClass>();
+    policy_like::<GiveUpReason>();
+    value_like::<Decision>();
+    value_like::<ErrorClass>();
+    value_like::<Attempt<'static>>();
+    fn error_like<T: std::error::Error + Send + Sync + 'static>() {}
+    error_like::<Error>();
+    error_like::<retry_policy::RetryError<Error>>();
+    let e = RetryPolicy::builder().max_attempts(0).build().unwrap_err();
+    assert_eq!(retry_policy::Classify::class(&e), ErrorClass::Permanent);
+}
+
 // ----- counting convention ------------------------------------------------------------------
 
 #[test]
