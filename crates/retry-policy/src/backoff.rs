@@ -192,7 +192,8 @@ fn exponential_nanos(initial: u64, factor: f64, n: u32) -> u64 {
 ///
 /// Every kind draws from a stable hash of the record key and the retry index, so the same inputs
 /// always give the same delay (see `docs/retry-policy.md` for the formulas). A jittered delay is
-/// a whole number of milliseconds (rounded down, but never below the lower end of its range), so
+/// a whole number of milliseconds whenever its range holds one (rounded down, or up when down
+/// would leave the range), so
 /// a retry time stored in a millisecond-precision column is recomputed exactly. Whatever the
 /// draw, the result is clamped to the policy's `[min_delay, max_delay]`.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]

@@ -558,14 +558,24 @@ impl RetryPolicy {
     }
 }
 
-/// A jittered value in `[lo, hi]` from a draw: uniform, then rounded down to a whole
-/// millisecond (so that persisted times survive millisecond-precision columns), but never below
-/// `lo`. Requires `lo <= hi`.
+/// A jittered value in `[lo, hi]` from a draw: uniform, then rounded to a whole millisecond
+/// (so that persisted times survive millisecond-precision columns) while staying in range:
+/// down when that stays at or above `lo`, else up when that stays at or below `hi`, else (a
+/// range narrower than a millisecond with no whole millisecond inside) unrounded.
+/// Requires `lo <= hi`.
 #[inline]
 fn in_range(draw: u64, lo: u64, hi: u64) -> u64 {
     const MS: u64 = 1_000_000;
     let v = lo + hash::uniform(draw, hi - lo);
-    (v - v % MS).max(lo)
+    let down = v - v % MS;
+    if down >= lo {
+        down
+    } else {
+        match down.checked_add(MS) {
+            Some(up) if up <= hi => up,
+            _ => v,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

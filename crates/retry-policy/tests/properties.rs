@@ -260,8 +260,10 @@ proptest! {
     fn jittered_delays_are_whole_milliseconds(p in policy(), f in facts()) {
         let e = p.explain(&f.attempt());
         if let Some(d) = e.delay {
-            let lower_end_is_whole = d.clamped_base.subsec_nanos() % 1_000_000 == 0;
-            if d.jitter != Jitter::None && lower_end_is_whole && p.max_delay().subsec_nanos() % 1_000_000 == 0 {
+            // whenever the jitter range holds a whole millisecond, the jittered delay is one
+            let (lo, hi) = jitter_range(&d);
+            let whole_inside = lo.div_ceil(1_000_000) * 1_000_000 <= hi;
+            if d.jitter != Jitter::None && d.previous.is_none() && whole_inside {
                 prop_assert_eq!(d.jittered.subsec_nanos() % 1_000_000, 0, "{:?}", d);
             }
         }
@@ -334,4 +336,18 @@ fn extreme_inputs_do_not_panic() {
         }
     }
     assert_eq!(decided, 2 * 3 * 3 * 4 * 2);
+}
+
+/// The documented range each jitter kind draws from, in nanoseconds (decorrelated excluded).
+fn jitter_range(d: &retry_policy::DelayBreakdown) -> (u128, u128) {
+    let b = d.clamped_base.as_nanos();
+    match d.jitter {
+        Jitter::Full => (0, b),
+        Jitter::Equal => (b / 2, b),
+        Jitter::Proportional { fraction } => {
+            let f = (b as f64 * fraction) as u128;
+            (b.saturating_sub(f), b + f)
+        }
+        _ => (b, b),
+    }
 }
