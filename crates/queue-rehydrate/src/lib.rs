@@ -12,6 +12,8 @@ mod value;
 
 #[doc(hidden)]
 pub mod conformance;
+#[cfg(test)]
+mod orchestration_tests;
 
 pub use diff::{
     BATCHES, BatchPlan, DesiredJob, DiffSettings, ENQUEUED, ENTITIES_CHECKED, EntitySource,
