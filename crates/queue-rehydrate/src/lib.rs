@@ -47,17 +47,17 @@ pub use value::{ColumnType, Key, KeyType, Row, Value};
 mod tests {
     use super::*;
 
-    // Compile-time checks: the store traits are object safe.
-    fn _object_safe(
-        _: &dyn SourceStore,
-        _: &dyn DerivedQueue,
-        _: &dyn JobQueue,
-        _: &dyn EntitySource,
-        _: &dyn JobPlan,
-        _: &dyn MessageStore,
-        _: &dyn FailedMessageStore,
-        _: &dyn RetrySchedule,
-        _: Box<dyn recon_core::Reconciler>,
-    ) {
-    }
+    // Compile-time check: the store traits are object safe.
+    type _ObjectSafe = (
+        Box<dyn SourceStore>,
+        Box<dyn DerivedQueue>,
+        Box<dyn JobQueue>,
+        Box<dyn EntitySource>,
+        Box<dyn JobPlan>,
+        Box<dyn MessageStore>,
+        Box<dyn FailedMessageStore>,
+        Box<dyn RetrySchedule>,
+        Box<dyn recon_core::Reconciler>,
+    );
+    fn _object_safe(_: _ObjectSafe) {}
 }

@@ -1,21 +1,4 @@
 //! A small typed predicate language over mapped columns, with SQL's three-valued logic.
-//!
-//! # NULL semantics
-//!
-//! Predicates follow SQL exactly, so that the in-memory evaluator and a SQL `WHERE` clause
-//! select the same rows:
-//!
-//! - a comparison (`=`, `<>`, `<`, `<=`, `>`, `>=`), an in-list or a "within N days" test on a
-//!   NULL column is **unknown**, never true or false: `x < 3` and `NOT (x < 3)` both exclude
-//!   a row whose `x` is NULL;
-//! - `IS NULL` / `IS NOT NULL` are the only tests that are true on NULL;
-//! - `AND`: false if any part is false, else unknown if any part is unknown, else true;
-//!   `OR`: true if any part is true, else unknown if any part is unknown, else false;
-//!   `NOT` turns true into false, false into true and leaves unknown unknown;
-//! - a row is selected only when the whole predicate is **true** (unknown is not selected).
-//!
-//! Comparing with a NULL literal (`x = NULL`) is rejected at validation: in SQL it is never
-//! true, so it is always a mistake.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -196,8 +179,24 @@ impl Truth {
 /// The variants are public so that a SQL store can compile them (one bound parameter per
 /// value; `Now` operands and `WithinDays` bind an instant computed from the run's `now`).
 /// Validate against a [`TableMapping`] with [`Predicate::validate`]; evaluate in memory with
-/// [`Predicate::eval`] / [`Predicate::matches`]. See the [module docs](self) for NULL
-/// semantics.
+/// [`Predicate::eval`] / [`Predicate::matches`].
+///
+/// # NULL semantics
+///
+/// Predicates follow SQL exactly, so that the in-memory evaluator and a SQL `WHERE` clause
+/// select the same rows:
+///
+/// - a comparison (`=`, `<>`, `<`, `<=`, `>`, `>=`), an in-list or a "within N days" test on a
+///   NULL column is **unknown**, never true or false: `x < 3` and `NOT (x < 3)` both exclude
+///   a row whose `x` is NULL;
+/// - `IS NULL` / `IS NOT NULL` are the only tests that are true on NULL;
+/// - `AND`: false if any part is false, else unknown if any part is unknown, else true;
+///   `OR`: true if any part is true, else unknown if any part is unknown, else false;
+///   `NOT` turns true into false, false into true and leaves unknown unknown;
+/// - a row is selected only when the whole predicate is **true** (unknown is not selected).
+///
+/// Comparing with a NULL literal (`x = NULL`) is rejected at validation: in SQL it is never
+/// true, so it is always a mistake.
 ///
 /// ```
 /// use chrono::{DateTime, Utc};
@@ -453,7 +452,7 @@ impl Predicate {
         }
     }
 
-    /// Evaluate on `row` at `now`, with SQL's three-valued logic (see the module docs).
+    /// Evaluate on `row` at `now`, with SQL's three-valued logic (see [`Predicate`]).
     ///
     /// Meant for validated predicates; on an unvalidated one a comparison of mismatched types
     /// is unknown.

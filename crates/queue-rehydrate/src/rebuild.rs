@@ -312,7 +312,7 @@ impl RehydrateReconciler {
         &self.table
     }
 
-    /// Whether, in a row, eligibility under `predicate` after all maintenance rules.
+    /// Apply every maintenance rule to `row` in memory, then test `predicate` on the result.
     fn eligible_after_maintenance(
         &self,
         row: &mut Row,
