@@ -5,8 +5,9 @@
 //! *fixture* — the test-only ability to create/seed a table and read it back — and panics
 //! (with a message saying what differs) when the store misbehaves.
 //!
-//! Times are whole seconds, text compares the same under any collation (exact case, no
-//! trailing spaces), so a SQL store that follows the documented semantics passes as is.
+//! Times are whole seconds. Text compares exactly, byte for byte: the probe table holds both
+//! `pending` and `Pending` on purpose, so a MariaDB store must compare text with a binary
+//! collation (its default collations ignore case) to pass.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -723,6 +724,40 @@ pub async fn bad_predicates_change_nothing(
 
     let after = sorted_rows(fixture.table_rows(&sessions).await.expect("read"));
     assert_eq!(after, before, "a refused call changed rows");
+}
+
+/// A rule's count is the number of rows its `when` matches, also when the assignment leaves
+/// a row's values as they were (MySQL counts such rows only with `CLIENT_FOUND_ROWS`), and
+/// `SetValue::Now` writes the run's `now`.
+pub async fn maintenance_counts_matched_rows(
+    store: Arc<dyn SourceStore>,
+    fixture: &dyn SourceFixture,
+) {
+    let sessions = user_sessions();
+    fixture
+        .reset_table(&sessions, &user_session_rows())
+        .await
+        .expect("seed sessions");
+    // rows with attempts >= 1: +573001234567 (3), +573007654321 (1), +573000000001 (1)
+    let cap = Maintenance::new("attempts_capped", Predicate::ge("follow_up_attempts", 1))
+        .set("follow_up_attempts", SetValue::Int(1))
+        .set("last_activity", SetValue::Now);
+    let n = store
+        .apply_maintenance(&sessions, &cap, now())
+        .await
+        .expect("maintenance");
+    assert_eq!(n, 3, "matched rows, changed or not");
+    let mut expected = user_session_rows();
+    for r in &mut expected {
+        cap.apply(r, now());
+    }
+    let after = sorted_rows(fixture.table_rows(&sessions).await.expect("read"));
+    assert_eq!(after, sorted_rows(expected));
+    assert_eq!(
+        after[0].get("last_activity"),
+        &Value::Timestamp(now()),
+        "{after:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

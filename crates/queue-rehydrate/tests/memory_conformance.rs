@@ -158,3 +158,9 @@ async fn status_counts() {
     let h = MemoryHarness::new();
     conformance::status_counts(messages(&h).0, h.messages.as_ref()).await;
 }
+
+#[tokio::test]
+async fn maintenance_counts_matched_rows() {
+    let h = MemoryHarness::new();
+    conformance::maintenance_counts_matched_rows(source(&h), &h.source).await;
+}
