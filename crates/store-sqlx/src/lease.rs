@@ -9,6 +9,7 @@ use lease_repair::{
     PruneStore, Repair,
 };
 
+use crate::sql::{Binds, CHUNK, with_deadlock_retry};
 use crate::value::{Kind, Value};
 use crate::{Db, Dialect, Error, Ident, Result, TableName, TimestampFormat};
 
@@ -243,9 +244,6 @@ struct Quoted {
     failed_at: Option<String>,
 }
 
-/// Rows per UPDATE statement: keeps every backend under its bound-parameter limit.
-const CHUNK: usize = 2000;
-
 impl Db {
     /// Lease repair over the host's job table as mapped.
     pub fn lease_store(&self, map: JobTable) -> SqlLeaseStore {
@@ -268,26 +266,6 @@ impl Db {
             map,
             q,
         }
-    }
-}
-
-/// Appends bound values and hands out their placeholders.
-struct Binds {
-    d: Dialect,
-    values: Vec<Value>,
-}
-
-impl Binds {
-    fn new(d: Dialect) -> Self {
-        Self {
-            d,
-            values: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, v: Value) -> String {
-        self.values.push(v);
-        self.d.param(self.values.len())
     }
 }
 
@@ -621,12 +599,11 @@ impl SqlLeaseStore {
                 "pruning needs at least one terminal state".into(),
             ));
         }
-        let states = q
-            .terminal_states
-            .iter()
-            .map(|st| b.push(Value::Text(Some(st.clone()))))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let states = b.list(
+            q.terminal_states
+                .iter()
+                .map(|st| Value::Text(Some(st.clone()))),
+        );
         let cut = b.push(self.ts(Some(q.older_than)));
         Ok(format!(
             "{} IN ({states}) AND {updated} < {cut}",
@@ -716,30 +693,6 @@ impl SqlLeaseStore {
         }
         tx.commit().await?;
         Ok(ids.len() as u64)
-    }
-}
-
-/// Retry a whole transaction a few times when the database reports a deadlock, a
-/// serialization failure or a busy file: the transaction was rolled back, so retrying is safe.
-async fn with_deadlock_retry<T, F, Fut>(mut op: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let mut tries = 0;
-    loop {
-        match op().await {
-            Err(Error::Database {
-                source: sqlx::Error::Database(db),
-                context,
-                transient,
-            }) if tries < 4 && crate::error::is_transient_code(db.code().as_deref()) => {
-                tries += 1;
-                tracing::debug!(%context, transient, tries, "retrying a transaction after a lock conflict");
-                tokio::time::sleep(std::time::Duration::from_millis(10 << tries)).await;
-            }
-            other => return other,
-        }
     }
 }
 

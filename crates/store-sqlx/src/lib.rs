@@ -9,6 +9,7 @@ mod lock;
 mod migrate;
 mod run_log;
 mod schema;
+mod sql;
 mod value;
 mod watermark;
 
