@@ -462,7 +462,16 @@ impl SqlLeaseStore {
             .unwrap_or_default();
         for chunk in ok.chunks(CHUNK) {
             let (sql, values) = self.update_sql(chunk, processing, now)?;
-            tx.execute(&sql, &values).await?;
+            let n = tx.execute(&sql, &values).await?;
+            // The rows are locked and were just compared: every one must be updated. Anything
+            // else is a bug; roll back rather than report repairs that did not happen.
+            if n != chunk.len() as u64 {
+                return Err(Error::Config(format!(
+                    "internal error: the repair of {} locked jobs in {} updated {n} rows; nothing was changed",
+                    chunk.len(),
+                    self.map.table
+                )));
+            }
         }
         tx.commit().await?;
         Ok(ApplyOutcome {
@@ -482,48 +491,73 @@ impl SqlLeaseStore {
         let d = self.db.dialect();
         let s = &self.q;
         let mut b = Binds::new(d);
-        let mut rows = Vec::with_capacity(chunk.len());
-        for r in chunk {
-            let id = b.push(self.key_value(&r.expected.key)?);
-            let status = b.push(Value::Text(Some(r.status.clone())));
-            let attempts = b.push(Value::Int(Some(r.attempts)));
-            let err = b.push(Value::Text(Some(r.last_error.clone())));
-            let next = b.push(self.ts(r.next_run_at));
-            let failed = b.push(Value::Int(Some(i64::from(r.failed))));
-            rows.push([id, status, attempts, err, next, failed]);
-        }
+        // Positional placeholders (SQLite, MySQL) must be pushed in text order: MySQL's
+        // `UPDATE … JOIN (rows) … SET … WHERE` has the rows first, PostgreSQL's and SQLite's
+        // `UPDATE … SET … FROM (rows) … WHERE` has them after SET.
+        let push_rows = |b: &mut Binds| -> Result<Vec<[String; 6]>> {
+            let mut rows = Vec::with_capacity(chunk.len());
+            for r in chunk {
+                let id = b.push(self.key_value(&r.expected.key)?);
+                let status = b.push(Value::Text(Some(r.status.clone())));
+                let attempts = b.push(Value::Int(Some(r.attempts)));
+                let err = b.push(Value::Text(Some(r.last_error.clone())));
+                let next = b.push(self.ts(r.next_run_at));
+                let failed = b.push(Value::Int(Some(i64::from(r.failed))));
+                rows.push([id, status, attempts, err, next, failed]);
+            }
+            Ok(rows)
+        };
+        let mut rows = if d == Dialect::MySql {
+            push_rows(&mut b)?
+        } else {
+            Vec::new()
+        };
 
+        // SQLite cannot name the columns of a VALUES list (and a CTE over VALUES makes
+        // UPDATE … FROM quadratic there), so it refers to them as column1, column2, …
+        let names = ["id", "new_status", "new_attempts", "new_error", "new_next_run", "new_failed"];
+        let v = |name: &str| match d {
+            Dialect::Sqlite => {
+                let i = names.iter().position(|n| *n == name).unwrap_or(0);
+                format!("v.column{}", i + 1)
+            }
+            _ => format!("v.{name}"),
+        };
         let target = |c: &str| match d {
             Dialect::MySql => format!("t.{c}"),
             _ => c.to_owned(),
         };
         let mut sets = vec![
-            format!("{} = v.new_status", target(&s.status)),
+            format!("{} = {}", target(&s.status), v("new_status")),
             format!("{} = NULL", target(&s.owner)),
             format!("{} = NULL", target(&s.expiry)),
-            format!("{} = v.new_attempts", target(&s.attempts)),
-            format!("{} = v.new_error", target(&s.last_error)),
+            format!("{} = {}", target(&s.attempts), v("new_attempts")),
+            format!("{} = {}", target(&s.last_error), v("new_error")),
         ];
         if let Some(c) = &s.next_run_at {
-            sets.push(format!("{} = v.new_next_run", target(c)));
+            sets.push(format!("{} = {}", target(c), v("new_next_run")));
         }
         // Placeholders are pushed in the order they appear in the text (MySQL's `?` is
         // positional): the VALUES rows first, then SET, then WHERE.
         if let Some(c) = &s.failed_at {
             let now_p = b.push(self.ts(Some(now)));
             sets.push(format!(
-                "{} = CASE WHEN v.new_failed = 1 THEN {now_p} ELSE t.{c} END",
-                target(c)
+                "{} = CASE WHEN {} = 1 THEN {now_p} ELSE t.{c} END",
+                target(c),
+                v("new_failed")
             ));
         }
         if let Some(c) = &s.updated_at {
             let now_p = b.push(self.ts(Some(now)));
             sets.push(format!("{} = {now_p}", target(c)));
         }
+        if d != Dialect::MySql {
+            rows = push_rows(&mut b)?;
+        }
         let proc_p = b.push(Value::Text(Some(processing.to_owned())));
         let id_match = match (d, self.map.key_kind) {
             (Dialect::Postgres, KeyKind::Uuid) => format!("t.{} = CAST(v.id AS uuid)", s.id),
-            _ => format!("t.{} = v.id", s.id),
+            _ => format!("t.{} = {}", s.id, v("id")),
         };
         let cols = "id, new_status, new_attempts, new_error, new_next_run, new_failed";
         let sql = match d {
@@ -533,16 +567,13 @@ impl SqlLeaseStore {
                     .map(|r| format!("({})", r.join(", ")))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let (head, from) = if d == Dialect::Sqlite {
-                    (
-                        format!("WITH v({cols}) AS (VALUES {values}) "),
-                        "v".to_owned(),
-                    )
+                let from = if d == Dialect::Sqlite {
+                    format!("(VALUES {values}) AS v")
                 } else {
-                    (String::new(), format!("(VALUES {values}) AS v({cols})"))
+                    format!("(VALUES {values}) AS v({cols})")
                 };
                 format!(
-                    "{head}UPDATE {t} AS t SET {sets} FROM {from} WHERE {id_match} AND t.{st} = {proc_p}",
+                    "UPDATE {t} AS t SET {sets} FROM {from} WHERE {id_match} AND t.{st} = {proc_p}",
                     t = s.table,
                     sets = sets.join(", "),
                     st = s.status,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use recon_core::{Clock, LockAttempt, LockGuard, RunLock, SystemClock};
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 use crate::migrate::lock_key;
 use crate::value::{Kind, Value};
 use crate::{Db, Dialect, TimestampFormat};
@@ -93,6 +94,7 @@ fn new_token() -> String {
 }
 
 /// MySQL lock names are at most 64 characters.
+#[cfg(feature = "mysql")]
 fn mysql_lock_name(name: &str) -> String {
     let full = format!("recon:{name}");
     if full.len() <= 64 {
@@ -103,6 +105,7 @@ fn mysql_lock_name(name: &str) -> String {
 }
 
 /// The connection that holds a session lock; dropping it ends the session and the lock.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 enum SessionConn {
     #[cfg(feature = "postgres")]
     Pg(sqlx::PgConnection),
@@ -114,12 +117,17 @@ enum SessionConn {
 impl RunLock for SqlRunLock {
     async fn try_acquire(&self, name: &str, ttl: Duration) -> recon_core::Result<LockAttempt> {
         match self.effective_mode() {
-            LockMode::Session => self.acquire_session(name).await,
+            LockMode::Session => self.acquire_session(name, ttl).await,
             LockMode::LeaseRow => self.acquire_row(name, ttl).await,
         }
     }
 
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "mysql")),
+        allow(unused_mut)
+    )]
     async fn release(&self, mut guard: LockGuard) -> recon_core::Result<()> {
+        #[cfg(any(feature = "postgres", feature = "mysql"))]
         if let Some(conn) = guard.take_handle::<SessionConn>() {
             return release_session(*conn, guard.name()).await;
         }
@@ -247,7 +255,14 @@ impl SqlRunLock {
         ))
     }
 
-    async fn acquire_session(&self, name: &str) -> recon_core::Result<LockAttempt> {
+    /// Without PostgreSQL or MySQL compiled in, only lease rows exist.
+    #[cfg(not(any(feature = "postgres", feature = "mysql")))]
+    async fn acquire_session(&self, name: &str, ttl: Duration) -> recon_core::Result<LockAttempt> {
+        self.acquire_row(name, ttl).await
+    }
+
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
+    async fn acquire_session(&self, name: &str, ttl: Duration) -> recon_core::Result<LockAttempt> {
         use crate::db::Pool;
         let held = LockAttempt::HeldByOther {
             holder: None,
@@ -286,11 +301,12 @@ impl SqlRunLock {
                 ))
             }
             #[allow(unreachable_patterns)]
-            _ => self.acquire_row(name, Duration::from_secs(3600)).await,
+            _ => self.acquire_row(name, ttl).await,
         }
     }
 }
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 async fn release_session(conn: SessionConn, name: &str) -> recon_core::Result<()> {
     use sqlx::Connection as _;
     let ctx = |e| -> recon_core::Error { crate::Error::db("release a session lock", e).into() };
