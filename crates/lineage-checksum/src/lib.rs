@@ -1,8 +1,44 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod classify;
 mod error;
+pub mod failed;
 pub mod fingerprint;
 pub mod limits;
+pub mod lineage;
+pub mod memory;
+pub mod quality;
+pub mod recovery;
+pub mod sync;
 
+#[doc(hidden)]
+pub mod conformance;
+
+pub use classify::{
+    Action, Classification, Classifier, CleanupScope, FingerprintEntry, FingerprintStore, Incoming,
+    RecordBatch, StoredFingerprint, UnseenQuery, classify,
+};
 pub use error::{Error, Result};
+pub use failed::{
+    DueQuery, ErrorTypeCount, FailedRecord, FailedRecordStore, FailureId, FailureOutcome,
+    FailureState, ListQuery, NewFailure, OutcomeKind, PruneQuery,
+};
 pub use fingerprint::{Fingerprint, Schema, Value, fingerprint};
+pub use lineage::{
+    GapReport, LineageRecord, LineageStatus, LineageStore, LineageTracker, LineageUpdate,
+    QualityCounts, QualityQuery, StageGap, StageStatusCount, Stages, StuckQuery, analyse_gaps,
+};
+pub use quality::{
+    Alert, AuditReconciler, AuditSummary, Coverage, CoverageRule, FieldsCheck, FieldsRule,
+    PipelineReport, QualityRules, Severity, SourceCount,
+};
+pub use recovery::{
+    DelaySchedule, ErrorClass, GiveUpReason, RecoveryReconciler, RecoverySettings, RecoverySummary,
+    Replay, ReplayError, RetentionReconciler, RetentionSettings, RetryAttempt, RetryDecision,
+    StageHandler, StagePolicy, StageRecovery,
+};
+pub use sync::{
+    Change, ChangeKind, FetchRequest, ItemResult, OrphanCleanup, SyncReconciler, SyncSettings,
+    SyncTarget, UpstreamPage, UpstreamRecord, UpstreamRetry, UpstreamSource,
+};
