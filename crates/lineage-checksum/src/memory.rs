@@ -450,3 +450,34 @@ impl FailedRecordStore for MemoryFailedRecordStore {
         Ok(doomed.len() as u64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance;
+
+    #[tokio::test]
+    async fn memory_fingerprint_store_conforms() {
+        conformance::fingerprint_store(&MemoryFingerprintStore::new(), "mem").await;
+    }
+
+    #[tokio::test]
+    async fn memory_lineage_store_conforms() {
+        conformance::lineage_store(&MemoryLineageStore::new(), "mem").await;
+    }
+
+    #[tokio::test]
+    async fn memory_failed_record_store_conforms() {
+        conformance::failed_record_store(&MemoryFailedRecordStore::new(), "mem").await;
+    }
+
+    #[tokio::test]
+    async fn one_store_holds_many_prefixes() {
+        // The suite isolates itself by prefix, so backends can share a database.
+        let s = MemoryFingerprintStore::new();
+        conformance::fingerprint_store(&s, "a").await;
+        conformance::fingerprint_store(&s, "b").await;
+    }
+
+    fn _object_safe(_: &dyn FingerprintStore, _: &dyn LineageStore, _: &dyn FailedRecordStore) {}
+}
