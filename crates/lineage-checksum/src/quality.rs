@@ -266,8 +266,10 @@ pub fn alerts(
             severity: Severity::Critical,
             code: "failure_rate".into(),
             message: format!(
-                "{} of tracked records are failing ({failed} records; limit {})",
+                "{} of tracked records are failing ({} {}; limit {})",
                 percent(failure_rate),
+                thousands(failed),
+                plural(failed, "record", "records"),
                 percent(rules.max_failure_rate)
             ),
             action: "Stop the pipeline and investigate the root cause".into(),
@@ -310,8 +312,9 @@ pub fn alerts(
             severity: rule.severity,
             code: "min_fields".into(),
             message: format!(
-                "{} records have fewer than {} of {} fields populated",
+                "{} {} fewer than {} of {} fields populated",
                 thousands(f.below),
+                plural(f.below, "record has", "records have"),
                 f.min_fields,
                 f.total_fields
             ),
@@ -644,6 +647,9 @@ impl PipelineReport {
     /// The report as text, in the layout of seed 003.
     pub fn render_text(&self) -> String {
         let n = &self.noun;
+        // "1 case", "2 cases": the noun is given in the plural.
+        let one = self.noun.strip_suffix('s').unwrap_or(&self.noun).to_owned();
+        let noun = |count: u64| if count == 1 { one.as_str() } else { n.as_str() };
         let mut o = String::new();
         let _ = writeln!(
             o,
@@ -653,8 +659,18 @@ impl PipelineReport {
         if let Some(a) = &self.audit {
             let g = &a.gaps;
             let _ = writeln!(o);
-            let _ = writeln!(o, "Records Checked: {} {n}", thousands(g.source_count));
-            let _ = writeln!(o, "Discrepancies Found: {} {n}", thousands(g.total_gap));
+            let _ = writeln!(
+                o,
+                "Records Checked: {} {}",
+                thousands(g.source_count),
+                noun(g.source_count)
+            );
+            let _ = writeln!(
+                o,
+                "Discrepancies Found: {} {}",
+                thousands(g.total_gap),
+                noun(g.total_gap)
+            );
             let _ = writeln!(o);
             let _ = writeln!(o, "Stage Counts:");
             let _ = writeln!(o, "  {:<24} {:>10}", "source", thousands(g.source_count));
@@ -677,22 +693,29 @@ impl PipelineReport {
         if let Some(r) = &self.recovery {
             let _ = writeln!(o);
             let _ = writeln!(o, "Recovery Results:");
-            let _ = writeln!(o, " Successfully Recovered: {} {n}", thousands(r.recovered));
+            let _ = writeln!(
+                o,
+                " Successfully Recovered: {} {}",
+                thousands(r.recovered),
+                noun(r.recovered)
+            );
             let mut methods: Vec<(&String, &u64)> = r.recovered_by_method.iter().collect();
             methods.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
             for (method, count) in methods {
                 let _ = writeln!(
                     o,
-                    "  - {} {n}: {}",
+                    "  - {} {}: {}",
                     thousands(*count),
+                    noun(*count),
                     describe_method(method)
                 );
             }
             if r.rescheduled > 0 {
                 let _ = writeln!(
                     o,
-                    " Rescheduled: {} {n} (retried in a later run)",
-                    thousands(r.rescheduled)
+                    " Rescheduled: {} {} (retried in a later run)",
+                    thousands(r.rescheduled),
+                    noun(r.rescheduled)
                 );
             }
         }
@@ -700,7 +723,7 @@ impl PipelineReport {
             let total: u64 = still.iter().map(|c| c.open + c.manual_review).sum();
             let manual: u64 = still.iter().map(|c| c.manual_review).sum();
             let _ = writeln!(o);
-            let _ = write!(o, " Still Failed: {} {n}", thousands(total));
+            let _ = write!(o, " Still Failed: {} {}", thousands(total), noun(total));
             if manual > 0 {
                 let _ = write!(o, " ({} need manual review)", thousands(manual));
             }
@@ -712,12 +735,8 @@ impl PipelineReport {
                     .then(a.error_type.cmp(&b.error_type))
             });
             for c in sorted {
-                let _ = writeln!(
-                    o,
-                    "  - {} {n}: {}",
-                    thousands(c.open + c.manual_review),
-                    c.error_type
-                );
+                let k = c.open + c.manual_review;
+                let _ = writeln!(o, "  - {} {}: {}", thousands(k), noun(k), c.error_type);
             }
         }
         if let Some(a) = &self.audit {
@@ -738,10 +757,11 @@ impl PipelineReport {
             if let Some(f) = &a.fields {
                 let _ = writeln!(
                     o,
-                    " Under {} of {} fields: {} {n}",
+                    " Under {} of {} fields: {} {}",
                     f.min_fields,
                     f.total_fields,
-                    thousands(f.below)
+                    thousands(f.below),
+                    noun(f.below)
                 );
             }
             if !a.alerts.is_empty() {
