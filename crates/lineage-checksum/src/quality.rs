@@ -65,7 +65,7 @@ pub struct CoverageRule {
 }
 
 impl CoverageRule {
-    /// A rule; `action` defaults to "Check <table> data availability".
+    /// A rule; `action` defaults to `"Check {table} data availability"`.
     pub fn new(
         table: impl Into<String>,
         metadata_key: impl Into<String>,
