@@ -191,6 +191,26 @@ fn golden_vectors() {
 }
 
 #[test]
+fn the_worked_example_of_the_guide() {
+    // docs/lineage-checksum.md, "Encoding v1, byte by byte".
+    let f = fp("case", &[("status", Value::Null), ("id", "5007T".into())]);
+    assert_eq!(
+        f.to_hex(),
+        "2b19285832b7f6bb45451b5a790e1fac8258187c74cdc85f6de1297b143ec609"
+    );
+    let bytes = spec_bytes("case", &[("status", Value::Null), ("id", "5007T".into())]);
+    assert_eq!(
+        &bytes[32..64],
+        &hex32("279236b4863446220b295282632bed089a165a5131ed26f262fba78be4f603e8")
+    );
+    assert_eq!(&bytes[64..], &[5, 0, 0, 0, 5, b'5', b'0', b'0', b'7', b'T', 0]);
+}
+
+fn hex32(s: &str) -> [u8; 32] {
+    Fingerprint::from_hex(s).unwrap().to_bytes()
+}
+
+#[test]
 fn fast_encoder_matches_the_written_spec() {
     let date = NaiveDate::from_ymd_opt(2024, 2, 5).unwrap();
     let long = "x".repeat(1000);
