@@ -42,3 +42,38 @@ pub use sync::{
     Change, ChangeKind, FetchRequest, ItemResult, OrphanCleanup, SyncReconciler, SyncSettings,
     SyncTarget, UpstreamPage, UpstreamRecord, UpstreamRetry, UpstreamSource,
 };
+
+#[cfg(test)]
+mod object_safety {
+    //! Compile-time checks: every trait is usable as a trait object and every reconciler
+    //! can be boxed as a `dyn Reconciler`.
+    use super::*;
+    use recon_core::Reconciler;
+
+    fn _stores(_: &dyn FingerprintStore, _: &dyn LineageStore, _: &dyn FailedRecordStore) {}
+    fn _host(
+        _: &dyn StageHandler,
+        _: &dyn StagePolicy,
+        _: &dyn SourceCount,
+        _: &dyn UpstreamSource<()>,
+        _: &dyn SyncTarget<()>,
+        _: &dyn OrphanCleanup,
+    ) {
+    }
+    fn _reconcilers(
+        a: RecoveryReconciler,
+        b: RetentionReconciler,
+        c: AuditReconciler,
+        d: SyncReconciler<()>,
+    ) -> [Box<dyn Reconciler>; 4] {
+        [Box::new(a), Box::new(b), Box::new(c), Box::new(d)]
+    }
+    fn _send_sync<T: Send + Sync>() {}
+    fn _all_send_sync() {
+        _send_sync::<Fingerprint>();
+        _send_sync::<Schema>();
+        _send_sync::<Classifier>();
+        _send_sync::<LineageTracker>();
+        _send_sync::<Error>();
+    }
+}

@@ -633,7 +633,7 @@ impl RecoveryReconciler {
             let limit = self
                 .settings
                 .batch_size
-                .min(self.settings.max_records - handled);
+                .min(self.settings.max_records.saturating_sub(handled));
             if limit == 0 {
                 report.note(format!(
                     "max_records ({}) reached: remaining due records wait for the next run",

@@ -203,7 +203,10 @@ fn the_worked_example_of_the_guide() {
         &bytes[32..64],
         &hex32("279236b4863446220b295282632bed089a165a5131ed26f262fba78be4f603e8")
     );
-    assert_eq!(&bytes[64..], &[5, 0, 0, 0, 5, b'5', b'0', b'0', b'7', b'T', 0]);
+    assert_eq!(
+        &bytes[64..],
+        &[5, 0, 0, 0, 5, b'5', b'0', b'0', b'7', b'T', 0]
+    );
 }
 
 fn hex32(s: &str) -> [u8; 32] {
