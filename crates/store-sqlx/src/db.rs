@@ -40,7 +40,7 @@ fn audited(sql: &str) -> AssertSqlSafe<String> {
 }
 
 macro_rules! backend {
-    ($feat:literal, $module:ident, $DB:ty, $Row:ty, $unsigned:expr) => {
+    ($feat:literal, $module:ident, $DB:ty, $Row:ty, $unsigned:expr, $arrays:expr) => {
         #[cfg(feature = $feat)]
         mod $module {
             use super::*;
@@ -54,10 +54,11 @@ macro_rules! backend {
             pub(super) type Query<'q> =
                 sqlx::query::Query<'q, $DB, <$DB as sqlx::Database>::Arguments>;
 
-            pub(super) fn bind<'q>(sql: &str, args: &[Value]) -> Query<'q> {
+            pub(super) fn bind<'q>(sql: &str, args: &[Value]) -> Result<Query<'q>, sqlx::Error> {
                 let mut q = sqlx::query::<$DB>(audited(sql));
                 for a in args {
                     q = match a {
+                        Value::Array(arr) => $arrays(q, arr)?,
                         Value::Int(v) => q.bind(*v),
                         Value::Text(v) => q.bind(v.clone()),
                         // recon's own SQLite tables keep fixed-width RFC 3339 text, so that
@@ -69,7 +70,7 @@ macro_rules! backend {
                         Value::Float(v) => q.bind(*v),
                     };
                 }
-                q
+                Ok(q)
             }
 
             /// Host tables use every integer width; accept them all as `i64`.
@@ -136,6 +137,27 @@ fn unsigned_mysql(row: &sqlx::mysql::MySqlRow, i: usize) -> Result<Option<i64>, 
     }
 }
 
+/// Array parameters exist on PostgreSQL only.
+#[allow(dead_code)]
+fn no_arrays<Q>(_: Q, _: &crate::value::Array) -> Result<Q, sqlx::Error> {
+    Err(sqlx::Error::Protocol(
+        "array parameters are only supported on PostgreSQL".into(),
+    ))
+}
+
+#[cfg(feature = "postgres")]
+fn pg_arrays<'q>(
+    q: pg_impl::Query<'q>,
+    a: &crate::value::Array,
+) -> Result<pg_impl::Query<'q>, sqlx::Error> {
+    use crate::value::Array;
+    Ok(match a {
+        Array::Int(v) => q.bind(v.clone()),
+        Array::Text(v) => q.bind(v.clone()),
+        Array::Ts(v) => q.bind(v.clone()),
+    })
+}
+
 /// Backends without unsigned integer types: the signed attempts above already failed.
 #[allow(dead_code)]
 fn no_unsigned<R: sqlx::Row>(row: &R, i: usize) -> Result<Option<i64>, sqlx::Error>
@@ -153,21 +175,24 @@ backend!(
     sqlite_impl,
     sqlx::Sqlite,
     sqlx::sqlite::SqliteRow,
-    no_unsigned
+    no_unsigned,
+    no_arrays
 );
 backend!(
     "postgres",
     pg_impl,
     sqlx::Postgres,
     sqlx::postgres::PgRow,
-    no_unsigned
+    no_unsigned,
+    pg_arrays
 );
 backend!(
     "mysql",
     mysql_impl,
     sqlx::MySql,
     sqlx::mysql::MySqlRow,
-    unsigned_mysql
+    unsigned_mysql,
+    no_arrays
 );
 
 /// Expand `$body` once per backend with `$m` naming the backend's helper module and `$p`
@@ -414,7 +439,7 @@ impl Db {
 
     pub(crate) async fn execute(&self, sql: &str, args: &[Value]) -> Result<u64> {
         on_backend!(&self.pool, Pool, p, m => {
-            m::bind(sql, args).execute(p).await.map(|r| r.rows_affected()).context(sql_head(sql))
+            m::bind(sql, args).context(sql_head(sql))?.execute(p).await.map(|r| r.rows_affected()).context(sql_head(sql))
         })
     }
 
@@ -425,7 +450,7 @@ impl Db {
         kinds: &[Kind],
     ) -> Result<Vec<Vec<Value>>> {
         on_backend!(&self.pool, Pool, p, m => {
-            let rows = m::bind(sql, args).fetch_all(p).await.context(sql_head(sql))?;
+            let rows = m::bind(sql, args).context(sql_head(sql))?.fetch_all(p).await.context(sql_head(sql))?;
             rows.iter()
                 .map(|r| m::decode(r, kinds))
                 .collect::<Result<Vec<_>, _>>()
@@ -454,7 +479,7 @@ impl Db {
 impl Tx {
     pub(crate) async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64> {
         on_backend!(self, Tx, tx, m => {
-            m::bind(sql, args).execute(&mut **tx).await.map(|r| r.rows_affected()).context(sql_head(sql))
+            m::bind(sql, args).context(sql_head(sql))?.execute(&mut **tx).await.map(|r| r.rows_affected()).context(sql_head(sql))
         })
     }
 
@@ -465,7 +490,7 @@ impl Tx {
         kinds: &[Kind],
     ) -> Result<Vec<Vec<Value>>> {
         on_backend!(self, Tx, tx, m => {
-            let rows = m::bind(sql, args).fetch_all(&mut **tx).await.context(sql_head(sql))?;
+            let rows = m::bind(sql, args).context(sql_head(sql))?.fetch_all(&mut **tx).await.context(sql_head(sql))?;
             rows.iter()
                 .map(|r| m::decode(r, kinds))
                 .collect::<Result<Vec<_>, _>>()

@@ -1,6 +1,6 @@
 //! [`SqlLeaseStore`]: lease repair on the host's own job table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -10,7 +10,7 @@ use lease_repair::{
 };
 
 use crate::sql::{Binds, CHUNK, with_deadlock_retry};
-use crate::value::{Kind, Value};
+use crate::value::{Array, Kind, Value};
 use crate::{Db, Dialect, Error, Ident, Result, TableName, TimestampFormat};
 
 /// How the host's job ids are typed.
@@ -427,61 +427,113 @@ impl SqlLeaseStore {
     }
 
     async fn apply_once(&self, repairs: &[Repair], now: DateTime<Utc>) -> Result<ApplyOutcome> {
-        let d = self.db.dialect();
-        let s = &self.q;
-        let mut tx = self.db.begin().await?;
-        // 1. Re-read the batch under lock: rows another repairer holds are skipped, not waited on.
-        let mut current: HashMap<JobKey, JobRow> = HashMap::with_capacity(repairs.len());
-        let (cols, kinds) = self.row_columns();
-        for chunk in repairs.chunks(CHUNK) {
-            let mut b = Binds::new(d);
-            let ids = chunk
-                .iter()
-                .map(|r| self.id_param(&mut b, &r.expected.key))
-                .collect::<Result<Vec<_>>>()?;
-            let sql = format!(
-                "SELECT {cols} FROM {t} WHERE {id} IN ({list}) ORDER BY {id}{lock}",
-                t = s.table,
-                id = s.id,
-                list = ids.join(", "),
-                lock = d.lock_rows(),
-            );
-            for r in tx.fetch(&sql, &b.values, &kinds).await? {
-                let row = self.decode_row(r)?;
-                current.insert(row.key.clone(), row);
-            }
-        }
-        // 2. Compare-and-set: only jobs that still look exactly as they were read.
-        let (ok, changed): (Vec<&Repair>, Vec<&Repair>) = repairs
-            .iter()
-            .partition(|r| current.get(&r.expected.key) == Some(&r.expected));
-        // 3. One set-based UPDATE per chunk.
-        let processing = &repairs
+        let processing = repairs
             .first()
             .map(|r| r.expected.status.clone())
             .unwrap_or_default();
-        for chunk in ok.chunks(CHUNK) {
-            let (sql, values) = self.update_sql(chunk, processing, now)?;
-            let n = tx.execute(&sql, &values).await?;
-            // The rows are locked and were just compared: every one must be updated. Anything
-            // else is a bug; roll back rather than report repairs that did not happen.
-            if n != chunk.len() as u64 {
-                return Err(Error::Config(format!(
-                    "internal error: the repair of {} locked jobs in {} updated {n} rows; nothing was changed",
-                    chunk.len(),
-                    self.map.table
-                )));
+        let mut tx = self.db.begin().await?;
+        let mut applied: HashSet<JobKey> = HashSet::with_capacity(repairs.len());
+        match self.db.dialect() {
+            // One statement per chunk: compare-and-set in its WHERE (under FOR UPDATE SKIP
+            // LOCKED on PostgreSQL, under the write lock on SQLite), RETURNING what it changed.
+            Dialect::Postgres | Dialect::Sqlite => {
+                let key = self.key_kind();
+                // PostgreSQL binds whole columns as arrays: one statement per batch.
+                let size = if self.db.dialect() == Dialect::Postgres {
+                    repairs.len().max(1)
+                } else {
+                    CHUNK
+                };
+                for chunk in repairs.chunks(size) {
+                    let chunk: Vec<&Repair> = chunk.iter().collect();
+                    let (sql, values) = self.update_sql(&chunk, &processing, now)?;
+                    for mut r in tx.fetch(&sql, &values, &[key]).await? {
+                        applied.insert(self.decode_key(r.pop())?);
+                    }
+                }
+            }
+            // MySQL has no UPDATE … RETURNING: re-read the chunk under FOR UPDATE SKIP LOCKED,
+            // compare in Rust, then update exactly the rows that still match.
+            Dialect::MySql => {
+                let (cols, kinds) = self.row_columns();
+                for chunk in repairs.chunks(CHUNK) {
+                    let mut b = Binds::new(Dialect::MySql);
+                    let ids = chunk
+                        .iter()
+                        .map(|r| self.id_param(&mut b, &r.expected.key))
+                        .collect::<Result<Vec<_>>>()?;
+                    let sql = format!(
+                        "SELECT {cols} FROM {t} WHERE {id} IN ({list}) ORDER BY {id} FOR UPDATE SKIP LOCKED",
+                        t = self.q.table,
+                        id = self.q.id,
+                        list = ids.join(", "),
+                    );
+                    let mut current: HashMap<JobKey, JobRow> = HashMap::with_capacity(chunk.len());
+                    for r in tx.fetch(&sql, &b.values, &kinds).await? {
+                        let row = self.decode_row(r)?;
+                        current.insert(row.key.clone(), row);
+                    }
+                    let ok: Vec<&Repair> = chunk
+                        .iter()
+                        .filter(|r| current.get(&r.expected.key) == Some(&r.expected))
+                        .collect();
+                    if ok.is_empty() {
+                        continue;
+                    }
+                    let (sql, values) = self.update_sql(&ok, &processing, now)?;
+                    let n = tx.execute(&sql, &values).await?;
+                    // The rows are locked and were just compared: every one must change.
+                    // Anything else is a bug: roll back rather than report repairs that did
+                    // not happen.
+                    if n != ok.len() as u64 {
+                        return Err(Error::Config(format!(
+                            "internal error: the repair of {} locked jobs in {} updated {n} rows; nothing was changed",
+                            ok.len(),
+                            self.map.table
+                        )));
+                    }
+                    applied.extend(ok.iter().map(|r| r.expected.key.clone()));
+                }
             }
         }
         tx.commit().await?;
+        let (ok, changed): (Vec<&Repair>, Vec<&Repair>) = repairs
+            .iter()
+            .partition(|r| applied.contains(&r.expected.key));
         Ok(ApplyOutcome {
             applied: ok.iter().map(|r| r.expected.key.clone()).collect(),
             skipped: changed.iter().map(|r| r.expected.key.clone()).collect(),
         })
     }
 
-    /// `UPDATE … FROM (VALUES …)` (PostgreSQL, SQLite) or `UPDATE … JOIN (SELECT … UNION ALL
-    /// …)` (MySQL): one statement for the whole chunk.
+    fn key_kind(&self) -> Kind {
+        match self.map.key_kind {
+            KeyKind::Integer => Kind::Int,
+            _ => Kind::Text,
+        }
+    }
+
+    fn decode_key(&self, v: Option<Value>) -> Result<JobKey> {
+        match v {
+            Some(Value::Int(Some(i))) => Ok(JobKey::Int(i)),
+            Some(Value::Text(Some(t))) => Ok(JobKey::Text(t)),
+            _ => Err(Error::BadValue {
+                table: self.map.table.to_string(),
+                column: self.map.id.to_string(),
+                key: "?".into(),
+                reason: "NULL primary key".into(),
+            }),
+        }
+    }
+
+    /// One statement for a whole chunk of repairs.
+    ///
+    /// - PostgreSQL: `WITH v(…) AS (VALUES …), locked AS (SELECT … FOR UPDATE SKIP LOCKED)
+    ///   UPDATE … FROM v … RETURNING id`, the compare-and-set in `locked`'s WHERE.
+    /// - SQLite: `UPDATE … SET … FROM (VALUES …) AS v WHERE <compare-and-set> RETURNING id`
+    ///   (a CTE over VALUES would be quadratic there; VALUES columns are `column1…`).
+    /// - MySQL: `UPDATE … JOIN (SELECT … UNION ALL …) AS v … SET …` over rows already locked
+    ///   and compared by the caller.
     fn update_sql(
         &self,
         chunk: &[&Repair],
@@ -490,20 +542,39 @@ impl SqlLeaseStore {
     ) -> Result<(String, Vec<Value>)> {
         let d = self.db.dialect();
         let s = &self.q;
+        let guarded = d != Dialect::MySql;
+        let mut names = vec![
+            "id",
+            "new_status",
+            "new_attempts",
+            "new_error",
+            "new_next_run",
+            "new_failed",
+        ];
+        if guarded {
+            names.extend(["exp_owner", "exp_until", "exp_attempts"]);
+        }
         let mut b = Binds::new(d);
-        // Positional placeholders (SQLite, MySQL) must be pushed in text order: MySQL's
-        // `UPDATE … JOIN (rows) … SET … WHERE` has the rows first, PostgreSQL's and SQLite's
-        // `UPDATE … SET … FROM (rows) … WHERE` has them after SET.
-        let push_rows = |b: &mut Binds| -> Result<Vec<[String; 6]>> {
+        // Positional placeholders (SQLite, MySQL) are pushed in text order: MySQL's
+        // `UPDATE … JOIN (rows) … SET … WHERE` has the rows first; SQLite's
+        // `UPDATE … SET … FROM (rows) … WHERE` has them after SET. PostgreSQL numbers them.
+        let push_rows = |b: &mut Binds| -> Result<Vec<Vec<String>>> {
             let mut rows = Vec::with_capacity(chunk.len());
             for r in chunk {
-                let id = b.push(self.key_value(&r.expected.key)?);
-                let status = b.push(Value::Text(Some(r.status.clone())));
-                let attempts = b.push(Value::Int(Some(r.attempts)));
-                let err = b.push(Value::Text(Some(r.last_error.clone())));
-                let next = b.push(self.ts(r.next_run_at));
-                let failed = b.push(Value::Int(Some(i64::from(r.failed))));
-                rows.push([id, status, attempts, err, next, failed]);
+                let mut row = vec![
+                    b.push(self.key_value(&r.expected.key)?),
+                    b.push(Value::Text(Some(r.status.clone()))),
+                    b.push(Value::Int(Some(r.attempts))),
+                    b.push(Value::Text(Some(r.last_error.clone()))),
+                    b.push(self.ts(r.next_run_at)),
+                    b.push(Value::Int(Some(i64::from(r.failed)))),
+                ];
+                if guarded {
+                    row.push(b.push(Value::Text(r.expected.lease_owner.clone())));
+                    row.push(b.push(self.ts(r.expected.lease_expires_at)));
+                    row.push(b.push(Value::Int(r.expected.attempts)));
+                }
+                rows.push(row);
             }
             Ok(rows)
         };
@@ -512,10 +583,68 @@ impl SqlLeaseStore {
         } else {
             Vec::new()
         };
-
-        // SQLite cannot name the columns of a VALUES list (and a CTE over VALUES makes
-        // UPDATE … FROM quadratic there), so it refers to them as column1, column2, …
-        let names = ["id", "new_status", "new_attempts", "new_error", "new_next_run", "new_failed"];
+        // PostgreSQL: the batch as nine array parameters, so the statement text (and its
+        // cached plan) is the same for every batch size.
+        let arrays = if d == Dialect::Postgres {
+            let ts = |t: Option<DateTime<Utc>>| t;
+            let mut keys_i = Vec::new();
+            let mut keys_t = Vec::new();
+            for r in chunk {
+                match self.key_value(&r.expected.key)? {
+                    Value::Int(i) => keys_i.push(i),
+                    Value::Text(t) => keys_t.push(t),
+                    _ => {}
+                }
+            }
+            let ids = if self.map.key_kind == KeyKind::Integer {
+                b.push(Value::Array(Array::Int(keys_i)))
+            } else {
+                b.push(Value::Array(Array::Text(keys_t)))
+            };
+            let col = |b: &mut Binds, a: Array| b.push(Value::Array(a));
+            vec![
+                ids,
+                col(
+                    &mut b,
+                    Array::Text(chunk.iter().map(|r| Some(r.status.clone())).collect()),
+                ),
+                col(
+                    &mut b,
+                    Array::Int(chunk.iter().map(|r| Some(r.attempts)).collect()),
+                ),
+                col(
+                    &mut b,
+                    Array::Text(chunk.iter().map(|r| Some(r.last_error.clone())).collect()),
+                ),
+                col(
+                    &mut b,
+                    Array::Ts(chunk.iter().map(|r| ts(r.next_run_at)).collect()),
+                ),
+                col(
+                    &mut b,
+                    Array::Int(chunk.iter().map(|r| Some(i64::from(r.failed))).collect()),
+                ),
+                col(
+                    &mut b,
+                    Array::Text(
+                        chunk
+                            .iter()
+                            .map(|r| r.expected.lease_owner.clone())
+                            .collect(),
+                    ),
+                ),
+                col(
+                    &mut b,
+                    Array::Ts(chunk.iter().map(|r| r.expected.lease_expires_at).collect()),
+                ),
+                col(
+                    &mut b,
+                    Array::Int(chunk.iter().map(|r| r.expected.attempts).collect()),
+                ),
+            ]
+        } else {
+            Vec::new()
+        };
         let v = |name: &str| match d {
             Dialect::Sqlite => {
                 let i = names.iter().position(|n| *n == name).unwrap_or(0);
@@ -537,8 +666,6 @@ impl SqlLeaseStore {
         if let Some(c) = &s.next_run_at {
             sets.push(format!("{} = {}", target(c), v("new_next_run")));
         }
-        // Placeholders are pushed in the order they appear in the text (MySQL's `?` is
-        // positional): the VALUES rows first, then SET, then WHERE.
         if let Some(c) = &s.failed_at {
             let now_p = b.push(self.ts(Some(now)));
             sets.push(format!(
@@ -551,7 +678,7 @@ impl SqlLeaseStore {
             let now_p = b.push(self.ts(Some(now)));
             sets.push(format!("{} = {now_p}", target(c)));
         }
-        if d != Dialect::MySql {
+        if d == Dialect::Sqlite {
             rows = push_rows(&mut b)?;
         }
         let proc_p = b.push(Value::Text(Some(processing.to_owned())));
@@ -559,42 +686,92 @@ impl SqlLeaseStore {
             (Dialect::Postgres, KeyKind::Uuid) => format!("t.{} = CAST(v.id AS uuid)", s.id),
             _ => format!("t.{} = {}", s.id, v("id")),
         };
-        let cols = "id, new_status, new_attempts, new_error, new_next_run, new_failed";
+        let values = || {
+            rows.iter()
+                .map(|r| format!("({})", r.join(", ")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sets = sets.join(", ");
+        let (t, st) = (&s.table, &s.status);
         let sql = match d {
-            Dialect::Postgres | Dialect::Sqlite => {
-                let values = rows
+            Dialect::Postgres => {
+                let returning = match self.map.key_kind {
+                    KeyKind::Uuid => format!("CAST(t.{} AS TEXT)", s.id),
+                    _ => format!("t.{}", s.id),
+                };
+                let key_t = if self.map.key_kind == KeyKind::Integer {
+                    "bigint"
+                } else {
+                    "text"
+                };
+                let types = [
+                    key_t,
+                    "text",
+                    "bigint",
+                    "text",
+                    "timestamptz",
+                    "bigint",
+                    "text",
+                    "timestamptz",
+                    "bigint",
+                ];
+                let unnest = arrays
                     .iter()
-                    .map(|r| format!("({})", r.join(", ")))
+                    .zip(types)
+                    .map(|(p, t)| format!("CAST({p} AS {t}[])"))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let from = if d == Dialect::Sqlite {
-                    format!("(VALUES {values}) AS v")
-                } else {
-                    format!("(VALUES {values}) AS v({cols})")
+                format!(
+                    "WITH v AS (SELECT * FROM unnest({unnest}) AS u({cols})), locked AS (\
+                       SELECT t.{id} AS id FROM {t} AS t JOIN v ON {id_match} \
+                       WHERE t.{st} = {proc_p} \
+                         AND t.{owner} IS NOT DISTINCT FROM v.exp_owner \
+                         AND t.{expiry} IS NOT DISTINCT FROM v.exp_until \
+                         AND t.{attempts} IS NOT DISTINCT FROM v.exp_attempts \
+                       ORDER BY t.{id} FOR UPDATE OF t SKIP LOCKED) \
+                     UPDATE {t} AS t SET {sets} FROM v \
+                     WHERE {id_match} AND t.{id} IN (SELECT id FROM locked) RETURNING {returning}",
+                    cols = names.join(", "),
+                    id = s.id,
+                    owner = s.owner,
+                    expiry = s.expiry,
+                    attempts = s.attempts,
+                )
+            }
+            Dialect::Sqlite => {
+                // Text timestamps are compared after normalising both sides (a host may store
+                // another text form than recon writes); integer ones compare as they are.
+                let until = match self.map.timestamps {
+                    TimestampFormat::UnixSeconds | TimestampFormat::UnixMillis => {
+                        format!("t.{} IS {}", s.expiry, v("exp_until"))
+                    }
+                    _ => format!(
+                        "strftime('%Y-%m-%d %H:%M:%f', t.{}) IS strftime('%Y-%m-%d %H:%M:%f', {})",
+                        s.expiry,
+                        v("exp_until")
+                    ),
                 };
                 format!(
-                    "UPDATE {t} AS t SET {sets} FROM {from} WHERE {id_match} AND t.{st} = {proc_p}",
-                    t = s.table,
-                    sets = sets.join(", "),
-                    st = s.status,
+                    "UPDATE {t} AS t SET {sets} FROM (VALUES {values}) AS v \
+                     WHERE {id_match} AND t.{st} = {proc_p} AND t.{owner} IS {exp_owner} \
+                       AND {until} AND t.{attempts} IS {exp_attempts} RETURNING {id}",
+                    values = values(),
+                    owner = s.owner,
+                    exp_owner = v("exp_owner"),
+                    attempts = s.attempts,
+                    exp_attempts = v("exp_attempts"),
+                    id = s.id,
                 )
             }
             Dialect::MySql => {
-                let names = [
-                    "id",
-                    "new_status",
-                    "new_attempts",
-                    "new_error",
-                    "new_next_run",
-                    "new_failed",
-                ];
                 let selects = rows
                     .iter()
                     .enumerate()
                     .map(|(i, r)| {
                         let items = r
                             .iter()
-                            .zip(names)
+                            .zip(&names)
                             .map(|(p, n)| {
                                 if i == 0 {
                                     format!("{p} AS {n}")
@@ -609,10 +786,7 @@ impl SqlLeaseStore {
                     .collect::<Vec<_>>()
                     .join(" UNION ALL ");
                 format!(
-                    "UPDATE {t} AS t JOIN ({selects}) AS v ON {id_match} SET {sets} WHERE t.{st} = {proc_p}",
-                    t = s.table,
-                    sets = sets.join(", "),
-                    st = s.status,
+                    "UPDATE {t} AS t JOIN ({selects}) AS v ON {id_match} SET {sets} WHERE t.{st} = {proc_p}"
                 )
             }
         };

@@ -10,6 +10,19 @@ pub(crate) enum Value {
     Text(Option<String>),
     Ts(Option<DateTime<Utc>>),
     Float(Option<f64>),
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    /// A whole column of a batch as one parameter (`unnest($1::bigint[], …)`). PostgreSQL
+    /// only: binding it elsewhere is an error, and only PostgreSQL code paths build it.
+    Array(Array),
+}
+
+/// A typed array parameter.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) enum Array {
+    Int(Vec<Option<i64>>),
+    Text(Vec<Option<String>>),
+    Ts(Vec<Option<DateTime<Utc>>>),
 }
 
 impl Value {
