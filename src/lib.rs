@@ -44,3 +44,11 @@ pub use recon_core::{
     Error, Reconciler, Result, RunContext, RunReport, RunStatus, Runner, StatusView, StepReport,
     async_trait,
 };
+
+/// The guides in `docs/` are compiled as doctests here, where every crate is in scope, so
+/// their examples cannot drift from the code.
+#[doc(hidden)]
+pub mod guides {
+    #[doc = include_str!("../docs/lease-repair.md")]
+    pub mod lease_repair {}
+}

@@ -6,6 +6,7 @@ mod error;
 mod ident;
 mod lease;
 mod lock;
+mod metrics;
 mod migrate;
 mod run_log;
 mod schema;
@@ -19,6 +20,7 @@ pub use error::{Error, Result, is_transient_sqlx};
 pub use ident::{Ident, TableName};
 pub use lease::{JobTable, JobTableBuilder, KeyKind, SqlLeaseStore};
 pub use lock::{LockMode, SqlRunLock};
+pub use metrics::{HEALTHY, Metrics};
 pub use run_log::SqlRunLog;
 pub use watermark::SqlWatermarkStore;
 

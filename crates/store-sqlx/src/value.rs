@@ -48,7 +48,6 @@ impl Value {
         }
     }
 
-    #[allow(dead_code)] // for aggregate metrics (sums, averages) of the host-table stores
     pub(crate) fn float(self) -> Option<f64> {
         match self {
             Value::Float(v) => v,
@@ -65,7 +64,6 @@ pub(crate) enum Kind {
     Text,
     /// A timestamp; on SQLite stored per the format, elsewhere native.
     Ts(crate::TimestampFormat),
-    #[allow(dead_code)] // for aggregate metrics (sums, averages) of the host-table stores
     Float,
 }
 
