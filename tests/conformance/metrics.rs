@@ -13,7 +13,13 @@ async fn scenario_a_metrics(be: &Backend<'_>) {
     use lease_repair::StoredJob;
     jobs.insert(
         &[
-            StoredJob::new(42, "processing", Some("worker-001"), at("2024-01-24T10:00:00Z"), Some(1)),
+            StoredJob::new(
+                42,
+                "processing",
+                Some("worker-001"),
+                at("2024-01-24T10:00:00Z"),
+                Some(1),
+            ),
             StoredJob::new(43, "processing", None, None, Some(2)),
             StoredJob::new(44, "pending", None, None, Some(0)),
         ],
@@ -38,18 +44,37 @@ async fn scenario_a_metrics(be: &Backend<'_>) {
         .unwrap()
         .sum("revenue", "orders", "total_amount")
         .unwrap();
-    let r = step.reconcile(&RunContext::new(chrono::Utc::now())).await.unwrap();
-    let n = |k: &str| r.get(k).unwrap_or_else(|| panic!("{}: no counter {k}", be.name()));
+    let r = step
+        .reconcile(&RunContext::new(chrono::Utc::now()))
+        .await
+        .unwrap();
+    let n = |k: &str| {
+        r.get(k)
+            .unwrap_or_else(|| panic!("{}: no counter {k}", be.name()))
+    };
     assert_eq!(r.count(HEALTHY), 1);
-    assert_eq!((n("jobs_processing"), n("jobs_pending"), n("jobs_total")), (2, 1, 3));
     assert_eq!(
-        (n("orders_pending"), n("orders_processing"), n("orders_completed"), n("orders_null"), n("orders_total")),
+        (n("jobs_processing"), n("jobs_pending"), n("jobs_total")),
+        (2, 1, 3)
+    );
+    assert_eq!(
+        (
+            n("orders_pending"),
+            n("orders_processing"),
+            n("orders_completed"),
+            n("orders_null"),
+            n("orders_total")
+        ),
         (2, 1, 1, 1, 5),
         "{}",
         be.name()
     );
     let revenue = r.details()["revenue"].as_f64().unwrap();
-    assert!((revenue - 136.75).abs() < 1e-9, "{}: revenue {revenue}", be.name());
+    assert!(
+        (revenue - 136.75).abs() < 1e-9,
+        "{}: revenue {revenue}",
+        be.name()
+    );
     assert_eq!(r.details()["avg_attempts"].as_f64(), Some(1.0));
 }
 
@@ -66,11 +91,28 @@ async fn an_unreachable_database_fails_the_step_transiently(be: &Backend<'_>) {
 
 async fn bad_names_are_rejected(be: &Backend<'_>) {
     let Backend::Sql(t) = be else { return };
-    assert!(Metrics::new(&t.db).count_by("x", "orders; DROP TABLE orders", "s").is_err());
-    assert!(Metrics::new(&t.db).sum("x", "orders", "total_amount)--").is_err());
-    let missing = Metrics::new(&t.db).count_by("x", "no_such_table", "s").unwrap();
-    let err = missing.reconcile(&RunContext::new(chrono::Utc::now())).await.unwrap_err();
-    assert!(!err.is_transient(), "{}: a missing table is not transient: {err}", be.name());
+    assert!(
+        Metrics::new(&t.db)
+            .count_by("x", "orders; DROP TABLE orders", "s")
+            .is_err()
+    );
+    assert!(
+        Metrics::new(&t.db)
+            .sum("x", "orders", "total_amount)--")
+            .is_err()
+    );
+    let missing = Metrics::new(&t.db)
+        .count_by("x", "no_such_table", "s")
+        .unwrap();
+    let err = missing
+        .reconcile(&RunContext::new(chrono::Utc::now()))
+        .await
+        .unwrap_err();
+    assert!(
+        !err.is_transient(),
+        "{}: a missing table is not transient: {err}",
+        be.name()
+    );
 }
 
 crate::conformance!(
