@@ -16,6 +16,29 @@ pub struct TestDb {
     cleanup: Cleanup,
 }
 
+impl TestDb {
+    /// The schema (PostgreSQL: also the connections' application_name) or database (MySQL)
+    /// this test owns; `None` on SQLite.
+    pub fn namespace(&self) -> Option<&str> {
+        match &self.cleanup {
+            Cleanup::File(_) => None,
+            #[cfg(feature = "postgres")]
+            Cleanup::PgSchema(s) => Some(s),
+            #[cfg(feature = "mysql")]
+            Cleanup::MyDatabase(s) => Some(s),
+        }
+    }
+
+    /// The SQLite file, if this is SQLite.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        match &self.cleanup {
+            Cleanup::File(p) => Some(p),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+}
+
 enum Cleanup {
     File(PathBuf),
     #[cfg(feature = "postgres")]
@@ -88,6 +111,7 @@ pub async fn postgres() -> Option<TestDb> {
         ConnectOptions {
             max_connections: 12,
             search_path: Some(schema.clone()),
+            application_name: Some(schema.clone()),
             ..ConnectOptions::default()
         },
     )

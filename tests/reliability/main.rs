@@ -5,4 +5,7 @@
 
 #[path = "../conformance/common.rs"]
 mod common;
+mod concurrency;
+mod faults;
 mod model;
+mod table;

@@ -234,6 +234,8 @@ pub struct ConnectOptions {
     /// PostgreSQL only: the `search_path` for every connection (tests isolate themselves in
     /// a schema this way).
     pub search_path: Option<String>,
+    /// PostgreSQL only: the `application_name` shown in `pg_stat_activity`.
+    pub application_name: Option<String>,
 }
 
 impl Default for ConnectOptions {
@@ -243,6 +245,7 @@ impl Default for ConnectOptions {
             acquire_timeout: Duration::from_secs(10),
             busy_timeout: Duration::from_secs(10),
             search_path: None,
+            application_name: None,
         }
     }
 }
@@ -315,6 +318,9 @@ impl Db {
                         .map_err(|e| unsupported(&e.to_string()))?;
                     if let Some(path) = &options.search_path {
                         opts = opts.options([("search_path", path.as_str())]);
+                    }
+                    if let Some(name) = &options.application_name {
+                        opts = opts.application_name(name);
                     }
                     let pool = pool_opts(&options)
                         .connect_with(opts)
