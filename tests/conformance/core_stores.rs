@@ -216,6 +216,10 @@ async fn database_clock_is_close_to_ours(b: &Backend<'_>) {
         let skew = (db_now - Utc::now()).num_seconds().abs();
         assert!(skew < 5, "{}: database clock is {skew}s away", b.name());
         t.db.ping().await.unwrap();
+        // the database as the runner's clock
+        let source: Arc<dyn recon_core::TimeSource> = Arc::new(t.db.clone());
+        let via_runner = source.fetch_now().await.unwrap();
+        assert!((via_runner - db_now).num_seconds().abs() < 5);
     }
 }
 

@@ -482,6 +482,15 @@ impl Db {
     }
 }
 
+/// The database as the runner's clock: `Runner::builder(..).time_source(Arc::new(db.clone()))`
+/// makes every instance decide with the same `now`, whatever their own clocks say.
+#[async_trait::async_trait]
+impl recon_core::TimeSource for Db {
+    async fn fetch_now(&self) -> recon_core::Result<DateTime<Utc>> {
+        Ok(self.now().await?)
+    }
+}
+
 impl Tx {
     pub(crate) async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64> {
         on_backend!(self, Tx, tx, m => {
