@@ -6,6 +6,7 @@
 #[path = "../conformance/common.rs"]
 mod common;
 mod concurrency;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 mod faults;
 mod model;
 mod table;
