@@ -338,15 +338,16 @@ fn extreme_inputs_do_not_panic() {
     assert_eq!(decided, 2 * 3 * 3 * 4 * 2);
 }
 
-/// The documented range each jitter kind draws from, in nanoseconds (decorrelated excluded).
+/// The documented range each jitter kind draws from, in nanoseconds (decorrelated excluded):
+/// full `[0, b]`, equal `[b − ⌊b/2⌋, b]`, proportional `[b − s, b + s]` with `s = round(b·f)`.
 fn jitter_range(d: &retry_policy::DelayBreakdown) -> (u128, u128) {
     let b = d.clamped_base.as_nanos();
     match d.jitter {
         Jitter::Full => (0, b),
-        Jitter::Equal => (b / 2, b),
+        Jitter::Equal => (b - b / 2, b),
         Jitter::Proportional { fraction } => {
-            let f = (b as f64 * fraction) as u128;
-            (b.saturating_sub(f), b + f)
+            let s = ((b as f64 * fraction).round() as u128).min(b);
+            (b - s, b + s)
         }
         _ => (b, b),
     }
