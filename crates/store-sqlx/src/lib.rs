@@ -7,6 +7,7 @@ mod ident;
 mod lease;
 mod lock;
 mod migrate;
+mod rehydrate;
 mod run_log;
 mod schema;
 mod sql;
@@ -19,6 +20,10 @@ pub use error::{Error, Result, is_transient_sqlx};
 pub use ident::{Ident, TableName};
 pub use lease::{JobTable, JobTableBuilder, KeyKind, SqlLeaseStore};
 pub use lock::{LockMode, SqlRunLock};
+pub use rehydrate::{
+    JobState, MessageTable, MessageTableBuilder, OrphanSweep, QUEUED_JOBS_TABLE, SqlEntitySource,
+    SqlJobQueue, SqlMessageStore, SqlSourceStore,
+};
 pub use run_log::SqlRunLog;
 pub use watermark::SqlWatermarkStore;
 

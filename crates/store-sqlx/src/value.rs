@@ -10,6 +10,9 @@ pub(crate) enum Value {
     Text(Option<String>),
     Ts(Option<DateTime<Utc>>),
     Float(Option<f64>),
+    /// A boolean, bound as the backend's boolean (PostgreSQL `boolean`; SQLite and MySQL
+    /// store 0/1). Read back with [`Kind::Bool`].
+    Bool(Option<bool>),
 }
 
 impl Value {
@@ -54,6 +57,8 @@ pub(crate) enum Kind {
     Ts(crate::TimestampFormat),
     #[allow(dead_code)] // for aggregate metrics (sums, averages) of the host-table stores
     Float,
+    /// A boolean: a native `boolean`, or any integer (non-zero is true).
+    Bool,
 }
 
 /// Milliseconds since the epoch → UTC, rejecting out-of-range values instead of panicking.
