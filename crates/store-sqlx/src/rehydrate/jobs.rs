@@ -244,7 +244,11 @@ impl SqlJobQueue {
             let queue = b.push(self.queue_value());
             let st = b.push(Self::state_value(JobState::Waiting));
             let after_sql = match &after {
-                Some(a) => format!(" AND {} > {}", self.c("id"), b.push(Value::Text(Some(a.clone())))),
+                Some(a) => format!(
+                    " AND {} > {}",
+                    self.c("id"),
+                    b.push(Value::Text(Some(a.clone())))
+                ),
                 None => String::new(),
             };
             let lim = b.push(limit_value(batch_size));
@@ -273,8 +277,8 @@ impl SqlJobQueue {
             out.batches += 1;
             out.checked += n;
             // 2. the anti-join, in one transaction
-            let removed = with_deadlock_retry(|| self.orphans_in(&m, after.as_deref(), &hi, dry_run))
-                .await?;
+            let removed =
+                with_deadlock_retry(|| self.orphans_in(&m, after.as_deref(), &hi, dry_run)).await?;
             out.orphaned += removed;
             if n < batch_size as u64 {
                 break;
@@ -299,7 +303,11 @@ impl SqlJobQueue {
         let queue = b.push(self.queue_value());
         let st = b.push(Self::state_value(JobState::Waiting));
         let lo = match after {
-            Some(a) => format!(" AND {t}.{} > {}", self.c("id"), b.push(Value::Text(Some(a.into())))),
+            Some(a) => format!(
+                " AND {t}.{} > {}",
+                self.c("id"),
+                b.push(Value::Text(Some(a.into())))
+            ),
             None => String::new(),
         };
         let hi = b.push(Value::Text(Some(hi.into())));
@@ -326,7 +334,11 @@ impl SqlJobQueue {
             ),
             (Dialect::MySql, KeyType::Text) => (
                 String::new(),
-                format!("{ek} = {key} AND {} = {}", mysql_bytes(&ek), mysql_bytes(&key)),
+                format!(
+                    "{ek} = {key} AND {} = {}",
+                    mysql_bytes(&ek),
+                    mysql_bytes(&key)
+                ),
             ),
             (_, KeyType::Text) => (String::new(), format!("{ek} = {key}")),
         };
@@ -342,7 +354,11 @@ impl SqlJobQueue {
         if dry_run {
             let rows = self
                 .db
-                .fetch(&format!("SELECT COUNT(*) FROM {t} WHERE {filter}"), &b.values, &[Kind::Int])
+                .fetch(
+                    &format!("SELECT COUNT(*) FROM {t} WHERE {filter}"),
+                    &b.values,
+                    &[Kind::Int],
+                )
                 .await?;
             return Ok(count_of(&rows));
         }
@@ -366,9 +382,10 @@ impl SqlJobQueue {
             let payload = if j.payload.is_null() {
                 None
             } else {
-                Some(serde_json::to_string(&j.payload).map_err(|e| {
-                    Error::Config(format!("payload of job {}: {e}", j.id))
-                })?)
+                Some(
+                    serde_json::to_string(&j.payload)
+                        .map_err(|e| Error::Config(format!("payload of job {}: {e}", j.id)))?,
+                )
             };
             let vals = [
                 self.queue_value(),
@@ -572,7 +589,10 @@ impl JobQueue for SqlJobQueue {
         for chunk in changes.chunks(CHUNK / 2) {
             n += with_deadlock_retry(|| self.reschedule_chunk(chunk))
                 .await
-                .map_err(store_err(format!("reschedule jobs of queue {}", self.queue)))?;
+                .map_err(store_err(format!(
+                    "reschedule jobs of queue {}",
+                    self.queue
+                )))?;
         }
         Ok(n)
     }

@@ -200,7 +200,10 @@ impl MessageTableBuilder {
             .transpose()?;
         let all: Vec<&Ident> = cols.iter().chain(archived_at.iter()).collect();
         for (i, c) in all.iter().enumerate() {
-            if all[..i].iter().any(|p| p.as_str().eq_ignore_ascii_case(c.as_str())) {
+            if all[..i]
+                .iter()
+                .any(|p| p.as_str().eq_ignore_ascii_case(c.as_str()))
+            {
                 return Err(Error::Config(format!(
                     "column `{c}` is mapped twice in the message table mapping"
                 )));
@@ -322,7 +325,16 @@ impl SqlMessageStore {
         let t = Kind::Ts(self.map.timestamps);
         (
             list,
-            vec![self.key_kind(), Kind::Text, Kind::Text, Kind::Int, t, t, t, Kind::Text],
+            vec![
+                self.key_kind(),
+                Kind::Text,
+                Kind::Text,
+                Kind::Int,
+                t,
+                t,
+                t,
+                Kind::Text,
+            ],
         )
     }
 
@@ -341,7 +353,11 @@ impl SqlMessageStore {
             .into_iter()
             .find(|s| self.map.status_value(*s) == status_text)
             .ok_or_else(|| {
-                self.bad(&id.to_string(), STATUS, format!("unknown status {status_text:?}"))
+                self.bad(
+                    &id.to_string(),
+                    STATUS,
+                    format!("unknown status {status_text:?}"),
+                )
             })?;
         let session = next().text();
         let attempts = next().int().unwrap_or(0);
@@ -442,7 +458,10 @@ impl SqlMessageStore {
         let g = self.status_is(&mut b, guard);
         let n = tx
             .execute(
-                &format!("UPDATE {t} SET {s} WHERE {id} IN ({list}) AND {g}", t = self.table),
+                &format!(
+                    "UPDATE {t} SET {s} WHERE {id} IN ({list}) AND {g}",
+                    t = self.table
+                ),
                 &b.values,
             )
             .await?;
@@ -512,7 +531,7 @@ impl MessageStore for SqlMessageStore {
             .iter()
             .map(|s| {
                 let is = self.status_is(&mut b, *s);
-                format!("COALESCE(SUM(CASE WHEN {is} THEN 1 ELSE 0 END), 0)")
+                format!("COUNT(CASE WHEN {is} THEN 1 END)")
             })
             .collect::<Vec<_>>()
             .join(", ");

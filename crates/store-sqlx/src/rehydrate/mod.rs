@@ -226,7 +226,10 @@ fn exact_eq(d: Dialect, col: &str, b: &mut Binds, v: Value) -> String {
         Dialect::MySql => {
             let p1 = b.push(v.clone());
             let p2 = b.push(v);
-            format!("({col} = {p1} AND {} = CAST({p2} AS BINARY))", mysql_bytes(col))
+            format!(
+                "({col} = {p1} AND {} = CAST({p2} AS BINARY))",
+                mysql_bytes(col)
+            )
         }
     }
 }
@@ -294,8 +297,6 @@ impl Base {
     }
 
     fn mapped(&self, table: &TableMapping) -> Result<Mapped, QError> {
-        Mapped::new(self.db.dialect(), table, self.timestamps, &self.formats)
-            .map_err(QError::from)
+        Mapped::new(self.db.dialect(), table, self.timestamps, &self.formats).map_err(QError::from)
     }
-
 }

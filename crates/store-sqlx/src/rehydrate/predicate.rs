@@ -51,7 +51,11 @@ pub(super) fn compile(
                 (ColumnType::Text, Operator::Ne, Operand::Value(_))
                     if d == crate::Dialect::MySql =>
                 {
-                    format!("{} <> CAST({} AS BINARY)", mysql_bytes(&c.quoted), b.push(bound))
+                    format!(
+                        "{} <> CAST({} AS BINARY)",
+                        mysql_bytes(&c.quoted),
+                        b.push(bound)
+                    )
                 }
                 (ColumnType::Text, Operator::Ne, Operand::Value(_))
                     if d == crate::Dialect::Sqlite =>
@@ -156,7 +160,10 @@ mod tests {
         let sqlite = mapped(Dialect::Sqlite);
         let mut b = Binds::new(Dialect::Sqlite);
         let sql = compile(&eligible(), &sqlite, now(), &mut b).unwrap();
-        assert!(sql.starts_with("(\"contact_status\" COLLATE BINARY = ?1 AND"), "{sql}");
+        assert!(
+            sql.starts_with("(\"contact_status\" COLLATE BINARY = ?1 AND"),
+            "{sql}"
+        );
         // SQLite binds the instant in the column's text format
         assert_eq!(
             b.values[3],
@@ -179,7 +186,13 @@ mod tests {
         );
         assert_eq!(b.values.len(), 4, "each placeholder bound once, in order");
         assert_eq!(
-            compile(&!Predicate::All, &my, now(), &mut Binds::new(Dialect::MySql)).unwrap(),
+            compile(
+                &!Predicate::All,
+                &my,
+                now(),
+                &mut Binds::new(Dialect::MySql)
+            )
+            .unwrap(),
             "NOT (1 = 1)"
         );
     }

@@ -241,7 +241,10 @@ impl SourceStore for SqlSourceStore {
             let (n, last, full) =
                 with_deadlock_retry(|| self.maintenance_once(&m, rule, now, after.as_ref()))
                     .await
-                    .map_err(store_err(format!("maintenance `{}` on {}", rule.name, m.name)))?;
+                    .map_err(store_err(format!(
+                        "maintenance `{}` on {}",
+                        rule.name, m.name
+                    )))?;
             total += n;
             match last {
                 Some(k) if full => after = Some(k),
