@@ -81,6 +81,22 @@ pub struct OrphanSweep {
 /// job written by hand without a key, or with a key of the other type, is reported by the
 /// diff instead of being misjudged. Host workers move jobs between states with
 /// [`set_state`](Self::set_state).
+///
+/// ```no_run
+/// use queue_rehydrate::{ColumnType, KeyType, TableMapping};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let db = store_sqlx::Db::connect("sqlite:app.sqlite").await?;
+/// db.migrate().await?; // creates recon_queued_jobs
+/// let pin_jobs = db.job_queue("pin-jobs")?;
+/// pin_jobs.verify().await?;
+/// let reservations = TableMapping::builder("reservations", "id", KeyType::Text)
+///     .column("status", ColumnType::Text)
+///     .build()?;
+/// // the orphan part of the diff, inside the database
+/// let swept = pin_jobs.sweep_orphans(&reservations, 10_000, false).await?;
+/// println!("{} of {} jobs were orphans", swept.orphaned, swept.checked);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct SqlJobQueue {
     db: Db,

@@ -39,6 +39,24 @@ const DEFAULT_MAINTENANCE_BATCH: usize = CHUNK;
 /// database. On SQLite, timestamps are bound in the column's [`TimestampFormat`] (default RFC
 /// 3339 text; see [`timestamps`](Self::timestamps) and
 /// [`column_timestamps`](Self::column_timestamps)).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use queue_rehydrate::memory::MemoryDerivedQueue;
+/// use queue_rehydrate::{ColumnType, KeyType, Predicate, RehydrateReconciler, TableMapping};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let db = store_sqlx::Db::connect("sqlite:app.sqlite").await?;
+/// let sessions = TableMapping::builder("user_sessions", "phone", KeyType::Text)
+///     .column("contact_status", ColumnType::Text)
+///     .build()?;
+/// let store = db.source_store();
+/// store.verify(&sessions).await?; // names a missing table or column
+/// let follow_ups = Arc::new(MemoryDerivedQueue::new());
+/// let step = RehydrateReconciler::builder("follow-up-queue", Arc::new(store), sessions)
+///     .candidates(Predicate::eq("contact_status", "ACTIVE"), follow_ups)
+///     .build()?;
+/// # let _ = step; Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct SqlSourceStore {
     base: Base,
