@@ -8,8 +8,8 @@
 //!
 //! (a) **Orphan diff**: 1,000,000 waiting jobs in `recon_queued_jobs` against 1,000,000
 //! reservations, 1 % of the jobs (10,000, spread evenly) referring to reservations that do not
-//! exist. Measured: [`SqlJobQueue::sweep_orphans`] (set-based anti-join in keyset batches of
-//! 10,000 jobs, removing the orphans). Baseline: the per-row loop this project exists to beat —
+//! exist. Measured: [`SqlJobQueue::sweep_orphans`] (set-based: batches of 10,000 jobs in
+//! entity-key order, a range anti-join for suspects, a checked delete of the orphans). Baseline: the per-row loop this project exists to beat —
 //! one `SELECT 1 FROM reservations WHERE id = ?` per job — timed on a 20,000-job sample and
 //! extrapolated linearly to 1,000,000 (it would take minutes per sample otherwise). Between
 //! iterations the orphans are put back, untimed.
@@ -17,9 +17,10 @@
 //! (b) **Rebuild**: 1,000,000 `user_sessions`, 10 % eligible after maintenance (1 % of the
 //! rows have an expired cooldown the maintenance rule clears, restored untimed between
 //! iterations): [`RehydrateReconciler`] with the rule and the eligibility predicate, streaming
-//! candidates in keyset batches into a sink that counts them. Peak memory: the process's
-//! `VmHWM` is reset (`/proc/self/clear_refs`) before a run and read after it, for batch sizes
-//! 1,000 and 10,000, next to the largest batch the sink was handed.
+//! candidates in keyset batches into a sink that counts them. Peak memory: one rebuild in a
+//! fresh process (this binary run again), `VmHWM` reset (`/proc/self/clear_refs`) before it
+//! and read after it, for batch sizes 1,000 and 10,000 — and, for contrast, a sink that keeps
+//! every candidate — next to the largest batch the sink was handed.
 //!
 //! `RECON_BENCH_ROWS` scales both data sets down for a quick look (default 1,000,000).
 
@@ -335,8 +336,10 @@ fn proc_kb(field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn reset_peak() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+/// Reset `VmHWM` to the current RSS (Linux 4.0+); without it the child's peak includes its
+/// start-up, which only makes the figure larger.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -344,7 +347,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
-fn bench_backend(c: &mut Criterion, rt: &Runtime, db: &Db) {
+fn bench_backend(c: &mut Criterion, rt: &Runtime, db: &Db, db_url: &str) {
     let n = rows();
     let name = db.dialect().name();
     rt.block_on(seed(db, n));
@@ -443,48 +446,117 @@ fn bench_backend(c: &mut Criterion, rt: &Runtime, db: &Db) {
         n / 10,
         median(runs.into_inner()).as_secs_f64()
     );
-    for batch in [1000, 10_000] {
-        rt.block_on(restore_cooldowns(db));
-        let sink = Arc::new(CountingSink::default());
-        let step = rebuild_step(db, sink.clone(), batch);
-        let rss_before = proc_kb("VmRSS:").unwrap_or(0);
-        let reset = reset_peak();
-        rt.block_on(step.reconcile(&RunContext::new(now())))
-            .unwrap();
-        let peak = proc_kb("VmHWM:").unwrap_or(0);
+    for (batch, keep) in [(1000, false), (10_000, false), (1000, true)] {
+        let m = memory_in_child(db_url, batch, keep);
         println!(
-            "RESULT rebuild_memory {name}: batch {batch}: {} candidates pushed, largest batch held \
-             {} rows; peak RSS {} kB = RSS before + {} kB{}",
-            sink.rows.load(Ordering::Relaxed),
-            sink.largest_batch.load(Ordering::Relaxed),
-            peak,
-            peak.saturating_sub(rss_before),
-            if reset {
-                ""
+            "RESULT rebuild_memory {name}: batch {batch}, {}: {} candidates pushed, largest batch \
+             {} rows; peak RSS grew by {} kB during the rebuild (fresh process: {} kB before, \
+             {} kB peak)",
+            if keep {
+                "contrast: a sink keeping every candidate (MemoryDerivedQueue)"
             } else {
-                " (VmHWM could not be reset: peak of the whole process)"
-            }
+                "counting sink"
+            },
+            m.pushed,
+            m.largest,
+            m.peak_kb.saturating_sub(m.before_kb),
+            m.before_kb,
+            m.peak_kb,
         );
     }
-    // for contrast: a sink that keeps every candidate (the memory queue) holds them all
-    rt.block_on(restore_cooldowns(db));
-    let keep = Arc::new(MemoryDerivedQueue::new());
-    let step = rebuild_step(db, keep.clone(), 1000);
-    let rss_before = proc_kb("VmRSS:").unwrap_or(0);
-    reset_peak();
-    rt.block_on(step.reconcile(&RunContext::new(now())))
+}
+
+struct Memory {
+    before_kb: u64,
+    peak_kb: u64,
+    pushed: u64,
+    largest: u64,
+}
+
+const CHILD: &str = "RECON_BENCH_MEMORY_CHILD";
+
+/// Measure one rebuild's peak memory in a fresh process (this binary, run again), so that
+/// memory the allocator kept from earlier benchmarks does not hide the growth.
+fn memory_in_child(db_url: &str, batch: usize, keep: bool) -> Memory {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--bench")
+        .env(CHILD, format!("{batch}|{keep}|{db_url}"))
+        .output()
+        .expect("run the memory child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("MEMORY "))
+        .unwrap_or_else(|| {
+            panic!(
+                "memory child failed: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    Memory {
+        before_kb: v[0],
+        peak_kb: v[1],
+        pushed: v[2],
+        largest: v[3],
+    }
+}
+
+/// The child's side: `batch|keep|url`, a PostgreSQL URL followed by `#search_path`.
+fn memory_child(spec: &str) {
+    let mut parts = spec.splitn(3, '|');
+    let batch: usize = parts.next().unwrap().parse().unwrap();
+    let keep: bool = parts.next().unwrap().parse().unwrap();
+    let url = parts.next().unwrap();
+    let rt = Runtime::new().unwrap();
+    rt.block_on(async {
+        let (url, path) = match url.split_once('#') {
+            Some((u, p)) => (u, Some(p.to_owned())),
+            None => (url, None),
+        };
+        let db = Db::connect_with(
+            url,
+            store_sqlx::ConnectOptions {
+                search_path: path,
+                ..Default::default()
+            },
+        )
+        .await
         .unwrap();
-    let peak = proc_kb("VmHWM:").unwrap_or(0);
-    println!(
-        "RESULT rebuild_memory {name}: contrast, a sink keeping all {} candidates (MemoryDerivedQueue), \
-         batch 1000: peak RSS = RSS before + {} kB",
-        keep.len(),
-        peak.saturating_sub(rss_before)
-    );
-    drop(keep);
+        restore_cooldowns(&db).await;
+        let counting = Arc::new(CountingSink::default());
+        let keeping = Arc::new(MemoryDerivedQueue::new());
+        let sink: Arc<dyn DerivedQueue> = if keep {
+            keeping.clone()
+        } else {
+            counting.clone()
+        };
+        let step = rebuild_step(&db, sink, batch);
+        reset_peak();
+        let before = proc_kb("VmHWM:").unwrap_or(0);
+        step.reconcile(&RunContext::new(now())).await.unwrap();
+        let peak = proc_kb("VmHWM:").unwrap_or(0);
+        let (pushed, largest) = if keep {
+            (keeping.len() as u64, batch as u64)
+        } else {
+            (
+                counting.rows.load(Ordering::Relaxed),
+                counting.largest_batch.load(Ordering::Relaxed) as u64,
+            )
+        };
+        println!("MEMORY {before} {peak} {pushed} {largest}");
+        db.close().await;
+    });
 }
 
 fn bench(c: &mut Criterion) {
+    if let Ok(spec) = std::env::var(CHILD) {
+        memory_child(&spec);
+        std::process::exit(0);
+    }
     let rt = Runtime::new().unwrap();
     let dir = std::env::temp_dir().join("recon-bench");
     std::fs::create_dir_all(&dir).unwrap();
@@ -492,14 +564,13 @@ fn bench(c: &mut Criterion) {
     for ext in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
+    let sqlite_url = format!("sqlite:{}", path.display());
     let sqlite = rt.block_on(async {
-        let db = Db::connect(&format!("sqlite:{}", path.display()))
-            .await
-            .unwrap();
+        let db = Db::connect(&sqlite_url).await.unwrap();
         db.migrate().await.unwrap();
         db
     });
-    bench_backend(c, &rt, &sqlite);
+    bench_backend(c, &rt, &sqlite, &sqlite_url);
     rt.block_on(sqlite.close());
 
     match std::env::var("RECON_TEST_POSTGRES_URL") {
@@ -523,7 +594,7 @@ fn bench(c: &mut Criterion) {
                     db.migrate().await.unwrap();
                     db
                 });
-                bench_backend(c, &rt, &db);
+                bench_backend(c, &rt, &db, &format!("{url}#recon_bench"));
                 rt.block_on(async {
                     exec(&db, "DROP SCHEMA IF EXISTS recon_bench CASCADE").await;
                     db.close().await;

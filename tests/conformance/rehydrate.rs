@@ -869,8 +869,13 @@ async fn orphan_sweep_removes_exactly_the_orphans(t: &TestDb) {
     let running = vec![odd("gen-running", "res-404".into())];
     w.queue_fx().reset_jobs(&jobs, &running).await.unwrap();
 
+    let keyed = jobs.iter().filter(|j| !j.entity_key.is_null()).count() as u64;
     let dry = queue.sweep_orphans(&reservations, 50, true).await.unwrap();
-    assert_eq!((dry.checked, dry.orphaned, dry.batches), (272, 2, 6));
+    assert_eq!((dry.checked, dry.orphaned), (keyed, 2), "{dry:?}");
+    assert!(
+        (2..=keyed.div_ceil(50)).contains(&dry.batches),
+        "keyset batches of about 50: {dry:?}"
+    );
     assert_eq!(w.queue_fx().waiting_jobs().await.unwrap().len(), 272);
     let swept = queue.sweep_orphans(&reservations, 50, false).await.unwrap();
     assert_eq!(swept.orphaned, 2, "{swept:?}");

@@ -16,5 +16,5 @@ CREATE TABLE IF NOT EXISTS recon_queued_jobs (
     created_at      DATETIME(6)  NOT NULL,
     PRIMARY KEY (queue, id),
     INDEX recon_queued_jobs_waiting (queue, state, id),
-    INDEX recon_queued_jobs_entity (queue, entity_key)
+    INDEX recon_queued_jobs_entity (queue, state, entity_key, id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;

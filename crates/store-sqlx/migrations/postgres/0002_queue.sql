@@ -15,4 +15,4 @@ CREATE TABLE IF NOT EXISTS recon_queued_jobs (
     PRIMARY KEY (queue, id)
 );
 CREATE INDEX IF NOT EXISTS recon_queued_jobs_waiting ON recon_queued_jobs (queue, state, id);
-CREATE INDEX IF NOT EXISTS recon_queued_jobs_entity ON recon_queued_jobs (queue, entity_key);
+CREATE INDEX IF NOT EXISTS recon_queued_jobs_entity ON recon_queued_jobs (queue, state, entity_key, id);

@@ -19,6 +19,9 @@ pub const QUEUED_JOBS_TABLE: &str = "recon_queued_jobs";
 /// Longest queue name, job id, kind or entity key accepted (the columns' width on MySQL).
 const MAX_TEXT: usize = 191;
 
+/// Largest batch of [`SqlJobQueue::sweep_orphans`].
+const MAX_SWEEP_BATCH: usize = 100_000;
+
 const COLUMNS: [&str; 9] = [
     "queue",
     "id",
@@ -53,10 +56,17 @@ impl JobState {
     }
 }
 
+/// Which jobs `remove_orphans` looks at: suspects by id, or a range of ids.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    Ids(&'a [String]),
+    Range(Option<&'a str>, &'a str),
+}
+
 /// What [`SqlJobQueue::sweep_orphans`] found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OrphanSweep {
-    /// Waiting jobs examined.
+    /// Waiting jobs with an entity key when the sweep started (the jobs it examines).
     pub checked: u64,
     /// Waiting jobs whose entity does not exist: removed (or, in a dry run, to be removed).
     pub orphaned: u64,
@@ -237,12 +247,25 @@ impl SqlJobQueue {
     /// [`QueueDiffReconciler`](queue_rehydrate::QueueDiffReconciler)'s batched lookups would
     /// carry every job and entity through the application).
     ///
-    /// Batches of `batch_size` waiting jobs in id order (keyset): per batch one statement finds
-    /// the batch's upper id and one transaction runs `DELETE … WHERE queue = ? AND state =
-    /// 'waiting' AND id > ? AND id <= ? AND NOT EXISTS (SELECT 1 FROM entities e WHERE e.key =
-    /// job.entity_key)` — an anti-join through the entity table's key index. Jobs without an
-    /// entity key, or with a key of the other type, are left alone (the diff reconciler
-    /// reports them). `dry_run` counts instead of deleting.
+    /// The waiting jobs are walked in keyset batches of about `batch_size`. Per batch:
+    /// 1. one statement finds the batch's upper bound `hi` (entity-key order on PostgreSQL
+    ///    with text keys, through the index `(queue, state, entity_key, id)`; id order
+    ///    otherwise, through `(queue, state, id)`);
+    /// 2. PostgreSQL, text keys: one statement finds the *suspects*: `SELECT j.id … WHERE key
+    ///    in the range AND NOT EXISTS (SELECT 1 FROM entities e WHERE e.key = j.entity_key AND
+    ///    e.key in the same range)` — both sides are index ranges, so PostgreSQL merges them
+    ///    instead of probing the entity index once per job; then one transaction deletes the
+    ///    suspects that are still waiting and whose entity does not exist, checked again
+    ///    without the range (so a host key column whose collation orders differently from
+    ///    `recon_queued_jobs.entity_key` can only add suspects, never remove a job that has
+    ///    its entity);
+    /// 3. SQLite, MariaDB/MySQL and integer keys (no merge join, or no common order): one
+    ///    transaction, `DELETE … WHERE id in the batch's range AND NOT EXISTS (SELECT 1 FROM
+    ///    entities e WHERE e.key = job.entity_key)` — one entity index probe per job, in the
+    ///    table's own order.
+    ///
+    /// Jobs without an entity key, or with a key of the other type, are left alone (the diff
+    /// reconciler reports them). `dry_run` counts instead of deleting.
     pub async fn sweep_orphans(
         &self,
         entities: &TableMapping,
@@ -251,30 +274,49 @@ impl SqlJobQueue {
     ) -> Result<OrphanSweep> {
         let d = self.db.dialect();
         let m = Mapped::new(d, entities, TimestampFormat::default(), &Default::default())?;
-        let batch_size = batch_size.max(1);
+        let batch_size = batch_size.clamp(1, MAX_SWEEP_BATCH);
+        let key = self.c("entity_key");
         let mut out = OrphanSweep::default();
-        let mut after: Option<String> = None;
+
+        let mut b = Binds::new(d);
+        let queue = b.push(self.queue_value());
+        let st = b.push(Self::state_value(JobState::Waiting));
+        let rows = self
+            .db
+            .fetch(
+                &format!(
+                    "SELECT COUNT(*) FROM {t} WHERE {qc} = {queue} AND {s} = {st} AND {key} IS NOT NULL",
+                    t = self.table,
+                    qc = self.c("queue"),
+                    s = self.c("state"),
+                ),
+                &b.values,
+                &[Kind::Int],
+            )
+            .await?;
+        out.checked = count_of(&rows);
+
+        // PostgreSQL merges two key-ordered index ranges; the others probe per job, which is
+        // cheapest in the table's own (id) order
+        let merge = d == Dialect::Postgres && m.key_type == KeyType::Text;
+        let order = if merge { key } else { self.c("id") };
+        let mut lo: Option<String> = None;
         loop {
-            // 1. the batch's bounds
+            // 1. the batch's upper bound
             let mut b = Binds::new(d);
             let queue = b.push(self.queue_value());
             let st = b.push(Self::state_value(JobState::Waiting));
-            let after_sql = match &after {
-                Some(a) => format!(
-                    " AND {} > {}",
-                    self.c("id"),
-                    b.push(Value::Text(Some(a.clone())))
-                ),
-                None => String::new(),
+            let after = match &lo {
+                Some(k) => format!(" AND {order} > {}", b.push(Value::Text(Some(k.clone())))),
+                None => format!(" AND {order} IS NOT NULL"),
             };
             let lim = b.push(limit_value(batch_size));
             let rows = self
                 .db
                 .fetch(
                     &format!(
-                        "SELECT COUNT(*), MAX(p.{id}) FROM (SELECT {id} FROM {t} WHERE {qc} = {queue} \
-                         AND {s} = {st}{after_sql} ORDER BY {id} LIMIT {lim}) p",
-                        id = self.c("id"),
+                        "SELECT COUNT(*), MAX(p.k) FROM (SELECT {order} AS k FROM {t} WHERE {qc} = \
+                         {queue} AND {s} = {st}{after} ORDER BY {order} LIMIT {lim}) p",
                         t = self.table,
                         qc = self.c("queue"),
                         s = self.c("state"),
@@ -284,104 +326,171 @@ impl SqlJobQueue {
                 )
                 .await?;
             let n = count_of(&rows);
-            let Some(hi) = rows.into_iter().next().and_then(|mut r| r.pop()?.text()) else {
+            let hi = rows.into_iter().next().and_then(|mut r| r.pop()?.text());
+            let Some(hi) = hi.filter(|_| n > 0) else {
                 break;
             };
-            if n == 0 {
-                break;
-            }
             out.batches += 1;
-            out.checked += n;
-            // 2. the anti-join, in one transaction
-            let removed =
-                with_deadlock_retry(|| self.orphans_in(&m, after.as_deref(), &hi, dry_run)).await?;
-            out.orphaned += removed;
+            out.orphaned += if merge {
+                // 2. suspects through a merge of two index ranges, 3. the checked delete
+                let suspects = self.suspects(&m, lo.as_deref(), &hi).await?;
+                if suspects.is_empty() {
+                    0
+                } else {
+                    with_deadlock_retry(|| self.remove_orphans(&m, Scope::Ids(&suspects), dry_run))
+                        .await?
+                }
+            } else {
+                // one statement per batch of ids
+                let range = Scope::Range(lo.as_deref(), &hi);
+                with_deadlock_retry(|| self.remove_orphans(&m, range, dry_run)).await?
+            };
             if n < batch_size as u64 {
                 break;
             }
-            after = Some(hi);
+            lo = Some(hi);
         }
         Ok(out)
     }
 
-    async fn orphans_in(
-        &self,
-        m: &Mapped,
-        after: Option<&str>,
-        hi: &str,
-        dry_run: bool,
-    ) -> Result<u64> {
+    /// `e.key = <the job's key>` for the entity key type, exact on every backend.
+    fn key_match(&self, m: &Mapped, e: &str, job_key: &str) -> (String, String) {
         let d = self.db.dialect();
-        let mut b = Binds::new(d);
-        let t = &self.table;
-        let key = format!("{t}.{}", self.c("entity_key"));
-        let ek = format!("e.{}", m.key().quoted);
-        let queue = b.push(self.queue_value());
-        let st = b.push(Self::state_value(JobState::Waiting));
-        let lo = match after {
-            Some(a) => format!(
-                " AND {t}.{} > {}",
-                self.c("id"),
-                b.push(Value::Text(Some(a.into())))
-            ),
-            None => String::new(),
-        };
-        let hi = b.push(Value::Text(Some(hi.into())));
-        let ty = b.push(Value::Text(Some(
-            match m.key_type {
-                KeyType::Integer => "integer",
-                KeyType::Text => "text",
-            }
-            .into(),
-        )));
+        let ek = format!("{e}.{}", m.key().quoted);
         let digits = "'^-?[0-9]{1,18}$'";
-        let (guard, matches) = match (d, m.key_type) {
+        match (d, m.key_type) {
             (Dialect::Postgres, KeyType::Integer) => (
-                format!(" AND {key} ~ {digits}"),
-                format!("{ek} = CAST(CASE WHEN {key} ~ {digits} THEN {key} END AS BIGINT)"),
+                format!(" AND {job_key} ~ {digits}"),
+                format!("{ek} = CAST(CASE WHEN {job_key} ~ {digits} THEN {job_key} END AS BIGINT)"),
             ),
             (Dialect::MySql, KeyType::Integer) => (
-                format!(" AND {key} REGEXP {digits}"),
-                format!("{ek} = CAST(CASE WHEN {key} REGEXP {digits} THEN {key} END AS SIGNED)"),
+                format!(" AND {job_key} REGEXP {digits}"),
+                format!(
+                    "{ek} = CAST(CASE WHEN {job_key} REGEXP {digits} THEN {job_key} END AS SIGNED)"
+                ),
             ),
             (Dialect::Sqlite, KeyType::Integer) => (
-                format!(" AND CAST(CAST({key} AS INTEGER) AS TEXT) = {key}"),
-                format!("{ek} = CAST({key} AS INTEGER)"),
+                format!(" AND CAST(CAST({job_key} AS INTEGER) AS TEXT) = {job_key}"),
+                format!("{ek} = CAST({job_key} AS INTEGER)"),
             ),
             (Dialect::MySql, KeyType::Text) => (
                 String::new(),
                 format!(
-                    "{ek} = {key} AND {} = {}",
+                    "{ek} = {job_key} AND {} = {}",
                     mysql_bytes(&ek),
-                    mysql_bytes(&key)
+                    mysql_bytes(job_key)
                 ),
             ),
-            (_, KeyType::Text) => (String::new(), format!("{ek} = {key}")),
+            (_, KeyType::Text) => (String::new(), format!("{ek} = {job_key}")),
+        }
+    }
+
+    /// The waiting jobs with a key in `(lo, hi]` whose entity is not found in the same key
+    /// range of the entity table (text keys), or not found at all (integer keys).
+    async fn suspects(&self, m: &Mapped, lo: Option<&str>, hi: &str) -> Result<Vec<String>> {
+        let d = self.db.dialect();
+        let key = format!("j.{}", self.c("entity_key"));
+        let ek = format!("e.{}", m.key().quoted);
+        let (_, matches) = self.key_match(m, "e", &key);
+        let mut b = Binds::new(d);
+        let queue = b.push(self.queue_value());
+        let st = b.push(Self::state_value(JobState::Waiting));
+        let text = m.key_type == KeyType::Text;
+        let range = |b: &mut Binds, col: &str| {
+            let lower =
+                lo.map(|lo| format!(" AND {col} > {}", b.push(Value::Text(Some(lo.into())))));
+            format!(
+                "{} AND {col} <= {}",
+                lower.unwrap_or_default(),
+                b.push(Value::Text(Some(hi.into())))
+            )
         };
-        let filter = format!(
-            "{t}.{qc} = {queue} AND {t}.{s} = {st}{lo} AND {t}.{id} <= {hi} AND {t}.{kt} = {ty} \
-             AND {key} IS NOT NULL{guard} AND NOT EXISTS (SELECT 1 FROM {et} e WHERE {matches})",
+        let job_range = range(&mut b, &key);
+        let entity_range = if text {
+            range(&mut b, &ek)
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "SELECT j.{id} FROM {t} j WHERE j.{qc} = {queue} AND j.{s} = {st}{job_range} AND NOT \
+             EXISTS (SELECT 1 FROM {et} e WHERE {matches}{entity_range})",
+            id = self.c("id"),
+            t = self.table,
             qc = self.c("queue"),
             s = self.c("state"),
-            id = self.c("id"),
-            kt = self.c("entity_key_type"),
             et = m.table,
         );
-        if dry_run {
-            let rows = self
-                .db
-                .fetch(
-                    &format!("SELECT COUNT(*) FROM {t} WHERE {filter}"),
-                    &b.values,
-                    &[Kind::Int],
-                )
-                .await?;
-            return Ok(count_of(&rows));
-        }
+        Ok(self
+            .db
+            .fetch(&sql, &b.values, &[Kind::Text])
+            .await?
+            .into_iter()
+            .filter_map(|mut r| r.pop()?.text())
+            .collect())
+    }
+
+    /// Delete (or count) the `suspects` that are still waiting, have a key of the entity
+    /// type, and whose entity does not exist — one transaction. (`length(key) > 0` rather
+    /// than `key IS NOT NULL`: SQLite without statistics would take the latter for a range
+    /// on the entity index and scan every waiting job instead of looking the ids up.)
+    async fn remove_orphans(&self, m: &Mapped, scope: Scope<'_>, dry_run: bool) -> Result<u64> {
+        let d = self.db.dialect();
+        let t = &self.table;
+        let key = format!("{t}.{}", self.c("entity_key"));
+        let (guard, matches) = self.key_match(m, "e", &key);
         let mut tx = self.db.begin().await?;
-        let n = tx
-            .execute(&format!("DELETE FROM {t} WHERE {filter}"), &b.values)
-            .await?;
+        let mut n = 0;
+        let one = [String::new()];
+        let chunks: Vec<&[String]> = match scope {
+            Scope::Ids(ids) => ids.chunks(CHUNK).collect(),
+            Scope::Range(..) => vec![&one[..]],
+        };
+        for chunk in chunks {
+            let mut b = Binds::new(d);
+            let queue = b.push(self.queue_value());
+            let st = b.push(Self::state_value(JobState::Waiting));
+            let ty = b.push(Value::Text(Some(
+                match m.key_type {
+                    KeyType::Integer => "integer",
+                    KeyType::Text => "text",
+                }
+                .into(),
+            )));
+            let which = match scope {
+                Scope::Ids(_) => {
+                    let list = b.list(chunk.iter().map(|i| Value::Text(Some(i.clone()))));
+                    format!("{t}.{} IN ({list})", self.c("id"))
+                }
+                Scope::Range(lo, hi) => {
+                    let id = format!("{t}.{}", self.c("id"));
+                    let lower = lo
+                        .map(|lo| format!("{id} > {} AND ", b.push(Value::Text(Some(lo.into())))))
+                        .unwrap_or_default();
+                    format!("{lower}{id} <= {}", b.push(Value::Text(Some(hi.into()))))
+                }
+            };
+            let filter = format!(
+                "{t}.{qc} = {queue} AND {t}.{s} = {st} AND {t}.{kt} = {ty} AND {which} \
+                 AND length({key}) > 0{guard} AND NOT EXISTS (SELECT 1 FROM {et} e WHERE {matches})",
+                qc = self.c("queue"),
+                s = self.c("state"),
+                kt = self.c("entity_key_type"),
+                et = m.table,
+            );
+            n += if dry_run {
+                count_of(
+                    &tx.fetch(
+                        &format!("SELECT COUNT(*) FROM {t} WHERE {filter}"),
+                        &b.values,
+                        &[Kind::Int],
+                    )
+                    .await?,
+                )
+            } else {
+                tx.execute(&format!("DELETE FROM {t} WHERE {filter}"), &b.values)
+                    .await?
+            };
+        }
         tx.commit().await?;
         Ok(n)
     }
