@@ -90,7 +90,8 @@ pub struct OrphanSweep {
 /// so a job of an integer-keyed entity reads back as an integer key on every backend, and a
 /// job written by hand without a key, or with a key of the other type, is reported by the
 /// diff instead of being misjudged. Host workers move jobs between states with
-/// [`set_state`](Self::set_state).
+/// [`set_state`](Self::set_state). `created_at` is stamped with the application's clock at
+/// enqueue, for people reading the table; recon never compares it.
 ///
 /// ```no_run
 /// use queue_rehydrate::{ColumnType, KeyType, TableMapping};
