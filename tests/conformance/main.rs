@@ -8,6 +8,7 @@ mod core_stores;
 mod jobs;
 mod lease;
 mod metrics;
+mod rehydrate;
 
 use common::TestDb;
 

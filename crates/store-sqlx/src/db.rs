@@ -68,6 +68,7 @@ macro_rules! backend {
                         }
                         Value::Ts(v) => q.bind(*v),
                         Value::Float(v) => q.bind(*v),
+                        Value::Bool(v) => q.bind(*v),
                     };
                 }
                 Ok(q)
@@ -100,6 +101,10 @@ macro_rules! backend {
                     out.push(match kind {
                         Kind::Int => Value::Int(int(row, i)?),
                         Kind::Text => Value::Text(row.try_get::<Option<String>, _>(i)?),
+                        Kind::Bool => Value::Bool(match row.try_get::<Option<bool>, _>(i) {
+                            Ok(v) => v,
+                            Err(_) => int(row, i)?.map(|v| v != 0),
+                        }),
                         Kind::Float => Value::Float(match row.try_get::<Option<f64>, _>(i) {
                             Ok(v) => v,
                             Err(_) => match row.try_get::<Option<f32>, _>(i) {

@@ -8,6 +8,7 @@ mod lease;
 mod lock;
 mod metrics;
 mod migrate;
+mod rehydrate;
 mod run_log;
 mod schema;
 mod sql;
@@ -21,6 +22,10 @@ pub use ident::{Ident, TableName};
 pub use lease::{JobTable, JobTableBuilder, KeyKind, SqlLeaseStore};
 pub use lock::{LockMode, SqlRunLock};
 pub use metrics::{HEALTHY, Metrics};
+pub use rehydrate::{
+    JobState, MessageTable, MessageTableBuilder, OrphanSweep, QUEUED_JOBS_TABLE, SqlEntitySource,
+    SqlJobQueue, SqlMessageStore, SqlSourceStore,
+};
 pub use run_log::SqlRunLog;
 pub use watermark::SqlWatermarkStore;
 

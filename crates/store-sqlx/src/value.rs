@@ -10,6 +10,9 @@ pub(crate) enum Value {
     Text(Option<String>),
     Ts(Option<DateTime<Utc>>),
     Float(Option<f64>),
+    /// A boolean, bound as the backend's boolean (PostgreSQL `boolean`; SQLite and MySQL
+    /// store 0/1). Read back with [`Kind::Bool`].
+    Bool(Option<bool>),
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     /// A whole column of a batch as one parameter (`unnest($1::bigint[], …)`). PostgreSQL
     /// only: binding it elsewhere is an error, and only PostgreSQL code paths build it.
@@ -65,6 +68,8 @@ pub(crate) enum Kind {
     /// A timestamp; on SQLite stored per the format, elsewhere native.
     Ts(crate::TimestampFormat),
     Float,
+    /// A boolean: a native `boolean`, or any integer (non-zero is true).
+    Bool,
 }
 
 /// Milliseconds since the epoch → UTC, rejecting out-of-range values instead of panicking.
