@@ -41,8 +41,8 @@ pub use retry_policy as retry;
 pub use store_sqlx as store;
 
 pub use recon_core::{
-    Error, Reconciler, Result, RunContext, RunReport, RunStatus, Runner, StatusView, StepReport,
-    async_trait,
+    Error, Reconciler, Result, RunContext, RunOptions, RunReport, RunStatus, Runner, StatusView,
+    StepReport, async_trait,
 };
 
 /// The guides in `docs/` are compiled as doctests here, where every crate is in scope, so

@@ -179,6 +179,22 @@ pub fn render_text(report: &RunReport) -> String {
             let dots = ".".repeat(24usize.saturating_sub(label.len()).max(2));
             let _ = writeln!(out, "     {label} {dots} {v}");
         }
+        for (k, v) in step.report.details() {
+            let shown = match v {
+                serde_json::Value::Number(n) => match n.as_f64() {
+                    Some(f) if n.is_f64() => format!("{f:.2}"),
+                    _ => n.to_string(),
+                },
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Null => "none".into(),
+                // tables and lists stay in the JSON report
+                _ => continue,
+            };
+            let label = k.replace('_', " ");
+            let dots = ".".repeat(24usize.saturating_sub(label.len()).max(2));
+            let _ = writeln!(out, "     {label} {dots} {shown}");
+        }
         for note in step.report.notes() {
             let _ = writeln!(out, "     note: {note}");
         }

@@ -291,10 +291,25 @@ impl Db {
             .next()
             .unwrap_or_default()
             .to_ascii_lowercase();
-        fn pool_opts<DB: sqlx::Database>(o: &ConnectOptions) -> sqlx::pool::PoolOptions<DB> {
-            sqlx::pool::PoolOptions::new()
+        /// One direct connection first, so that a wrong password or a refused connection is
+        /// reported as itself at once (a pool only says it timed out), then the pool.
+        async fn open<DB: sqlx::Database>(
+            o: &ConnectOptions,
+            opts: <DB::Connection as sqlx::Connection>::Options,
+        ) -> std::result::Result<sqlx::Pool<DB>, sqlx::Error> {
+            use sqlx::Connection as _;
+            let first = tokio::time::timeout(
+                o.acquire_timeout,
+                <DB::Connection as sqlx::Connection>::connect_with(&opts),
+            )
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+            first.close().await?;
+            sqlx::pool::PoolOptions::<DB>::new()
                 .max_connections(o.max_connections.max(1))
                 .acquire_timeout(o.acquire_timeout)
+                .connect_with(opts)
+                .await
         }
         let what = format!("connect to {shown}");
         match scheme.as_str() {
@@ -307,10 +322,7 @@ impl Db {
                         .create_if_missing(true)
                         .journal_mode(SqliteJournalMode::Wal)
                         .busy_timeout(options.busy_timeout);
-                    let pool = pool_opts(&options)
-                        .connect_with(opts)
-                        .await
-                        .context(&what)?;
+                    let pool = open(&options, opts).await.context(&what)?;
                     Ok(Self::from_pool(Pool::Sqlite(pool)))
                 }
                 #[cfg(not(feature = "sqlite"))]
@@ -327,10 +339,7 @@ impl Db {
                     if let Some(name) = &options.application_name {
                         opts = opts.application_name(name);
                     }
-                    let pool = pool_opts(&options)
-                        .connect_with(opts)
-                        .await
-                        .context(&what)?;
+                    let pool = open(&options, opts).await.context(&what)?;
                     Ok(Self::from_pool(Pool::Postgres(pool)))
                 }
                 #[cfg(not(feature = "postgres"))]
@@ -342,10 +351,7 @@ impl Db {
                     let url = url.replacen("mariadb:", "mysql:", 1);
                     let opts = sqlx::mysql::MySqlConnectOptions::from_str(&url)
                         .map_err(|e| unsupported(&e.to_string()))?;
-                    let pool = pool_opts(&options)
-                        .connect_with(opts)
-                        .await
-                        .context(&what)?;
+                    let pool = open(&options, opts).await.context(&what)?;
                     Ok(Self::from_pool(Pool::MySql(pool)))
                 }
                 #[cfg(not(feature = "mysql"))]
