@@ -163,3 +163,90 @@ fn a_wrong_url_is_one_clear_line_not_a_panic() {
     let out = run("startup_reconcile", &["--no-such-flag"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Scenario D through the example: 3 stuck messages released, 1 old failure archived, and a
+/// second run has nothing left to do.
+fn message_recovery_on(url: &str) {
+    let keys = [
+        "stuckReleased",
+        "failedArchived",
+        "queuePending",
+        "queueProcessing",
+        "queueSent",
+        "queueFailed",
+    ];
+    let first = json(&run(
+        "message_recovery",
+        &[
+            "--database-url",
+            url,
+            "--now",
+            NOW,
+            "--json",
+            "--reset-demo",
+        ],
+    ));
+    assert_eq!(first["status"], "success", "{first}");
+    assert_eq!(results(&first, &keys), [3, 1, 5, 0, 3, 3], "{url}: {first}");
+    let second = json(&run(
+        "message_recovery",
+        &["--database-url", url, "--now", NOW, "--json"],
+    ));
+    assert_eq!(
+        results(&second, &keys),
+        [0, 0, 5, 0, 3, 3],
+        "{url}: second run: {second}"
+    );
+    // the full run: operator operations leave nothing failed and nothing deleted
+    let text = run("message_recovery", &["--database-url", url, "--now", NOW]);
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(out.contains("3h50m after the first"), "{out}");
+    assert!(
+        out.contains("archived (kept, never silently deleted)"),
+        "{out}"
+    );
+    assert!(out.contains("failed 0, archived 2"), "{out}");
+    assert!(
+        out.contains("waits 1 min 2 min 3 min 4 min 5 min, then needs an operator"),
+        "{out}"
+    );
+}
+
+#[test]
+fn message_recovery_sqlite() {
+    let dir = std::env::temp_dir().join(format!("recon-example-msg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    message_recovery_on(&format!("sqlite:{}", dir.join("messages.sqlite").display()));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn message_recovery_postgres() {
+    #[cfg(feature = "postgres")]
+    if let Some(t) = common::postgres().await {
+        let base = std::env::var("RECON_TEST_POSTGRES_URL").unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!(
+            "{base}{sep}options=-c%20search_path%3D{}",
+            t.namespace().unwrap()
+        );
+        tokio::task::spawn_blocking(move || message_recovery_on(&url))
+            .await
+            .unwrap();
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn message_recovery_mysql() {
+    #[cfg(feature = "mysql")]
+    if let Some(t) = common::mysql().await {
+        let base = std::env::var("RECON_TEST_MYSQL_URL").unwrap();
+        let root = base.rsplit_once('/').map(|(b, _)| b).unwrap().to_owned();
+        let url = format!("{root}/{}", t.namespace().unwrap());
+        tokio::task::spawn_blocking(move || message_recovery_on(&url))
+            .await
+            .unwrap();
+        t.finish().await;
+    }
+}

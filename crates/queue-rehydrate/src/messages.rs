@@ -318,9 +318,7 @@ pub async fn queue_health(
 /// Given the message's key, the number of attempts made (the failed one included) and the
 /// time of the failure, return when to try again, or `None` to give up (the message becomes
 /// `failed`). Any `Fn(&str, u32, DateTime<Utc>) -> Option<DateTime<Utc>>` is a schedule;
-/// [`FixedDelays`] is seed 004's. When `retry-policy` lands, an adapter is one closure:
-/// `move |key, n, now| match policy.decide(&Attempt { key, attempts_made: n, now, .. })
-/// { Decision::RetryAt(t) => Some(t), Decision::GiveUp(_) => None }`.
+/// [`FixedDelays`] is seed 004's, and every `retry_policy::RetryPolicy` is one too.
 pub trait RetrySchedule: Send + Sync {
     /// When to retry after attempt number `attempts_made` failed at `now`.
     fn next_attempt(
@@ -342,6 +340,21 @@ where
         now: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
         self(key, attempts_made, now)
+    }
+}
+
+/// Every `retry_policy::RetryPolicy` is a schedule: `presets::message_delivery()` is seed 004's
+/// 5, 15, 30, 60, 120 minutes, and a jittered policy draws from the message key, so the sender
+/// and recon compute the same time.
+impl RetrySchedule for retry_policy::RetryPolicy {
+    fn next_attempt(
+        &self,
+        key: &str,
+        attempts_made: u32,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        self.decide(&retry_policy::Attempt::new(key, attempts_made, now))
+            .retry_at()
     }
 }
 
@@ -821,5 +834,29 @@ mod tests {
         let json = serde_json::to_value(QueueHealth::assess(seed, &t)).unwrap();
         assert_eq!(json["overall"], "healthy");
         assert_eq!(json["pending"], 5);
+    }
+}
+
+#[cfg(test)]
+mod retry_policy_schedule {
+    use super::*;
+
+    #[test]
+    fn the_message_delivery_preset_matches_seed_004() {
+        let now: DateTime<Utc> = "2024-01-24T12:00:00Z".parse().unwrap();
+        let policy = retry_policy::presets::message_delivery();
+        let fixed = FixedDelays::message_delivery();
+        for n in 1..=7 {
+            assert_eq!(
+                policy.next_attempt("msg-1", n, now),
+                fixed.next_attempt("msg-1", n, now),
+                "attempt {n}"
+            );
+        }
+        assert_eq!(
+            policy.next_attempt("msg-1", 6, now),
+            None,
+            "gives up after the 6th send"
+        );
     }
 }
