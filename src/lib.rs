@@ -49,6 +49,14 @@ pub use recon_core::{
 /// their examples cannot drift from the code.
 #[doc(hidden)]
 pub mod guides {
+    #[doc = include_str!("../README.md")]
+    pub mod readme {}
     #[doc = include_str!("../docs/lease-repair.md")]
     pub mod lease_repair {}
+    #[doc = include_str!("../docs/recon-core.md")]
+    pub mod recon_core {}
+    #[doc = include_str!("../docs/store-sqlx.md")]
+    pub mod store_sqlx {}
+    #[doc = include_str!("../docs/operations.md")]
+    pub mod operations {}
 }
