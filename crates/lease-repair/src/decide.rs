@@ -31,6 +31,14 @@ impl Default for JobStates {
     }
 }
 
+/// Attempts above this are anomalies: no real job gets there, and writing `attempts + 1` could
+/// overflow the host's `INTEGER` column and fail the whole batch.
+pub const MAX_ATTEMPTS: i64 = 1_000_000;
+
+/// Longest `last_error` message a repair writes (host columns are often `VARCHAR(255)` or
+/// `TEXT`; a longer message would fail the batch on strict databases).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
 /// The `last_error` written by a repair.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Messages {
@@ -112,6 +120,17 @@ impl Settings {
                 )));
             }
         }
+        for (what, m) in [
+            ("lease_expired", &self.messages.lease_expired),
+            ("orphaned", &self.messages.orphaned),
+        ] {
+            if m.len() > MAX_MESSAGE_BYTES {
+                return Err(Error::Settings(format!(
+                    "the `{what}` message is {} bytes; at most {MAX_MESSAGE_BYTES} are written to last_error",
+                    m.len()
+                )));
+            }
+        }
         if self
             .max_lease
             .is_some_and(|m| m <= chrono::Duration::zero())
@@ -130,7 +149,7 @@ pub enum AnomalyKind {
     OwnerWithoutExpiry,
     /// A lease ending further ahead than the configured maximum lease.
     ExpiryTooFarAhead,
-    /// `attempts` is NULL or negative.
+    /// `attempts` is NULL, negative, or above [`MAX_ATTEMPTS`].
     InvalidAttempts,
 }
 
@@ -196,7 +215,7 @@ pub fn decide(row: &JobRow, kind: CandidateKind, now: DateTime<Utc>, s: &Setting
         return Action::Anomaly(AnomalyKind::OwnerWithoutExpiry);
     }
     let attempts = match row.attempts {
-        Some(a) if a >= 0 => a,
+        Some(a) if (0..=MAX_ATTEMPTS).contains(&a) => a,
         _ if s.repair_anomalies => 0,
         _ => return Action::Anomaly(AnomalyKind::InvalidAttempts),
     };

@@ -61,7 +61,8 @@ pub enum CandidateKind {
     /// `processing` with neither owner nor expiry: the worker vanished before taking a lease.
     Orphaned,
     /// `processing` rows that are neither of the above but look wrong: an owner without an
-    /// expiry, an expiry further ahead than the maximum lease, NULL or negative attempts.
+    /// expiry, an expiry further ahead than the maximum lease, NULL, negative or absurdly
+    /// large attempts.
     Anomaly,
 }
 
@@ -89,7 +90,9 @@ impl CandidateKind {
                     _ => false,
                 };
                 let live = row.lease_expires_at.is_some_and(|e| e >= now);
-                let bad_attempts = row.attempts.is_none_or(|a| a < 0);
+                let bad_attempts = row
+                    .attempts
+                    .is_none_or(|a| !(0..=crate::MAX_ATTEMPTS).contains(&a));
                 owner_without_expiry || too_far || (live && bad_attempts)
             }
         }

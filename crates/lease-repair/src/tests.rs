@@ -276,15 +276,22 @@ fn anomalies_are_reported_not_repaired_by_default() {
 }
 
 #[test]
-fn huge_attempts_give_up_without_overflow() {
+fn absurd_attempts_are_anomalies_and_the_maximum_still_repairs() {
     let s = settings(true);
+    for absurd in [MAX_ATTEMPTS + 1, i64::from(i32::MAX), i64::MAX] {
+        assert_eq!(
+            decide(&row(1, "processing", None, None, Some(absurd)), CandidateKind::Orphaned, now(), &s),
+            Action::Anomaly(AnomalyKind::InvalidAttempts),
+            "{absurd}"
+        );
+    }
     let (r, o) = expect_repair(decide(
-        &row(1, "processing", None, None, Some(i64::MAX)),
+        &row(1, "processing", None, None, Some(MAX_ATTEMPTS)),
         CandidateKind::Orphaned,
         now(),
         &s,
     ));
-    assert_eq!((o, r.attempts), (Outcome::Failed, i64::MAX));
+    assert_eq!((o, r.attempts), (Outcome::Failed, MAX_ATTEMPTS + 1));
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub use memory::{MemoryRunLock, MemoryRunLog, MemoryWatermarkStore};
 pub use reconciler::Reconciler;
 pub use report::{
     Counter, Counters, ItemError, RunReport, RunStatus, StepError, StepOutcome, StepReport,
-    StepStatus,
+    StepStatus, truncate,
 };
 pub use runner::{RunOptions, Runner, RunnerBuilder, StepOptions};
 pub use status::{STATUS_MAX_ERRORS, StatusView, camel_case, render_text};

@@ -46,11 +46,14 @@ impl RunLog for MemoryRunLog {
 
     async fn history(&self, runner: &str, limit: usize) -> Result<Vec<RunReport>> {
         let runs = lock(&self.runs);
-        let mut out: Vec<&RunReport> = runs.iter().filter(|r| r.runner == runner).collect();
-        // newest first; among equal start times the later append wins
-        out.reverse();
-        out.sort_by_key(|r| std::cmp::Reverse(r.started_at));
-        Ok(out.into_iter().take(limit).cloned().collect())
+        // newest first = most recently appended (see RunLog::history)
+        Ok(runs
+            .iter()
+            .rev()
+            .filter(|r| r.runner == runner)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn prune(&self, older_than: DateTime<Utc>) -> Result<u64> {
@@ -137,6 +140,11 @@ impl MemoryRunLock {
 #[async_trait]
 impl RunLock for MemoryRunLock {
     async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<LockAttempt> {
+        if ttl.is_zero() {
+            return Err(Error::invalid_input(
+                "a lock needs a time-to-live above zero",
+            ));
+        }
         let ttl = chrono::Duration::from_std(ttl)
             .map_err(|_| Error::invalid_input(format!("lock ttl {ttl:?} is too large")))?;
         let now = self.clock.now();
@@ -240,11 +248,12 @@ mod tests {
         log.append(&run("b", "2024-01-04T00:00:00Z")).await.unwrap();
         let h = log.history("a", 10).await.unwrap();
         let ids: Vec<_> = h.iter().map(|r| r.id.as_str()).collect();
+        // most recently appended first, whatever the clocks said
         assert_eq!(
             ids,
             [
-                "a-2024-01-03T00:00:00Z",
                 "a-2024-01-02T00:00:00Z",
+                "a-2024-01-03T00:00:00Z",
                 "a-2024-01-01T00:00:00Z"
             ]
         );

@@ -199,13 +199,21 @@ impl StepReport {
         self.counters.get(name)
     }
 
-    /// Record that the item `key` failed. Beyond [`Self::MAX_ITEM_ERRORS`] only the count grows.
+    /// Longest item key kept in a report, in bytes (longer ones are truncated with a marker).
+    pub const MAX_KEY_BYTES: usize = 256;
+    /// Longest item error reason kept in a report, in bytes (longer ones are truncated with a
+    /// marker), so that one huge error message cannot bloat every stored run report.
+    pub const MAX_REASON_BYTES: usize = 2048;
+
+    /// Record that the item `key` failed. Beyond [`Self::MAX_ITEM_ERRORS`] only the count grows;
+    /// keys and reasons longer than [`Self::MAX_KEY_BYTES`] / [`Self::MAX_REASON_BYTES`] are cut
+    /// at a character boundary and marked `…[truncated, N bytes in all]`.
     pub fn push_error(&mut self, key: impl Into<String>, reason: impl Into<String>) -> &mut Self {
         self.item_error_count = self.item_error_count.saturating_add(1);
         if self.item_errors.len() < Self::MAX_ITEM_ERRORS {
             self.item_errors.push(ItemError {
-                key: key.into(),
-                reason: reason.into(),
+                key: truncate(key.into(), Self::MAX_KEY_BYTES),
+                reason: truncate(reason.into(), Self::MAX_REASON_BYTES),
             });
         }
         self
@@ -284,6 +292,19 @@ impl StepReport {
         self.duration_ms = duration_ms;
         self.dry_run = dry_run;
     }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, with a marker saying so.
+pub fn truncate(s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let total = s.len();
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[truncated, {total} bytes in all]", &s[..end])
 }
 
 /// How a step ended.
@@ -505,6 +526,22 @@ mod tests {
         assert_eq!(&back, r.counters());
         r.add(A, u64::MAX);
         assert_eq!(r.count(A), u64::MAX, "counters saturate");
+    }
+
+    #[test]
+    fn huge_keys_and_reasons_are_truncated_with_a_marker() {
+        let mut r = StepReport::new("x");
+        let reason = "é".repeat(5 * 1024 * 1024); // 10 MB of two-byte characters
+        r.push_error("k".repeat(1000), reason);
+        let e = &r.item_errors()[0];
+        assert!(e.reason.len() < StepReport::MAX_REASON_BYTES + 64);
+        assert!(
+            e.reason.ends_with("…[truncated, 10485760 bytes in all]"),
+            "{}",
+            &e.reason[e.reason.len() - 60..]
+        );
+        assert!(e.key.ends_with("…[truncated, 1000 bytes in all]"));
+        assert_eq!(truncate("short".into(), 10), "short");
     }
 
     #[test]

@@ -207,6 +207,11 @@ impl RunnerBuilder {
                 )));
             }
         }
+        if self.lock.as_ref().is_some_and(|(_, ttl)| ttl.is_zero()) {
+            return Err(Error::config(
+                "the run lock needs a time-to-live above zero",
+            ));
+        }
         if self.step_timeout == Some(Duration::ZERO) || self.run_timeout == Some(Duration::ZERO) {
             return Err(Error::config("timeouts must be greater than zero"));
         }
@@ -482,7 +487,7 @@ impl Runner {
                 StepStatus::Failed,
                 StepReport::new(&step.name),
                 Some(StepError {
-                    message: e.to_string(),
+                    message: crate::truncate(e.to_string(), StepReport::MAX_REASON_BYTES),
                     transient: e.is_transient(),
                 }),
             ),

@@ -18,10 +18,12 @@ pub trait RunLog: Send + Sync {
     /// Store a finished run.
     async fn append(&self, report: &RunReport) -> Result<()>;
 
-    /// The most recent run of `runner` (by start time), if any.
+    /// The most recently appended run of `runner`, if any.
     async fn latest(&self, runner: &str) -> Result<Option<RunReport>>;
 
-    /// Up to `limit` most recent runs of `runner`, newest first.
+    /// Up to `limit` runs of `runner`, most recently appended first. Order of appending, not of
+    /// start times: instances with skewed clocks, or a clock that went back, cannot hide the
+    /// run that happened last.
     async fn history(&self, runner: &str, limit: usize) -> Result<Vec<RunReport>>;
 
     /// Delete runs (of every runner) that started before `older_than`; returns how many.
@@ -130,7 +132,8 @@ pub enum LockAttempt {
 /// A named lock shared by every instance of the host, so that only one runs at a time.
 #[async_trait]
 pub trait RunLock: Send + Sync {
-    /// Take `name` without waiting. `ttl` bounds how long a crashed holder can keep it.
+    /// Take `name` without waiting. `ttl` bounds how long a crashed holder can keep it; a zero
+    /// TTL is an invalid-input error.
     async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<LockAttempt>;
 
     /// Give the lock back. Releasing a lock that lapsed and was taken by another instance is

@@ -397,9 +397,10 @@ impl SqlLeaseStore {
                     let h = b.push(self.ts(Some(h)));
                     parts.push(format!("{} > {h}", s.expiry));
                 }
+                let max = b.push(Value::Int(Some(lease_repair::MAX_ATTEMPTS)));
                 let now = b.push(self.ts(Some(q.now)));
                 parts.push(format!(
-                    "(({a} IS NULL OR {a} < 0) AND {e} >= {now})",
+                    "(({a} IS NULL OR {a} < 0 OR {a} > {max}) AND {e} >= {now})",
                     a = s.attempts,
                     e = s.expiry
                 ));

@@ -116,6 +116,11 @@ enum SessionConn {
 #[async_trait]
 impl RunLock for SqlRunLock {
     async fn try_acquire(&self, name: &str, ttl: Duration) -> recon_core::Result<LockAttempt> {
+        if ttl.is_zero() {
+            return Err(recon_core::Error::invalid_input(
+                "a lock needs a time-to-live above zero",
+            ));
+        }
         match self.effective_mode() {
             LockMode::Session => self.acquire_session(name, ttl).await,
             LockMode::LeaseRow => self.acquire_row(name, ttl).await,

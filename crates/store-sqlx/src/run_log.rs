@@ -76,7 +76,7 @@ impl RunLog for SqlRunLog {
         let p = |n| self.db.dialect().param(n);
         let sql = format!(
             "SELECT report FROM recon_runs WHERE runner = {} \
-             ORDER BY started_at DESC, seq DESC LIMIT {}",
+             ORDER BY seq DESC LIMIT {}",
             p(1),
             p(2)
         );
