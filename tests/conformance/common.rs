@@ -303,3 +303,42 @@ macro_rules! conformance {
         }
     };
 }
+
+/// Like [`conformance!`] but for cases that only make sense on SQL backends (no memory test).
+#[macro_export]
+macro_rules! conformance_sql {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let t = $crate::common::sqlite().await;
+                    super::$case(&t).await;
+                    t.finish().await;
+                }
+            )*
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(t) = $crate::common::postgres().await else { return };
+                    super::$case(&t).await;
+                    t.finish().await;
+                }
+            )*
+        }
+        #[cfg(feature = "mysql")]
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(t) = $crate::common::mysql().await else { return };
+                    super::$case(&t).await;
+                    t.finish().await;
+                }
+            )*
+        }
+    };
+}

@@ -267,3 +267,47 @@ async fn read_sql(t: &TestDb, table: &str) -> Vec<StoredJob> {
         })
         .collect()
 }
+
+/// Rows of `table` (tests only).
+pub async fn count_rows(t: &TestDb, table: &str) -> i64 {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
+    match t.db.dialect() {
+        Dialect::Sqlite => {
+            sqlx::query_scalar(sql)
+                .fetch_one(t.db.as_sqlite().unwrap())
+                .await
+        }
+        #[cfg(feature = "postgres")]
+        Dialect::Postgres => {
+            sqlx::query_scalar(sql)
+                .fetch_one(t.db.as_postgres().unwrap())
+                .await
+        }
+        #[cfg(feature = "mysql")]
+        Dialect::MySql => {
+            sqlx::query_scalar(sql)
+                .fetch_one(t.db.as_mysql().unwrap())
+                .await
+        }
+        #[allow(unreachable_patterns)]
+        _ => unreachable!(),
+    }
+    .unwrap()
+}
+
+impl Jobs<'_> {
+    /// (id, status, raw attempts as text) of every row — readable even when a row holds values
+    /// the typed read refuses (tests of hostile data).
+    pub async fn all_raw_status(&self) -> Vec<(String, String, Option<String>)> {
+        let Inner::Sql { t, table, .. } = &self.inner else {
+            unreachable!("memory rows are always well-typed")
+        };
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(id AS TEXT), status, CAST(attempts AS TEXT) FROM {table} ORDER BY id"
+        ));
+        sqlx::query_as(sql)
+            .fetch_all(t.db.as_sqlite().expect("SQLite only"))
+            .await
+            .unwrap()
+    }
+}

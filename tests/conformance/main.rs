@@ -5,6 +5,7 @@
 
 mod common;
 mod core_stores;
+mod hostile;
 mod jobs;
 mod lease;
 mod metrics;

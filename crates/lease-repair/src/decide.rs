@@ -151,6 +151,9 @@ pub enum AnomalyKind {
     ExpiryTooFarAhead,
     /// `attempts` is NULL, negative, or above [`MAX_ATTEMPTS`].
     InvalidAttempts,
+    /// A column holds a value the store could not read (a timestamp in an unknown format,
+    /// invalid UTF-8, text in a number column).
+    UnreadableValue,
 }
 
 /// What happens to a repaired job.
@@ -197,6 +200,9 @@ pub enum Action {
 ///   attempt is counted); the retry policy decides with them: retry at its time, or give up
 ///   (`attempts >= max` → failed).
 pub fn decide(row: &JobRow, kind: CandidateKind, now: DateTime<Utc>, s: &Settings) -> Action {
+    if row.unreadable.is_some() {
+        return Action::Anomaly(AnomalyKind::UnreadableValue);
+    }
     if row.status != s.states.processing {
         return Action::Leave(LeaveReason::NotProcessing);
     }

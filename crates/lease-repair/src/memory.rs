@@ -44,6 +44,7 @@ impl StoredJob {
                 lease_owner: owner.map(str::to_owned),
                 lease_expires_at: expires,
                 attempts,
+                unreadable: None,
             },
             last_error: None,
             next_run_at: None,

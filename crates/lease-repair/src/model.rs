@@ -50,6 +50,10 @@ pub struct JobRow {
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// Attempts already counted. `None` when the column is NULL (an anomaly).
     pub attempts: Option<i64>,
+    /// A column the store could not decode (`"locked_until: invalid datetime"`): the row is
+    /// reported as an anomaly and never changed, and the other rows of the batch go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 /// Which stuck jobs a batch looks for.

@@ -191,7 +191,7 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
                             outcomes.push((repair.expected.key.clone(), outcome, kind));
                             repairs.push(repair);
                         }
-                        Action::Anomaly(a) => record_anomaly(&mut t, &row.key, a),
+                        Action::Anomaly(a) => record_anomaly(&mut t, row, a),
                         Action::Leave(_) => {}
                     }
                 }
@@ -243,11 +243,14 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
     }
 }
 
-fn record_anomaly(t: &mut Tally, key: &JobKey, kind: AnomalyKind) {
+fn record_anomaly(t: &mut Tally, row: &crate::JobRow, kind: AnomalyKind) {
     t.report.add(ANOMALIES, 1);
     if t.anomalies.len() < MAX_LISTED_ANOMALIES {
-        t.anomalies
-            .push(json!({ "key": key.to_string(), "kind": kind }));
+        let mut entry = json!({ "key": row.key.to_string(), "kind": kind });
+        if let Some(why) = &row.unreadable {
+            entry["reason"] = json!(recon_core::truncate(why.clone(), 512));
+        }
+        t.anomalies.push(entry);
     }
 }
 

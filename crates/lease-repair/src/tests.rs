@@ -32,6 +32,7 @@ fn row(
         lease_owner: owner.map(Into::into),
         lease_expires_at: until.map(t),
         attempts,
+        unreadable: None,
     }
 }
 
@@ -280,7 +281,12 @@ fn absurd_attempts_are_anomalies_and_the_maximum_still_repairs() {
     let s = settings(true);
     for absurd in [MAX_ATTEMPTS + 1, i64::from(i32::MAX), i64::MAX] {
         assert_eq!(
-            decide(&row(1, "processing", None, None, Some(absurd)), CandidateKind::Orphaned, now(), &s),
+            decide(
+                &row(1, "processing", None, None, Some(absurd)),
+                CandidateKind::Orphaned,
+                now(),
+                &s
+            ),
             Action::Anomaly(AnomalyKind::InvalidAttempts),
             "{absurd}"
         );
@@ -325,6 +331,7 @@ fn arb_row() -> impl Strategy<Value = JobRow> {
             lease_owner: o.map(Into::into),
             lease_expires_at: off.map(|s| now() + Duration::seconds(s)),
             attempts: a,
+            unreadable: None,
         })
 }
 

@@ -66,6 +66,10 @@ macro_rules! backend {
                         Value::Ts(v) if $feat == "sqlite" => {
                             q.bind(v.map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()))
                         }
+                        // MySQL: sqlx binds DateTime<Utc> as TIMESTAMP (1970-2038); bind the
+                        // naive UTC time as DATETIME instead (sessions run in UTC), so that dates
+                        // outside that range are not turned into NULL.
+                        Value::Ts(v) if $feat == "mysql" => q.bind(v.map(|t| t.naive_utc())),
                         Value::Ts(v) => q.bind(*v),
                         Value::Float(v) => q.bind(*v),
                         Value::Bool(v) => q.bind(*v),
@@ -95,10 +99,23 @@ macro_rules! backend {
                 unsigned(row, i)
             }
 
+            /// Decode every column on its own: a column that cannot be decoded (a timestamp
+            /// in an unknown format, invalid UTF-8) is an `Err` for that cell only.
+            pub(super) fn decode_lenient(row: &$Row, kinds: &[Kind]) -> Vec<Result<Value, String>> {
+                (0..kinds.len())
+                    .map(|i| decode_cell(row, i, &kinds[i]).map_err(|e| e.to_string()))
+                    .collect()
+            }
+
             pub(super) fn decode(row: &$Row, kinds: &[Kind]) -> Result<Vec<Value>, sqlx::Error> {
-                let mut out = Vec::with_capacity(kinds.len());
-                for (i, kind) in kinds.iter().enumerate() {
-                    out.push(match kind {
+                (0..kinds.len())
+                    .map(|i| decode_cell(row, i, &kinds[i]))
+                    .collect()
+            }
+
+            fn decode_cell(row: &$Row, i: usize, kind: &Kind) -> Result<Value, sqlx::Error> {
+                Ok({
+                    match kind {
                         Kind::Int => Value::Int(int(row, i)?),
                         Kind::Text => Value::Text(row.try_get::<Option<String>, _>(i)?),
                         Kind::Bool => Value::Bool(match row.try_get::<Option<bool>, _>(i) {
@@ -123,9 +140,8 @@ macro_rules! backend {
                             }
                         }
                         Kind::Ts(_) => Value::Ts(row.try_get::<Option<DateTime<Utc>>, _>(i)?),
-                    });
-                }
-                Ok(out)
+                    }
+                })
             }
         }
     };
@@ -475,6 +491,20 @@ impl Db {
         })
     }
 
+    /// Like `fetch`, but a cell that cannot be decoded is an `Err` for that cell only, so one
+    /// bad value cannot fail a whole batch.
+    pub(crate) async fn fetch_lenient(
+        &self,
+        sql: &str,
+        args: &[Value],
+        kinds: &[Kind],
+    ) -> Result<Vec<Vec<std::result::Result<Value, String>>>> {
+        on_backend!(&self.pool, Pool, p, m => {
+            let rows = m::bind(sql, args).context(sql_head(sql))?.fetch_all(p).await.context(sql_head(sql))?;
+            Ok(rows.iter().map(|r| m::decode_lenient(r, kinds)).collect())
+        })
+    }
+
     /// Begin a transaction. On SQLite a writing transaction starts with `BEGIN IMMEDIATE`, so
     /// that it takes the write lock before reading (no upgrade deadlocks between writers).
     pub(crate) async fn begin(&self) -> Result<Tx> {
@@ -521,6 +551,19 @@ impl Tx {
                 .map(|r| m::decode(r, kinds))
                 .collect::<Result<Vec<_>, _>>()
                 .context(sql_head(sql))
+        })
+    }
+
+    /// Like `fetch`, per-cell (see `Db::fetch_lenient`).
+    pub(crate) async fn fetch_lenient(
+        &mut self,
+        sql: &str,
+        args: &[Value],
+        kinds: &[Kind],
+    ) -> Result<Vec<Vec<std::result::Result<Value, String>>>> {
+        on_backend!(self, Tx, tx, m => {
+            let rows = m::bind(sql, args).context(sql_head(sql))?.fetch_all(&mut **tx).await.context(sql_head(sql))?;
+            Ok(rows.iter().map(|r| m::decode_lenient(r, kinds)).collect())
         })
     }
 

@@ -351,12 +351,33 @@ impl SqlLeaseStore {
         )
     }
 
-    fn decode_row(&self, mut r: Vec<Value>) -> Result<JobRow> {
-        let attempts = r.pop().and_then(Value::int);
-        let expiry = r.pop().and_then(Value::ts);
-        let owner = r.pop().and_then(Value::text);
-        let status = r.pop().and_then(Value::text);
-        let key = match r.pop() {
+    /// A row as read, each column decoded on its own: a value that cannot be read marks the
+    /// row `unreadable` (reported as an anomaly, never changed) instead of failing the batch.
+    fn decode_row(&self, cells: Vec<std::result::Result<Value, String>>) -> Result<JobRow> {
+        let names = [
+            &self.map.id,
+            &self.map.status,
+            &self.map.lease_owner,
+            &self.map.lease_expires_at,
+            &self.map.attempts,
+        ];
+        let mut unreadable = Vec::new();
+        let mut vals: Vec<Option<Value>> = cells
+            .into_iter()
+            .zip(names)
+            .map(|(c, name)| match c {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    unreadable.push(format!("{name}: {e}"));
+                    None
+                }
+            })
+            .collect();
+        let attempts = vals.pop().flatten().and_then(Value::int);
+        let expiry = vals.pop().flatten().and_then(Value::ts);
+        let owner = vals.pop().flatten().and_then(Value::text);
+        let status = vals.pop().flatten().and_then(Value::text);
+        let key = match vals.pop().flatten() {
             Some(Value::Int(Some(i))) => JobKey::Int(i),
             Some(Value::Text(Some(s))) => JobKey::Text(s),
             _ => {
@@ -364,7 +385,7 @@ impl SqlLeaseStore {
                     table: self.map.table.to_string(),
                     column: self.map.id.to_string(),
                     key: "?".into(),
-                    reason: "NULL primary key".into(),
+                    reason: format!("the primary key is NULL or unreadable {unreadable:?}"),
                 });
             }
         };
@@ -374,6 +395,7 @@ impl SqlLeaseStore {
             lease_owner: owner,
             lease_expires_at: expiry,
             attempts,
+            unreadable: (!unreadable.is_empty()).then(|| unreadable.join("; ")),
         })
     }
 
@@ -420,7 +442,7 @@ impl SqlLeaseStore {
             id = s.id,
         );
         self.db
-            .fetch(&sql, &b.values, &kinds)
+            .fetch_lenient(&sql, &b.values, &kinds)
             .await?
             .into_iter()
             .map(|r| self.decode_row(r))
@@ -470,7 +492,7 @@ impl SqlLeaseStore {
                         list = ids.join(", "),
                     );
                     let mut current: HashMap<JobKey, JobRow> = HashMap::with_capacity(chunk.len());
-                    for r in tx.fetch(&sql, &b.values, &kinds).await? {
+                    for r in tx.fetch_lenient(&sql, &b.values, &kinds).await? {
                         let row = self.decode_row(r)?;
                         current.insert(row.key.clone(), row);
                     }
