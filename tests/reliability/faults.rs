@@ -24,7 +24,8 @@ async fn kill_a_busy_connection(admin: Db, namespace: String) -> bool {
             Dialect::Postgres => {
                 let n: Vec<bool> = sqlx::query_scalar(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE application_name = $1 AND state IN ('active', 'idle in transaction')",
+                     WHERE application_name = $1 AND state = 'active' \
+                       AND now() - query_start > interval '50 milliseconds'",
                 )
                 .bind(&namespace)
                 .fetch_all(admin.as_postgres().unwrap())
@@ -35,8 +36,8 @@ async fn kill_a_busy_connection(admin: Db, namespace: String) -> bool {
             #[cfg(feature = "mysql")]
             Dialect::MySql => {
                 let ids: Vec<i64> = sqlx::query_scalar(
-                    "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND COMMAND = 'Query' \
-                     AND ID <> CONNECTION_ID()",
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND COMMAND IN ('Query', 'Execute') \
+                     AND INFO LIKE 'SET @slept%' AND ID <> CONNECTION_ID()",
                 )
                 .bind(&namespace)
                 .fetch_all(admin.as_mysql().unwrap())
@@ -59,6 +60,29 @@ async fn kill_a_busy_connection(admin: Db, namespace: String) -> bool {
     false
 }
 
+async fn slow_updates(t: &TestDb, on: bool) {
+    match (t.db.dialect(), on) {
+        (Dialect::Postgres, true) => {
+            t.exec(
+                "CREATE FUNCTION slow_update() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN PERFORM pg_sleep(0.005); RETURN NEW; END $$",
+            )
+            .await;
+            t.exec("CREATE TRIGGER slow BEFORE UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION slow_update()")
+                .await;
+        }
+        (Dialect::MySql, true) => {
+            t.exec(
+                "CREATE TRIGGER slow BEFORE UPDATE ON jobs FOR EACH ROW SET @slept = SLEEP(0.005)",
+            )
+            .await;
+        }
+        (Dialect::Postgres, false) => t.exec("DROP TRIGGER slow ON jobs").await,
+        (Dialect::MySql, false) => t.exec("DROP TRIGGER slow").await,
+        _ => {}
+    }
+}
+
 fn step(t: &TestDb) -> LeaseRepair<Arc<store_sqlx::SqlLeaseStore>> {
     let mut s = Settings::new(retry_policy::presets::startup_jobs());
     s.count_interrupted_attempt = true;
@@ -71,6 +95,10 @@ fn step(t: &TestDb) -> LeaseRepair<Arc<store_sqlx::SqlLeaseStore>> {
 async fn connection_killed_mid_run(t: &TestDb, admin_url: &str) {
     let name = t.db.dialect().name();
     stuck_table(t, JOBS).await;
+    // Each repaired row sleeps 5 ms in a trigger, so the repair statements run for seconds
+    // and the kill lands in the middle of one, not in the gap between two. (MariaDB shows the
+    // trigger's own statement, `SET @slept = …`, while the UPDATE runs: that is what it kills.)
+    slow_updates(t, true).await;
     let runner = Runner::builder("startup")
         .time_source(Arc::new(recon_core::ManualClock::at(now())))
         .step(step(t))
@@ -107,6 +135,7 @@ async fn connection_killed_mid_run(t: &TestDb, admin_url: &str) {
     assert_eq!(first.status, RunStatus::Partial);
     println!("faults {name}: first run: {}", err.message);
 
+    slow_updates(t, false).await;
     let second = runner.run().await;
     assert_eq!(second.status, RunStatus::Success, "{name}: {second:#?}");
     assert_each_repaired_once(t, JOBS).await;

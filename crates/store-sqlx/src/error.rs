@@ -156,6 +156,16 @@ pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Lock conflicts: a deadlock victim, a serialization failure, a lock wait timeout, a busy
+/// SQLite file. The transaction was rolled back and retrying it at once is safe and likely to
+/// succeed. (Killed connections and shutdowns are transient too, but are left to the next run.)
+pub(crate) fn is_lock_conflict_code(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("40001" | "40P01" | "55P03" | "1213" | "1205" | "5" | "6" | "261" | "517" | "262")
+    )
+}
+
 /// Database error codes that mean "try again": deadlocks, serialization failures, lock
 /// timeouts, a busy SQLite file, and PostgreSQL/MySQL connection terminations.
 pub(crate) fn is_transient_code(code: Option<&str>) -> bool {
@@ -223,6 +233,16 @@ mod tests {
         );
         assert_eq!(redact_url("mysql://root@h/x"), "mysql://root@h/x");
         assert_eq!(redact_url("sqlite:demo.sqlite"), "sqlite:demo.sqlite");
+    }
+
+    #[test]
+    fn only_lock_conflicts_are_retried_in_place() {
+        for c in ["40001", "40P01", "1213", "1205", "5", "517"] {
+            assert!(is_lock_conflict_code(Some(c)), "{c}");
+        }
+        for c in ["57P01", "1927", "2013", "23505", "70100"] {
+            assert!(!is_lock_conflict_code(Some(c)), "{c}");
+        }
     }
 
     #[test]

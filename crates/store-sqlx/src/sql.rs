@@ -54,7 +54,7 @@ where
                 source: sqlx::Error::Database(db),
                 context,
                 transient,
-            }) if tries < 4 && crate::error::is_transient_code(db.code().as_deref()) => {
+            }) if tries < 4 && crate::error::is_lock_conflict_code(db.code().as_deref()) => {
                 tries += 1;
                 tracing::debug!(%context, transient, tries, "retrying a transaction after a lock conflict");
                 tokio::time::sleep(std::time::Duration::from_millis(10 << tries)).await;
