@@ -28,7 +28,7 @@ macro_rules! migration {
     };
 }
 
-const MIGRATIONS: &[Migration] = &[migration!(1, "0001_core")];
+const MIGRATIONS: &[Migration] = &[migration!(1, "0001_core"), migration!(2, "0002_lineage")];
 
 impl Migration {
     fn sql(&self, d: Dialect) -> &'static str {
