@@ -10,6 +10,8 @@ pub(crate) enum Value {
     Text(Option<String>),
     Ts(Option<DateTime<Utc>>),
     Float(Option<f64>),
+    /// Binary data (`BLOB` / `BYTEA` / `BINARY`), e.g. a 32-byte fingerprint.
+    Bytes(Option<Vec<u8>>),
 }
 
 impl Value {
@@ -35,6 +37,14 @@ impl Value {
         }
     }
 
+    /// The bytes of a binary cell.
+    pub(crate) fn bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Value::Bytes(v) => v,
+            _ => None,
+        }
+    }
+
     #[allow(dead_code)] // for aggregate metrics (sums, averages) of the host-table stores
     pub(crate) fn float(self) -> Option<f64> {
         match self {
@@ -54,6 +64,8 @@ pub(crate) enum Kind {
     Ts(crate::TimestampFormat),
     #[allow(dead_code)] // for aggregate metrics (sums, averages) of the host-table stores
     Float,
+    /// Binary data, decoded as `Vec<u8>`.
+    Bytes,
 }
 
 /// Milliseconds since the epoch → UTC, rejecting out-of-range values instead of panicking.
