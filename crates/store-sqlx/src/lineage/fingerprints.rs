@@ -1,0 +1,209 @@
+//! [`SqlFingerprintStore`]: `FingerprintStore` on `recon_fingerprints`.
+
+use async_trait::async_trait;
+use lineage_checksum::Result;
+use lineage_checksum::classify::{
+    FingerprintStore, RecordBatch, StoredFingerprint, UnseenQuery, check_keys, check_record_batch,
+    check_unseen_query,
+};
+
+use super::{KEYS_PER_STATEMENT, TS, decode_fingerprint, fingerprint_value, int, text, ts};
+use crate::sql::{Binds, CHUNK, with_deadlock_retry};
+use crate::value::{Kind, Value};
+use crate::{Db, Dialect};
+
+const TABLE: &str = "recon_fingerprints";
+const COLS: &str = "record_key, fingerprint, source_group, seen_run, seen_at";
+const KINDS: [Kind; 5] = [Kind::Text, Kind::Bytes, Kind::Text, Kind::Text, TS];
+
+/// [`FingerprintStore`] on `recon_fingerprints`: one row per (namespace, key). Create it with
+/// [`Db::fingerprints`].
+///
+/// * `lookup`: one `SELECT … WHERE namespace = ? AND record_key IN (…)` per call (a whole
+///   batch of up to 10,000 keys, on the primary key);
+/// * `record`: in one transaction, one `INSERT … ON CONFLICT DO UPDATE` (MariaDB: `ON
+///   DUPLICATE KEY UPDATE`) per 2,000 upserts and one `UPDATE … WHERE record_key IN (…)` for
+///   the seen stamps;
+/// * `unseen`: a keyset page on the primary key, or on `(namespace, source_group,
+///   record_key)` for one group;
+/// * `remove`: one `DELETE … IN (…)`.
+///
+/// ```no_run
+/// # async fn demo(batch: Vec<lineage_checksum::Incoming>) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// let db = store_sqlx::Db::connect("sqlite:pipeline.sqlite").await?;
+/// db.migrate().await?;
+/// let classifier = lineage_checksum::Classifier::new(Arc::new(db.fingerprints()), "case")?;
+/// let c = classifier.classify(&batch).await?; // one query per batch
+/// println!("{} new, {} changed, {} unchanged", c.created, c.updated, c.unchanged);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct SqlFingerprintStore {
+    db: Db,
+}
+
+impl Db {
+    /// `lineage-checksum`'s fingerprint store on this database (run [`Db::migrate`] first).
+    pub fn fingerprints(&self) -> SqlFingerprintStore {
+        SqlFingerprintStore { db: self.clone() }
+    }
+}
+
+fn decode(mut r: Vec<Value>) -> Result<StoredFingerprint> {
+    let seen_at = r.pop().and_then(Value::ts);
+    let seen_run = r.pop().and_then(Value::text);
+    let group = r.pop().and_then(Value::text);
+    let fp = r.pop().and_then(Value::bytes);
+    let key = r.pop().and_then(Value::text).unwrap_or_default();
+    let fingerprint = decode_fingerprint(TABLE, &key, fp)?
+        .ok_or_else(|| super::bad(TABLE, "fingerprint", &key, "NULL"))?;
+    Ok(StoredFingerprint {
+        key,
+        fingerprint,
+        group,
+        seen_run,
+        seen_at,
+    })
+}
+
+impl SqlFingerprintStore {
+    async fn record_once(&self, namespace: &str, batch: &RecordBatch) -> crate::Result<u64> {
+        let d = self.db.dialect();
+        let mut tx = self.db.begin().await?;
+        for chunk in batch.upserts.chunks(CHUNK) {
+            let mut b = Binds::new(d);
+            let rows = chunk
+                .iter()
+                .map(|e| {
+                    let vals = [
+                        text(namespace),
+                        text(&e.key),
+                        fingerprint_value(Some(&e.fingerprint)),
+                        Value::Text(e.group.clone()),
+                        text(&batch.run),
+                        ts(batch.at),
+                    ];
+                    format!("({})", b.list(vals))
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let on_conflict = match d {
+                Dialect::Postgres | Dialect::Sqlite => {
+                    "ON CONFLICT (namespace, record_key) DO UPDATE SET \
+                     fingerprint = excluded.fingerprint, source_group = excluded.source_group, \
+                     seen_run = excluded.seen_run, seen_at = excluded.seen_at"
+                }
+                Dialect::MySql => {
+                    "ON DUPLICATE KEY UPDATE fingerprint = VALUES(fingerprint), \
+                     source_group = VALUES(source_group), seen_run = VALUES(seen_run), \
+                     seen_at = VALUES(seen_at)"
+                }
+            };
+            let sql = format!(
+                "INSERT INTO {TABLE} (namespace, record_key, fingerprint, source_group, seen_run, \
+                 seen_at) VALUES {rows} {on_conflict}"
+            );
+            tx.execute(&sql, &b.values).await?;
+        }
+        let mut stamped = 0;
+        for chunk in batch.seen.chunks(KEYS_PER_STATEMENT) {
+            let mut b = Binds::new(d);
+            let run = b.push(text(&batch.run));
+            let at = b.push(ts(batch.at));
+            let ns = b.push(text(namespace));
+            let list = b.list(chunk.iter().map(|k| text(k)));
+            let sql = format!(
+                "UPDATE {TABLE} SET seen_run = {run}, seen_at = {at} \
+                 WHERE namespace = {ns} AND record_key IN ({list})"
+            );
+            // MySQL reports matched rows (sqlx sets CLIENT_FOUND_ROWS), like the others.
+            stamped += tx.execute(&sql, &b.values).await?;
+        }
+        tx.commit().await?;
+        Ok(batch.upserts.len() as u64 + stamped)
+    }
+
+    async fn remove_once(&self, namespace: &str, keys: &[String]) -> crate::Result<u64> {
+        let d = self.db.dialect();
+        let mut tx = self.db.begin().await?;
+        let mut n = 0;
+        for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+            let mut b = Binds::new(d);
+            let ns = b.push(text(namespace));
+            let list = b.list(chunk.iter().map(|k| text(k)));
+            n += tx
+                .execute(
+                    &format!(
+                        "DELETE FROM {TABLE} WHERE namespace = {ns} AND record_key IN ({list})"
+                    ),
+                    &b.values,
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+}
+
+#[async_trait]
+impl FingerprintStore for SqlFingerprintStore {
+    async fn lookup(&self, namespace: &str, keys: &[String]) -> Result<Vec<StoredFingerprint>> {
+        check_keys(namespace, "lookup", keys)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+            let mut b = Binds::new(self.db.dialect());
+            let ns = b.push(text(namespace));
+            let list = b.list(chunk.iter().map(|k| text(k)));
+            let sql = format!(
+                "SELECT {COLS} FROM {TABLE} WHERE namespace = {ns} AND record_key IN ({list})"
+            );
+            for r in self.db.fetch(&sql, &b.values, &KINDS).await? {
+                out.push(decode(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn record(&self, namespace: &str, batch: &RecordBatch) -> Result<u64> {
+        check_record_batch(namespace, batch)?;
+        if batch.upserts.is_empty() && batch.seen.is_empty() {
+            return Ok(0);
+        }
+        Ok(with_deadlock_retry(|| self.record_once(namespace, batch)).await?)
+    }
+
+    async fn unseen(&self, namespace: &str, query: &UnseenQuery) -> Result<Vec<StoredFingerprint>> {
+        check_unseen_query(namespace, query)?;
+        let mut b = Binds::new(self.db.dialect());
+        let mut sql = format!(
+            "SELECT {COLS} FROM {TABLE} WHERE namespace = {}",
+            b.push(text(namespace))
+        );
+        if let Some(g) = &query.group {
+            sql += &format!(" AND source_group = {}", b.push(text(g)));
+        }
+        sql += &format!(
+            " AND (seen_run IS NULL OR seen_run <> {})",
+            b.push(text(&query.run))
+        );
+        if let Some(a) = &query.after {
+            sql += &format!(" AND record_key > {}", b.push(text(a)));
+        }
+        sql += &format!(" ORDER BY record_key LIMIT {}", b.push(int(query.limit)));
+        self.db
+            .fetch(&sql, &b.values, &KINDS)
+            .await?
+            .into_iter()
+            .map(decode)
+            .collect()
+    }
+
+    async fn remove(&self, namespace: &str, keys: &[String]) -> Result<u64> {
+        check_keys(namespace, "remove", keys)?;
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        Ok(with_deadlock_retry(|| self.remove_once(namespace, keys)).await?)
+    }
+}
