@@ -7,6 +7,7 @@ mod common;
 mod core_stores;
 mod jobs;
 mod lease;
+mod lineage;
 
 use common::TestDb;
 
