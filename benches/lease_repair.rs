@@ -42,7 +42,10 @@ fn now() -> DateTime<Utc> {
 fn ts(d: Dialect, s: &str) -> String {
     let t: DateTime<Utc> = s.parse().unwrap();
     match d {
-        Dialect::Sqlite => format!("'{}'", t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)),
+        Dialect::Sqlite => format!(
+            "'{}'",
+            t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+        ),
         Dialect::Postgres => format!("'{}+00'", t.format("%Y-%m-%d %H:%M:%S")),
         _ => format!("'{}'", t.format("%Y-%m-%d %H:%M:%S")),
     }
@@ -52,11 +55,20 @@ fn ts(d: Dialect, s: &str) -> String {
 async fn exec(db: &Db, sql: &str) {
     let sql = sqlx::AssertSqlSafe(sql.to_owned());
     let r = match db.dialect() {
-        Dialect::Sqlite => sqlx::raw_sql(sql).execute(db.as_sqlite().unwrap()).await.map(drop),
+        Dialect::Sqlite => sqlx::raw_sql(sql)
+            .execute(db.as_sqlite().unwrap())
+            .await
+            .map(drop),
         #[cfg(feature = "postgres")]
-        Dialect::Postgres => sqlx::raw_sql(sql).execute(db.as_postgres().unwrap()).await.map(drop),
+        Dialect::Postgres => sqlx::raw_sql(sql)
+            .execute(db.as_postgres().unwrap())
+            .await
+            .map(drop),
         #[cfg(feature = "mysql")]
-        Dialect::MySql => sqlx::raw_sql(sql).execute(db.as_mysql().unwrap()).await.map(drop),
+        Dialect::MySql => sqlx::raw_sql(sql)
+            .execute(db.as_mysql().unwrap())
+            .await
+            .map(drop),
         #[allow(unreachable_patterns)]
         _ => unreachable!(),
     };
@@ -114,7 +126,11 @@ async fn setup(db: &Db) {
     )
     .await;
     // The host's usual index, and the one recon's keyset batches want (see docs/lease-repair.md).
-    exec(db, &format!("CREATE INDEX {T}_lease ON {T} (status, locked_until)")).await;
+    exec(
+        db,
+        &format!("CREATE INDEX {T}_lease ON {T} (status, locked_until)"),
+    )
+    .await;
     exec(db, &format!("CREATE INDEX {T}_keyset ON {T} (status, id)")).await;
     if d == Dialect::Postgres {
         exec(db, &format!("ANALYZE {T}")).await;
@@ -150,11 +166,23 @@ async fn still_stuck(db: &Db) -> i64 {
         "SELECT COUNT(*) FROM {T} WHERE status = 'processing' AND (locked_until < {n} OR (locked_by IS NULL AND locked_until IS NULL))"
     ));
     match db.dialect() {
-        Dialect::Sqlite => sqlx::query_scalar(sql).fetch_one(db.as_sqlite().unwrap()).await,
+        Dialect::Sqlite => {
+            sqlx::query_scalar(sql)
+                .fetch_one(db.as_sqlite().unwrap())
+                .await
+        }
         #[cfg(feature = "postgres")]
-        Dialect::Postgres => sqlx::query_scalar(sql).fetch_one(db.as_postgres().unwrap()).await,
+        Dialect::Postgres => {
+            sqlx::query_scalar(sql)
+                .fetch_one(db.as_postgres().unwrap())
+                .await
+        }
         #[cfg(feature = "mysql")]
-        Dialect::MySql => sqlx::query_scalar(sql).fetch_one(db.as_mysql().unwrap()).await,
+        Dialect::MySql => {
+            sqlx::query_scalar(sql)
+                .fetch_one(db.as_mysql().unwrap())
+                .await
+        }
         #[allow(unreachable_patterns)]
         _ => unreachable!(),
     }
@@ -279,7 +307,9 @@ async fn connect(name: &str) -> Option<Db> {
             }
             format!("sqlite:{}", path.display())
         }
-        "postgres" if cfg!(feature = "postgres") => std::env::var("RECON_TEST_POSTGRES_URL").ok()?,
+        "postgres" if cfg!(feature = "postgres") => {
+            std::env::var("RECON_TEST_POSTGRES_URL").ok()?
+        }
         "mysql" if cfg!(feature = "mysql") => std::env::var("RECON_TEST_MYSQL_URL").ok()?,
         _ => return None,
     };
@@ -327,10 +357,15 @@ fn bench(c: &mut Criterion) {
                     let t0 = Instant::now();
                     let r = rt.block_on(s.reconcile(&ctx)).unwrap();
                     total += t0.elapsed();
-                    let fixed = r.count(counters::LEASES_REPAIRED) + r.count(counters::JOBS_REQUEUED)
+                    let fixed = r.count(counters::LEASES_REPAIRED)
+                        + r.count(counters::JOBS_REQUEUED)
                         + r.count(counters::JOBS_FAILED);
                     assert!(fixed >= stuck_rows() as u64, "repaired {fixed}");
-                    assert_eq!(rt.block_on(still_stuck(&db)), 0, "lease repair left stuck jobs");
+                    assert_eq!(
+                        rt.block_on(still_stuck(&db)),
+                        0,
+                        "lease repair left stuck jobs"
+                    );
                 }
                 total
             })

@@ -515,7 +515,14 @@ impl SqlLeaseStore {
 
         // SQLite cannot name the columns of a VALUES list (and a CTE over VALUES makes
         // UPDATE … FROM quadratic there), so it refers to them as column1, column2, …
-        let names = ["id", "new_status", "new_attempts", "new_error", "new_next_run", "new_failed"];
+        let names = [
+            "id",
+            "new_status",
+            "new_attempts",
+            "new_error",
+            "new_next_run",
+            "new_failed",
+        ];
         let v = |name: &str| match d {
             Dialect::Sqlite => {
                 let i = names.iter().position(|n| *n == name).unwrap_or(0);

@@ -122,10 +122,7 @@ impl RunLock for SqlRunLock {
         }
     }
 
-    #[cfg_attr(
-        not(any(feature = "postgres", feature = "mysql")),
-        allow(unused_mut)
-    )]
+    #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(unused_mut))]
     async fn release(&self, mut guard: LockGuard) -> recon_core::Result<()> {
         #[cfg(any(feature = "postgres", feature = "mysql"))]
         if let Some(conn) = guard.take_handle::<SessionConn>() {
