@@ -520,9 +520,10 @@ impl StageHandler for Handler {
             *n
         };
         let k = r.key.as_str();
-        if k.starts_with("ok") || (k.starts_with("fb") && r.provider.as_deref() == Some("nomic")) {
-            Ok(())
-        } else if k.starts_with("flaky") && n >= 2 {
+        let succeeds = k.starts_with("ok")
+            || (k.starts_with("fb") && r.provider.as_deref() == Some("nomic"))
+            || (k.starts_with("flaky") && n >= 2);
+        if succeeds {
             Ok(())
         } else if k.starts_with("bad") {
             Err(ReplayError::permanent(
