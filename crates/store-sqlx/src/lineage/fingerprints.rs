@@ -3,12 +3,14 @@
 use async_trait::async_trait;
 use lineage_checksum::Result;
 use lineage_checksum::classify::{
-    FingerprintStore, RecordBatch, StoredFingerprint, UnseenQuery, check_keys, check_record_batch,
-    check_unseen_query,
+    Difference, FingerprintStore, Incoming, RecordBatch, StoredFingerprint, UnseenQuery,
+    check_incoming, check_keys, check_record_batch, check_unseen_query,
 };
 
-use super::{KEYS_PER_STATEMENT, TS, decode_fingerprint, fingerprint_value, int, text, ts};
-use crate::sql::{Binds, CHUNK, with_deadlock_retry};
+use super::{
+    KEYS_PER_STATEMENT, TS, decode_fingerprint, fingerprint_value, int, key_set, text, ts,
+};
+use crate::sql::{Binds, CHUNK, RowsTable, with_deadlock_retry};
 use crate::value::{Kind, Value};
 use crate::{Db, Dialect};
 
@@ -112,10 +114,10 @@ impl SqlFingerprintStore {
             let run = b.push(text(&batch.run));
             let at = b.push(ts(batch.at));
             let ns = b.push(text(namespace));
-            let list = b.list(chunk.iter().map(|k| text(k)));
+            let set = key_set(&mut b, d, chunk);
             let sql = format!(
                 "UPDATE {TABLE} SET seen_run = {run}, seen_at = {at} \
-                 WHERE namespace = {ns} AND record_key IN ({list})"
+                 WHERE namespace = {ns} AND record_key IN {set}"
             );
             // MySQL reports matched rows (sqlx sets CLIENT_FOUND_ROWS), like the others.
             stamped += tx.execute(&sql, &b.values).await?;
@@ -131,12 +133,10 @@ impl SqlFingerprintStore {
         for chunk in keys.chunks(KEYS_PER_STATEMENT) {
             let mut b = Binds::new(d);
             let ns = b.push(text(namespace));
-            let list = b.list(chunk.iter().map(|k| text(k)));
+            let set = key_set(&mut b, d, chunk);
             n += tx
                 .execute(
-                    &format!(
-                        "DELETE FROM {TABLE} WHERE namespace = {ns} AND record_key IN ({list})"
-                    ),
+                    &format!("DELETE FROM {TABLE} WHERE namespace = {ns} AND record_key IN {set}"),
                     &b.values,
                 )
                 .await?;
@@ -152,14 +152,83 @@ impl FingerprintStore for SqlFingerprintStore {
         check_keys(namespace, "lookup", keys)?;
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(KEYS_PER_STATEMENT) {
-            let mut b = Binds::new(self.db.dialect());
+            let d = self.db.dialect();
+            let mut b = Binds::new(d);
             let ns = b.push(text(namespace));
-            let list = b.list(chunk.iter().map(|k| text(k)));
+            let set = key_set(&mut b, d, chunk);
             let sql = format!(
-                "SELECT {COLS} FROM {TABLE} WHERE namespace = {ns} AND record_key IN ({list})"
+                "SELECT {COLS} FROM {TABLE} WHERE namespace = {ns} AND record_key IN {set}"
             );
             for r in self.db.fetch(&sql, &b.values, &KINDS).await? {
                 out.push(decode(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// SQLite compares in the database: the batch as a `VALUES` list `LEFT JOIN`ed to the
+    /// table on its primary key, `WHERE fingerprint IS NOT` the incoming one — only missing
+    /// and changed rows come back. PostgreSQL and MariaDB read (key, fingerprint) of the
+    /// batch's keys in one query and compare here (measured faster there: see
+    /// `docs/benchmarks.md`).
+    async fn differences(&self, namespace: &str, batch: &[Incoming]) -> Result<Vec<Difference>> {
+        check_incoming(namespace, batch)?;
+        let d = self.db.dialect();
+        let mut out = Vec::new();
+        for chunk in batch.chunks(KEYS_PER_STATEMENT) {
+            let mut b = Binds::new(d);
+            if d == Dialect::Sqlite {
+                let mut rows = RowsTable::new(d, &["record_key", "fingerprint"]);
+                for r in chunk {
+                    let row = vec![
+                        b.push(text(&r.key)),
+                        b.push(fingerprint_value(Some(&r.fingerprint))),
+                    ];
+                    rows.row(row);
+                }
+                let (k, fp) = (rows.col("record_key"), rows.col("fingerprint"));
+                let sql = format!(
+                    "SELECT {k}, f.fingerprint FROM {table} LEFT JOIN {TABLE} AS f \
+                     ON f.namespace = {ns} AND f.record_key = {k} WHERE f.fingerprint IS NOT {fp}",
+                    table = rows.sql(),
+                    ns = b.push(text(namespace)),
+                );
+                for mut r in self
+                    .db
+                    .fetch(&sql, &b.values, &[Kind::Text, Kind::Bytes])
+                    .await?
+                {
+                    let stored = r.pop().and_then(Value::bytes);
+                    let key = r.pop().and_then(Value::text).unwrap_or_default();
+                    let stored = decode_fingerprint(TABLE, &key, stored)?;
+                    out.push(Difference { key, stored });
+                }
+            } else {
+                let ns = b.push(text(namespace));
+                let keys: Vec<String> = chunk.iter().map(|r| r.key.clone()).collect();
+                let set = key_set(&mut b, d, &keys);
+                let sql = format!(
+                    "SELECT record_key, fingerprint FROM {TABLE} \
+                     WHERE namespace = {ns} AND record_key IN {set}"
+                );
+                let mut stored = std::collections::HashMap::with_capacity(chunk.len());
+                for mut r in self
+                    .db
+                    .fetch(&sql, &b.values, &[Kind::Text, Kind::Bytes])
+                    .await?
+                {
+                    let fp = r.pop().and_then(Value::bytes);
+                    let key = r.pop().and_then(Value::text).unwrap_or_default();
+                    let fp = decode_fingerprint(TABLE, &key, fp)?;
+                    stored.insert(key, fp);
+                }
+                out.extend(chunk.iter().filter_map(|r| match stored.get(&r.key) {
+                    Some(Some(f)) if *f == r.fingerprint => None,
+                    other => Some(Difference {
+                        key: r.key.clone(),
+                        stored: other.copied().flatten(),
+                    }),
+                }));
             }
         }
         Ok(out)

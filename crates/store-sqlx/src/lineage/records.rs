@@ -14,7 +14,7 @@ use lineage_checksum::{Error, Result};
 
 use super::{
     KEYS_PER_STATEMENT, TS, bad, count, decode_fingerprint, fingerprint_value, int, json_col,
-    json_param, json_time, opt_text, parse_json, text, ts,
+    json_param, json_time, key_set, opt_text, parse_json, text, ts,
 };
 use crate::sql::{Binds, CHUNK, STATEMENT_BYTES, chunks_by_size, with_deadlock_retry};
 use crate::value::{Kind, Value};
@@ -362,11 +362,12 @@ impl LineageStore for SqlLineageStore {
         check_keys(pipeline, "get lineage", keys)?;
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(KEYS_PER_STATEMENT) {
-            let mut b = Binds::new(self.db.dialect());
+            let d = self.db.dialect();
+            let mut b = Binds::new(d);
             let p = b.push(text(pipeline));
-            let list = b.list(chunk.iter().map(|k| text(k)));
+            let set = key_set(&mut b, d, chunk);
             let sql = format!(
-                "SELECT {} FROM {TABLE} WHERE pipeline = {p} AND record_key IN ({list}) \
+                "SELECT {} FROM {TABLE} WHERE pipeline = {p} AND record_key IN {set} \
                  ORDER BY record_key",
                 self.columns()
             );
