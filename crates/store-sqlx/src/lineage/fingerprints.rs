@@ -1,16 +1,16 @@
 //! [`SqlFingerprintStore`]: `FingerprintStore` on `recon_fingerprints`.
 
 use async_trait::async_trait;
-use lineage_checksum::Result;
 use lineage_checksum::classify::{
     Difference, FingerprintStore, Incoming, RecordBatch, StoredFingerprint, UnseenQuery,
     check_incoming, check_keys, check_record_batch, check_unseen_query,
 };
+use lineage_checksum::{Fingerprint, Result};
 
 use super::{
     KEYS_PER_STATEMENT, TS, decode_fingerprint, fingerprint_value, int, key_set, text, ts,
 };
-use crate::sql::{Binds, CHUNK, RowsTable, with_deadlock_retry};
+use crate::sql::{Binds, CHUNK, with_deadlock_retry};
 use crate::value::{Kind, Value};
 use crate::{Db, Dialect};
 
@@ -21,8 +21,12 @@ const KINDS: [Kind; 5] = [Kind::Text, Kind::Bytes, Kind::Text, Kind::Text, TS];
 /// [`FingerprintStore`] on `recon_fingerprints`: one row per (namespace, key). Create it with
 /// [`Db::fingerprints`].
 ///
-/// * `lookup`: one `SELECT … WHERE namespace = ? AND record_key IN (…)` per call (a whole
-///   batch of up to 10,000 keys, on the primary key);
+/// * `differences` (what `Classifier` calls, once per batch of up to 10,000 records): on
+///   SQLite the batch is a `VALUES` list joined to the primary key and only missing or
+///   changed rows come back; on PostgreSQL the keys are one JSON array joined to the primary
+///   key, rows tagged with their position; on MariaDB an `IN (…)` list;
+/// * `lookup`: one `SELECT … WHERE namespace = ? AND record_key IN (…)` per call (PostgreSQL:
+///   the keys as one JSON array);
 /// * `record`: in one transaction, one `INSERT … ON CONFLICT DO UPDATE` (MariaDB: `ON
 ///   DUPLICATE KEY UPDATE`) per 2,000 upserts and one `UPDATE … WHERE record_key IN (…)` for
 ///   the seen stamps;
@@ -168,67 +172,106 @@ impl FingerprintStore for SqlFingerprintStore {
 
     /// SQLite compares in the database: the batch as a `VALUES` list `LEFT JOIN`ed to the
     /// table on its primary key, `WHERE fingerprint IS NOT` the incoming one — only missing
-    /// and changed rows come back. PostgreSQL and MariaDB read (key, fingerprint) of the
-    /// batch's keys in one query and compare here (measured faster there: see
-    /// `docs/benchmarks.md`).
+    /// and changed rows come back. PostgreSQL and MariaDB read the stored fingerprints of the
+    /// batch's keys in one query and compare here (on PostgreSQL, comparing in the database
+    /// cost more server time than it saved: see `docs/benchmarks.md`).
     async fn differences(&self, namespace: &str, batch: &[Incoming]) -> Result<Vec<Difference>> {
         check_incoming(namespace, batch)?;
         let d = self.db.dialect();
         let mut out = Vec::new();
         for chunk in batch.chunks(KEYS_PER_STATEMENT) {
-            let mut b = Binds::new(d);
-            if d == Dialect::Sqlite {
-                let mut rows = RowsTable::new(d, &["record_key", "fingerprint"]);
-                for r in chunk {
-                    let row = vec![
-                        b.push(text(&r.key)),
-                        b.push(fingerprint_value(Some(&r.fingerprint))),
-                    ];
-                    rows.row(row);
+            match d {
+                Dialect::Sqlite => {
+                    // Written without `Binds`: 20,000 placeholders per batch are all `?`, bound
+                    // in text order (the rows, then the namespace).
+                    let mut values = Vec::with_capacity(2 * chunk.len() + 1);
+                    for r in chunk {
+                        values.push(text(&r.key));
+                        values.push(fingerprint_value(Some(&r.fingerprint)));
+                    }
+                    values.push(text(namespace));
+                    let rows = vec!["(?, ?)"; chunk.len()].join(", ");
+                    let sql = format!(
+                        "SELECT v.column1, f.fingerprint FROM (VALUES {rows}) AS v \
+                         LEFT JOIN {TABLE} AS f ON f.namespace = ? AND f.record_key = v.column1 \
+                         WHERE f.fingerprint IS NOT v.column2"
+                    );
+                    for mut r in self
+                        .db
+                        .fetch(&sql, &values, &[Kind::Text, Kind::Bytes])
+                        .await?
+                    {
+                        let stored = r.pop().and_then(Value::bytes);
+                        let key = r.pop().and_then(Value::text).unwrap_or_default();
+                        let stored = decode_fingerprint(TABLE, &key, stored)?;
+                        out.push(Difference { key, stored });
+                    }
                 }
-                let (k, fp) = (rows.col("record_key"), rows.col("fingerprint"));
-                let sql = format!(
-                    "SELECT {k}, f.fingerprint FROM {table} LEFT JOIN {TABLE} AS f \
-                     ON f.namespace = {ns} AND f.record_key = {k} WHERE f.fingerprint IS NOT {fp}",
-                    table = rows.sql(),
-                    ns = b.push(text(namespace)),
-                );
-                for mut r in self
-                    .db
-                    .fetch(&sql, &b.values, &[Kind::Text, Kind::Bytes])
-                    .await?
-                {
-                    let stored = r.pop().and_then(Value::bytes);
-                    let key = r.pop().and_then(Value::text).unwrap_or_default();
-                    let stored = decode_fingerprint(TABLE, &key, stored)?;
-                    out.push(Difference { key, stored });
+                Dialect::Postgres => {
+                    // The keys as one JSON array, joined (they are unique: no de-duplicating
+                    // step) to the primary key; each row comes back with its position in the
+                    // batch, so nothing is decoded as text or hashed here.
+                    let mut b = Binds::new(d);
+                    let keys: Vec<&str> = chunk.iter().map(|r| r.key.as_str()).collect();
+                    let json = serde_json::to_string(&keys).unwrap_or_default();
+                    let sql = format!(
+                        "SELECT k.i, f.fingerprint \
+                         FROM json_array_elements_text(CAST({} AS json)) WITH ORDINALITY AS k(key, i) \
+                         JOIN {TABLE} AS f ON f.namespace = {} AND f.record_key = k.key",
+                        b.push(Value::Text(Some(json))),
+                        b.push(text(namespace)),
+                    );
+                    let mut stored: Vec<Option<Option<Fingerprint>>> = vec![None; chunk.len()];
+                    for mut r in self
+                        .db
+                        .fetch(&sql, &b.values, &[Kind::Int, Kind::Bytes])
+                        .await?
+                    {
+                        let fp = r.pop().and_then(Value::bytes);
+                        let i = r.pop().and_then(Value::int).unwrap_or(0);
+                        let idx = usize::try_from(i.saturating_sub(1))
+                            .ok()
+                            .filter(|idx| *idx < chunk.len())
+                            .ok_or_else(|| {
+                                super::bad(TABLE, "ordinality", &i.to_string(), "out of range")
+                            })?;
+                        stored[idx] = Some(decode_fingerprint(TABLE, &chunk[idx].key, fp)?);
+                    }
+                    out.extend(chunk.iter().zip(stored).filter_map(|(r, s)| match s {
+                        Some(Some(f)) if f == r.fingerprint => None,
+                        s => Some(Difference {
+                            key: r.key.clone(),
+                            stored: s.flatten(),
+                        }),
+                    }));
                 }
-            } else {
-                let ns = b.push(text(namespace));
-                let keys: Vec<String> = chunk.iter().map(|r| r.key.clone()).collect();
-                let set = key_set(&mut b, d, &keys);
-                let sql = format!(
-                    "SELECT record_key, fingerprint FROM {TABLE} \
-                     WHERE namespace = {ns} AND record_key IN {set}"
-                );
-                let mut stored = std::collections::HashMap::with_capacity(chunk.len());
-                for mut r in self
-                    .db
-                    .fetch(&sql, &b.values, &[Kind::Text, Kind::Bytes])
-                    .await?
-                {
-                    let fp = r.pop().and_then(Value::bytes);
-                    let key = r.pop().and_then(Value::text).unwrap_or_default();
-                    let fp = decode_fingerprint(TABLE, &key, fp)?;
-                    stored.insert(key, fp);
+                Dialect::MySql => {
+                    let mut b = Binds::new(d);
+                    let ns = b.push(text(namespace));
+                    let list = b.list(chunk.iter().map(|r| text(&r.key)));
+                    let sql = format!(
+                        "SELECT record_key, fingerprint FROM {TABLE} \
+                         WHERE namespace = {ns} AND record_key IN ({list})"
+                    );
+                    let rows = self
+                        .db
+                        .fetch(&sql, &b.values, &[Kind::Text, Kind::Bytes])
+                        .await?;
+                    let mut stored = std::collections::HashMap::with_capacity(rows.len());
+                    for mut r in rows {
+                        let fp = r.pop().and_then(Value::bytes);
+                        let key = r.pop().and_then(Value::text).unwrap_or_default();
+                        let fp = decode_fingerprint(TABLE, &key, fp)?;
+                        stored.insert(key, fp);
+                    }
+                    out.extend(chunk.iter().filter_map(|r| match stored.get(&r.key) {
+                        Some(Some(f)) if *f == r.fingerprint => None,
+                        other => Some(Difference {
+                            key: r.key.clone(),
+                            stored: other.copied().flatten(),
+                        }),
+                    }));
                 }
-                out.extend(chunk.iter().filter_map(|r| match stored.get(&r.key) {
-                    Some(Some(f)) if *f == r.fingerprint => None,
-                    other => Some(Difference {
-                        key: r.key.clone(),
-                        stored: other.copied().flatten(),
-                    }),
-                }));
             }
         }
         Ok(out)

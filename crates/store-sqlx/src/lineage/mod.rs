@@ -150,7 +150,7 @@ fn parse_json(
 fn key_set(b: &mut crate::sql::Binds, d: Dialect, keys: &[String]) -> String {
     match d {
         Dialect::Postgres => {
-            let json = serde_json::Value::from(keys.to_vec()).to_string();
+            let json = serde_json::to_string(keys).unwrap_or_default();
             format!(
                 "(SELECT json_array_elements_text(CAST({} AS json)))",
                 b.push(Value::Text(Some(json)))
