@@ -15,6 +15,8 @@ use crate::value::{Kind, Value};
 use crate::{Db, Dialect};
 
 const TABLE: &str = "recon_fingerprints";
+// `differences` on SQLite binds two values per key and the namespace.
+const _: () = assert!(2 * KEYS_PER_STATEMENT < 32_766);
 const COLS: &str = "record_key, fingerprint, source_group, seen_run, seen_at";
 const KINDS: [Kind; 5] = [Kind::Text, Kind::Bytes, Kind::Text, Kind::Text, TS];
 
