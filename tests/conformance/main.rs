@@ -8,6 +8,7 @@ mod core_stores;
 mod hostile;
 mod jobs;
 mod lease;
+mod lineage;
 mod metrics;
 mod rehydrate;
 

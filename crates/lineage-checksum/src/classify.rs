@@ -1,8 +1,9 @@
 //! Create / update / unchanged / delete classification against stored fingerprints.
 //!
 //! The decision is a pure function ([`classify`]) of the incoming batch and the fingerprints
-//! stored for exactly those keys, which the [`FingerprintStore`] returns in **one** call per
-//! batch ([`FingerprintStore::lookup`]).
+//! stored for exactly those keys. [`Classifier`] asks the [`FingerprintStore`] **once** per
+//! batch, for the batch's differences only ([`FingerprintStore::differences`]): SQL stores
+//! compare in the database, so a batch with 1 % changes brings back 1 % of its rows.
 //!
 //! # Deletes without loading the table
 //!
@@ -98,10 +99,36 @@ pub struct Classification {
 /// assert_eq!((c.created, c.updated, c.unchanged), (1, 1, 1));
 /// ```
 pub fn classify(batch: &[Incoming], stored: &HashMap<String, Fingerprint>) -> Classification {
+    classify_with(batch, &last_occurrences(batch), |r| {
+        match stored.get(&r.key) {
+            None => Stored::Missing,
+            Some(p) if *p == r.fingerprint => Stored::Same,
+            Some(p) => Stored::Other(*p),
+        }
+    })
+}
+
+/// What is stored for an incoming record.
+enum Stored {
+    Missing,
+    Same,
+    Other(Fingerprint),
+}
+
+/// The index of each key's last occurrence in `batch`.
+fn last_occurrences(batch: &[Incoming]) -> HashMap<&str, usize> {
     let mut last: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
     for (i, r) in batch.iter().enumerate() {
         last.insert(r.key.as_str(), i);
     }
+    last
+}
+
+fn classify_with(
+    batch: &[Incoming],
+    last: &HashMap<&str, usize>,
+    stored: impl Fn(&Incoming) -> Stored,
+) -> Classification {
     let mut out = Classification {
         actions: Vec::with_capacity(batch.len()),
         ..Classification::default()
@@ -111,18 +138,18 @@ pub fn classify(batch: &[Incoming], stored: &HashMap<String, Fingerprint>) -> Cl
             out.superseded += 1;
             Action::Superseded
         } else {
-            match stored.get(r.key.as_str()) {
-                None => {
+            match stored(r) {
+                Stored::Missing => {
                     out.created += 1;
                     Action::Create
                 }
-                Some(prev) if *prev == r.fingerprint => {
+                Stored::Same => {
                     out.unchanged += 1;
                     Action::Unchanged
                 }
-                Some(prev) => {
+                Stored::Other(previous) => {
                     out.updated += 1;
-                    Action::Update { previous: *prev }
+                    Action::Update { previous }
                 }
             }
         };
@@ -205,6 +232,16 @@ pub struct UnseenQuery {
     pub limit: usize,
 }
 
+/// An incoming record whose fingerprint is not the stored one (see
+/// [`FingerprintStore::differences`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Difference {
+    /// The record's key.
+    pub key: String,
+    /// The fingerprint stored for it; `None` when the key is not stored.
+    pub stored: Option<Fingerprint>,
+}
+
 /// Where fingerprints of applied records live: one row per (namespace, key).
 ///
 /// A namespace is the record type or sync name (`case`, `stays-reservations`). Keys order by
@@ -217,6 +254,37 @@ pub struct UnseenQuery {
 pub trait FingerprintStore: Send + Sync {
     /// The stored rows for those of `keys` that exist (any order; missing keys are absent).
     async fn lookup(&self, namespace: &str, keys: &[String]) -> Result<Vec<StoredFingerprint>>;
+
+    /// The records of `batch` (unique keys) that are not stored, or stored with another
+    /// fingerprint, with what is stored; records stored with the same fingerprint are left
+    /// out, so a batch with 1 % changes returns 1 % of its rows. Any order. Check the input
+    /// with [`check_incoming`].
+    ///
+    /// The default asks [`lookup`](Self::lookup) and compares; stores that can compare where
+    /// the data is (SQL) override it. [`Classifier`] calls this, once per batch.
+    async fn differences(&self, namespace: &str, batch: &[Incoming]) -> Result<Vec<Difference>> {
+        check_incoming(namespace, batch)?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = batch.iter().map(|r| r.key.clone()).collect();
+        let stored: HashMap<String, Fingerprint> = self
+            .lookup(namespace, &keys)
+            .await?
+            .into_iter()
+            .map(|s| (s.key, s.fingerprint))
+            .collect();
+        Ok(batch
+            .iter()
+            .filter_map(|r| match stored.get(&r.key) {
+                Some(f) if *f == r.fingerprint => None,
+                other => Some(Difference {
+                    key: r.key.clone(),
+                    stored: other.copied(),
+                }),
+            })
+            .collect())
+    }
 
     /// Apply one batch: upsert `upserts` (fingerprint, group, `seen_run`, `seen_at`) and stamp
     /// the existing rows of `seen`. A key may appear once in the whole batch. Returns the number
@@ -262,6 +330,15 @@ pub fn check_keys(namespace: &str, what: &str, keys: &[String]) -> Result<()> {
     keys.iter().try_for_each(|k| limits::check_key(k))
 }
 
+/// Check the arguments of [`FingerprintStore::differences`]: a valid namespace, at most
+/// [`limits::MAX_BATCH`] records, valid and unique keys.
+pub fn check_incoming(namespace: &str, batch: &[Incoming]) -> Result<()> {
+    limits::check_name("namespace", namespace)?;
+    limits::check_batch("differences", batch.len())?;
+    batch.iter().try_for_each(|r| limits::check_key(&r.key))?;
+    limits::check_unique("differences", batch.iter().map(|r| r.key.as_str()))
+}
+
 /// Check an [`UnseenQuery`].
 pub fn check_unseen_query(namespace: &str, q: &UnseenQuery) -> Result<()> {
     limits::check_name("namespace", namespace)?;
@@ -273,7 +350,8 @@ pub fn check_unseen_query(namespace: &str, q: &UnseenQuery) -> Result<()> {
     Ok(())
 }
 
-/// A batch classifier bound to one store and namespace: one lookup per batch.
+/// A batch classifier bound to one store and namespace: one store call per batch
+/// ([`FingerprintStore::differences`]).
 ///
 /// ```no_run
 /// # use std::sync::Arc;
@@ -319,27 +397,36 @@ impl Classifier {
         &self.store
     }
 
-    /// Classify `batch` with one [`FingerprintStore::lookup`] of its distinct keys.
+    /// Classify `batch` with one [`FingerprintStore::differences`] call for the last
+    /// occurrence of each key (the one that is classified; earlier ones are superseded).
     pub async fn classify(&self, batch: &[Incoming]) -> Result<Classification> {
-        let mut keys: Vec<String> = Vec::with_capacity(batch.len());
-        let mut dedup = std::collections::HashSet::with_capacity(batch.len());
         for r in batch {
             limits::check_key(&r.key)?;
-            if dedup.insert(r.key.as_str()) {
-                keys.push(r.key.clone());
-            }
         }
-        let stored: HashMap<String, Fingerprint> = if keys.is_empty() {
-            HashMap::new()
+        let last = last_occurrences(batch);
+        if batch.is_empty() {
+            return Ok(Classification::default());
+        }
+        let diffs = if last.len() == batch.len() {
+            self.store.differences(&self.namespace, batch).await?
         } else {
-            self.store
-                .lookup(&self.namespace, &keys)
-                .await?
-                .into_iter()
-                .map(|s| (s.key, s.fingerprint))
-                .collect()
+            let unique: Vec<Incoming> = batch
+                .iter()
+                .enumerate()
+                .filter(|(i, r)| last.get(r.key.as_str()) == Some(i))
+                .map(|(_, r)| r.clone())
+                .collect();
+            self.store.differences(&self.namespace, &unique).await?
         };
-        Ok(classify(batch, &stored))
+        let diffs: HashMap<String, Option<Fingerprint>> =
+            diffs.into_iter().map(|d| (d.key, d.stored)).collect();
+        Ok(classify_with(batch, &last, |r| match diffs.get(&r.key) {
+            None => Stored::Same,
+            Some(None) => Stored::Missing,
+            // A store that reports an equal fingerprint as a difference: still unchanged.
+            Some(Some(p)) if *p == r.fingerprint => Stored::Same,
+            Some(Some(p)) => Stored::Other(*p),
+        }))
     }
 }
 
@@ -442,19 +529,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn classifier_makes_one_lookup_per_batch_with_distinct_keys() {
+    async fn classifier_makes_one_store_call_per_batch_with_distinct_keys() {
         let mut store = MockFingerprintStore::new();
+        store.expect_lookup().never();
         store
-            .expect_lookup()
+            .expect_differences()
             .times(1)
-            .withf(|ns, keys| ns == "case" && keys == ["a".to_owned(), "b".to_owned()])
+            .withf(|ns, batch| {
+                let keys: Vec<&str> = batch.iter().map(|r| r.key.as_str()).collect();
+                ns == "case" && keys == ["b", "a"]
+            })
             .returning(|_, _| {
-                Ok(vec![StoredFingerprint {
-                    key: "a".into(),
-                    fingerprint: Fingerprint::from_bytes([1; 32]),
-                    group: None,
-                    seen_run: None,
-                    seen_at: None,
+                Ok(vec![Difference {
+                    key: "b".into(),
+                    stored: None,
                 }])
             });
         let c = Classifier::new(std::sync::Arc::new(store), "case").unwrap();

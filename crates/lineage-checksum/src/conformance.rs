@@ -19,7 +19,9 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
-use crate::classify::{FingerprintEntry, FingerprintStore, RecordBatch, UnseenQuery};
+use crate::classify::{
+    Difference, FingerprintEntry, FingerprintStore, Incoming, RecordBatch, UnseenQuery,
+};
 use crate::failed::{
     DueQuery, FailedRecordStore, FailureId, FailureOutcome, FailureState, ListQuery, NewFailure,
     OutcomeKind, PruneQuery,
@@ -56,6 +58,74 @@ pub async fn fingerprint_store(store: &dyn FingerprintStore, prefix: &str) {
     fingerprint_unseen_keyset(store, &format!("{prefix}-fp-unseen")).await;
     fingerprint_remove_and_namespaces(store, &format!("{prefix}-fp-rm")).await;
     fingerprint_rejects_bad_input(store, &format!("{prefix}-fp-bad")).await;
+    fingerprint_differences(store, &format!("{prefix}-fp-diff")).await;
+}
+
+/// `differences` returns exactly the missing and changed records of a batch, with what is
+/// stored, and nothing for unchanged ones; bad input is refused.
+pub async fn fingerprint_differences(store: &dyn FingerprintStore, ns: &str) {
+    store
+        .record(
+            ns,
+            &RecordBatch {
+                run: "r1".into(),
+                at: t0(),
+                upserts: vec![
+                    entry("same", 1, None),
+                    entry("changed", 2, None),
+                    entry("B", 3, None),
+                ],
+                seen: vec![],
+            },
+        )
+        .await
+        .expect("record");
+    let batch = vec![
+        Incoming::new("changed", fp(20)),
+        Incoming::new("new", fp(4)),
+        Incoming::new("same", fp(1)),
+        Incoming::new("b", fp(3)),
+        Incoming::new("B", fp(3)),
+    ];
+    let mut got = store.differences(ns, &batch).await.expect("differences");
+    got.sort_by(|x, y| x.key.cmp(&y.key));
+    assert_eq!(
+        got,
+        vec![
+            Difference {
+                key: "b".into(),
+                stored: None
+            },
+            Difference {
+                key: "changed".into(),
+                stored: Some(fp(2))
+            },
+            Difference {
+                key: "new".into(),
+                stored: None
+            },
+        ],
+        "missing and changed keys only (keys are case-sensitive bytes)"
+    );
+    assert!(
+        store
+            .differences(ns, &[])
+            .await
+            .expect("empty batch")
+            .is_empty()
+    );
+    let dup = [Incoming::new("x", fp(1)), Incoming::new("x", fp(2))];
+    assert!(matches!(
+        store.differences(ns, &dup).await,
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(
+        store
+            .differences(ns, &[Incoming::new("", fp(1))])
+            .await
+            .is_err()
+    );
+    assert!(store.differences("", &batch).await.is_err());
 }
 
 /// Upserts are read back exactly (group, seen stamp at microsecond precision); missing keys

@@ -16,8 +16,8 @@ pub mod sync;
 pub mod conformance;
 
 pub use classify::{
-    Action, Classification, Classifier, CleanupScope, FingerprintEntry, FingerprintStore, Incoming,
-    RecordBatch, StoredFingerprint, UnseenQuery, classify,
+    Action, Classification, Classifier, CleanupScope, Difference, FingerprintEntry,
+    FingerprintStore, Incoming, RecordBatch, StoredFingerprint, UnseenQuery, classify,
 };
 pub use error::{Error, Result};
 pub use failed::{

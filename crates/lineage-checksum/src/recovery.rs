@@ -14,8 +14,18 @@
 //!
 //! The decision is pure: time comes only from [`RunContext::now`], and a policy that jitters
 //! must derive its randomness from the key, so a stored `next_attempt_at` can be recomputed.
-//! The `retry-policy` crate's policies plug in through [`StagePolicy`] (a five-line adapter);
-//! [`DelaySchedule`] is a small built-in one.
+//! Every [`retry_policy::RetryPolicy`] is a [`StagePolicy`] (seed 003: PII removal under
+//! [`retry_policy::presets::api_call`], 1 s, 2 s, 4 s; the vector-store load under
+//! [`retry_policy::presets::vector_store_load`], 2 s, 4 s, 8 s); [`DelaySchedule`] is a small
+//! built-in one.
+//!
+//! One replay runs the stage's providers as a [`retry_policy::FallbackChain`]: the primary,
+//! then each fallback, each provider retried *in place* under its own policy (default: a
+//! single attempt). Seed 003's embedding step is the primary provider retried at 1 s, 2 s,
+//! 4 s, then the Nomic fallback: [`StageRecovery::primary_retries`] with
+//! [`retry_policy::presets::api_call`] and [`StageRecovery::with_fallbacks`]. Those in-place
+//! retries happen inside one replay; the stage policy above decides, durably, what happens
+//! when the whole chain failed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -42,6 +52,15 @@ pub enum ErrorClass {
     Transient,
     /// Bad data, missing fields: retrying the same payload will fail the same way.
     Permanent,
+}
+
+impl From<ErrorClass> for retry_policy::ErrorClass {
+    fn from(c: ErrorClass) -> Self {
+        match c {
+            ErrorClass::Transient => Self::Transient,
+            ErrorClass::Permanent => Self::Permanent,
+        }
+    }
 }
 
 /// What a [`StagePolicy`] decides from.
@@ -95,12 +114,52 @@ pub enum RetryDecision {
 
 /// A stage's retry behaviour: a pure function of the attempt.
 ///
-/// The `retry-policy` crate's `RetryPolicy::decide(&Attempt) -> Decision` maps onto this
-/// one-to-one; until it lands, [`DelaySchedule`] covers the seeds' policies.
+/// Implemented by every [`retry_policy::RetryPolicy`] (so the presets plug in directly) and by
+/// the small built-in [`DelaySchedule`].
 pub trait StagePolicy: Send + Sync + fmt::Debug {
     /// Decide what happens after `attempt.attempts_made` failed replays. Must not read the
     /// clock or a random generator: `attempt.now` and `attempt.key` are the only inputs.
     fn decide(&self, attempt: &RetryAttempt) -> RetryDecision;
+}
+
+/// `retry-policy`'s policies as stage policies: the same counting (`attempts_made` is 1 after
+/// the first failed replay), the record's first failure as the start of `max_elapsed`, the
+/// key as the only source of jitter.
+///
+/// ```
+/// use lineage_checksum::{ErrorClass, GiveUpReason, RetryAttempt, RetryDecision, StagePolicy};
+/// use retry_policy::presets;
+/// let now: chrono::DateTime<chrono::Utc> = "2024-11-04T06:00:00Z".parse().unwrap();
+/// let attempt = |n| RetryAttempt {
+///     key: "5007T".into(), attempts_made: n, first_failure_at: now, now,
+///     error_class: ErrorClass::Transient,
+/// };
+/// // seed 003, PII removal: retries after 1 s, 2 s, 4 s, then manual review. (`RetryPolicy`
+/// // has an inherent `decide` too, so call the trait's by its path.)
+/// let pii = presets::api_call();
+/// let decide = |n| StagePolicy::decide(&pii, &attempt(n));
+/// let delays: Vec<_> = (1..=3).map(decide).collect();
+/// assert_eq!(delays, [1, 2, 4].map(|s| RetryDecision::RetryAt(now + chrono::Duration::seconds(s))));
+/// assert_eq!(decide(4), RetryDecision::GiveUp(GiveUpReason::AttemptsExhausted(4)));
+/// let permanent = RetryAttempt { error_class: ErrorClass::Permanent, ..attempt(1) };
+/// assert_eq!(StagePolicy::decide(&pii, &permanent), RetryDecision::GiveUp(GiveUpReason::Permanent));
+/// ```
+impl StagePolicy for retry_policy::RetryPolicy {
+    fn decide(&self, a: &RetryAttempt) -> RetryDecision {
+        let attempt = retry_policy::Attempt::new(&a.key, a.attempts_made, a.now)
+            .first_failure_at(a.first_failure_at)
+            .error_class(a.error_class.into());
+        match retry_policy::RetryPolicy::decide(self, &attempt) {
+            retry_policy::Decision::RetryAt(t) => RetryDecision::RetryAt(t),
+            retry_policy::Decision::GiveUp(reason) => RetryDecision::GiveUp(match reason {
+                retry_policy::GiveUpReason::Permanent => GiveUpReason::Permanent,
+                retry_policy::GiveUpReason::MaxAttempts { attempts_made, .. } => {
+                    GiveUpReason::AttemptsExhausted(attempts_made)
+                }
+                other => GiveUpReason::Other(other.to_string()),
+            }),
+        }
+    }
 }
 
 /// Retry after fixed delays, give up after `max_attempts` failed replays or on a permanent
@@ -241,48 +300,128 @@ pub trait StageHandler: Send + Sync {
     ) -> std::result::Result<(), ReplayError>;
 }
 
-/// How one stage is recovered.
+/// A fallback provider and how often it is tried in place within one replay.
+#[derive(Clone, Debug)]
+struct Fallback {
+    name: String,
+    retries: Option<retry_policy::RetryPolicy>,
+}
+
+/// How one stage is recovered: the host's handler, the stage's (durable) policy, and the
+/// providers one replay tries, in order, as a [`retry_policy::FallbackChain`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use lineage_checksum::{DelaySchedule, Replay, ReplayError, StageHandler, StageRecovery};
+/// use recon_core::{async_trait, RunContext};
+/// use retry_policy::presets;
+/// # struct Embedder;
+/// # #[async_trait]
+/// # impl StageHandler for Embedder {
+/// #     async fn replay(&self, _: &RunContext, _: &Replay) -> Result<(), ReplayError> { Ok(()) }
+/// # }
+/// // seed 003: ChatHPE retried at 1 s, 2 s, 4 s, then the Nomic fallback; if both fail, the
+/// // record goes to manual review (or, with another stage policy, waits for a later run).
+/// let embedding = StageRecovery::new(Arc::new(Embedder), Arc::new(DelaySchedule::once()))
+///     .primary_retries(presets::api_call())?
+///     .with_fallbacks(["nomic"])?;
+/// // seed 003: PII removal, replayed at 1 s, 2 s, 4 s, then manual review.
+/// let pii = StageRecovery::new(Arc::new(Embedder), Arc::new(presets::api_call()));
+/// # let _ = (embedding, pii);
+/// # Ok::<(), lineage_checksum::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct StageRecovery {
     handler: Arc<dyn StageHandler>,
     policy: Arc<dyn StagePolicy>,
-    fallbacks: Vec<String>,
+    primary_retries: Option<retry_policy::RetryPolicy>,
+    fallbacks: Vec<Fallback>,
 }
 
 impl fmt::Debug for StageRecovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StageRecovery")
             .field("policy", &self.policy)
+            .field("primary_retries", &self.primary_retries)
             .field("fallbacks", &self.fallbacks)
             .finish_non_exhaustive()
     }
 }
 
+/// An in-place policy must end: it runs inside one replay, with `tokio::time::sleep`.
+fn check_in_place(who: &str, p: &retry_policy::RetryPolicy) -> Result<()> {
+    if p.max_attempts().is_none() && p.max_elapsed().is_none() {
+        return Err(Error::config(format!(
+            "the in-place retry policy of {who} has neither max_attempts nor max_elapsed: it \
+             would retry for ever inside one replay"
+        )));
+    }
+    Ok(())
+}
+
+/// One attempt, no retry: a provider without an in-place policy.
+fn single_attempt() -> std::result::Result<retry_policy::RetryPolicy, retry_policy::Error> {
+    retry_policy::RetryPolicy::builder().max_attempts(1).build()
+}
+
 impl StageRecovery {
-    /// Replay with `handler` under `policy`, primary provider only.
+    /// Replay with `handler` under `policy`, primary provider only, one attempt per replay.
     pub fn new(handler: Arc<dyn StageHandler>, policy: Arc<dyn StagePolicy>) -> Self {
         Self {
             handler,
             policy,
+            primary_retries: None,
             fallbacks: Vec::new(),
         }
     }
 
-    /// After the primary fails, try these providers in order (seed 003: `["nomic"]`).
+    /// Retry the primary provider in place under `policy` (its sleeps happen within the
+    /// replay) before falling back (seed 003: [`retry_policy::presets::api_call`] for ChatHPE).
+    /// Errors: a policy without `max_attempts` or `max_elapsed`.
+    pub fn primary_retries(mut self, policy: retry_policy::RetryPolicy) -> Result<Self> {
+        check_in_place("the primary provider", &policy)?;
+        self.primary_retries = Some(policy);
+        Ok(self)
+    }
+
+    /// After the primary fails, try these providers in order, once each (seed 003:
+    /// `["nomic"]`). Replaces earlier fallbacks. Errors: a bad or repeated name.
     pub fn with_fallbacks<I, S>(mut self, providers: I) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.fallbacks = providers.into_iter().map(Into::into).collect();
-        for (i, p) in self.fallbacks.iter().enumerate() {
-            limits::check_name("fallback provider", p)?;
-            if self.fallbacks[..i].contains(p) {
-                return Err(Error::config(format!(
-                    "fallback provider `{p}` listed twice"
-                )));
-            }
+        self.fallbacks.clear();
+        for p in providers {
+            self = self.push_fallback(p.into(), None)?;
         }
+        Ok(self)
+    }
+
+    /// Add one fallback provider, retried in place under `policy`. Errors: a bad or repeated
+    /// name, or a policy without `max_attempts` or `max_elapsed`.
+    pub fn with_fallback(
+        self,
+        provider: impl Into<String>,
+        policy: retry_policy::RetryPolicy,
+    ) -> Result<Self> {
+        let provider = provider.into();
+        check_in_place(&format!("fallback provider `{provider}`"), &policy)?;
+        self.push_fallback(provider, Some(policy))
+    }
+
+    fn push_fallback(
+        mut self,
+        name: String,
+        retries: Option<retry_policy::RetryPolicy>,
+    ) -> Result<Self> {
+        limits::check_name("fallback provider", &name)?;
+        if self.fallbacks.iter().any(|f| f.name == name) {
+            return Err(Error::config(format!(
+                "fallback provider `{name}` listed twice"
+            )));
+        }
+        self.fallbacks.push(Fallback { name, retries });
         Ok(self)
     }
 }
@@ -495,6 +634,9 @@ impl RecoveryReconciler {
         Ok(self)
     }
 
+    /// One replay: the primary, then each fallback, each retried in place under its own
+    /// policy, as a [`retry_policy::FallbackChain`]. The first success resolves the record;
+    /// when every provider gave up, the last provider's error is the record's.
     async fn chain(
         &self,
         ctx: &RunContext,
@@ -503,32 +645,71 @@ impl RecoveryReconciler {
         attempt: u32,
         report: &mut StepReport,
     ) -> Replayed {
-        let providers = std::iter::once(None).chain(cfg.fallbacks.iter().map(Some));
-        let mut last = None;
-        for provider in providers {
-            let replay = Replay {
-                pipeline: self.pipeline.clone(),
-                key: rec.key.clone(),
-                stage: rec.stage.clone(),
-                payload: rec.payload.clone(),
-                provider: provider.cloned(),
-                attempt,
-            };
-            report.add(counters::REPLAYS, 1);
-            match cfg.handler.replay(ctx, &replay).await {
-                Ok(()) => {
-                    return Replayed::Resolved(match provider {
-                        None => "retry".to_owned(),
-                        Some(p) => format!("fallback:{p}"),
-                    });
+        let policy = |p: &Option<retry_policy::RetryPolicy>| match p {
+            Some(p) => Ok(p.clone()),
+            None => single_attempt(),
+        };
+        let op = |provider: Option<String>| {
+            let handler = cfg.handler.clone();
+            let (pipeline, key, stage) = (&self.pipeline, &rec.key, &rec.stage);
+            move |_: u32| {
+                let replay = Replay {
+                    pipeline: pipeline.clone(),
+                    key: key.clone(),
+                    stage: stage.clone(),
+                    payload: rec.payload.clone(),
+                    provider: provider.clone(),
+                    attempt,
+                };
+                let handler = handler.clone();
+                async move {
+                    let result = handler.replay(ctx, &replay).await;
+                    if let Err(e) = &result {
+                        tracing::debug!(key = %replay.key, stage = %replay.stage, provider = ?replay.provider, error = %e, "replay failed");
+                    }
+                    result
                 }
+            }
+        };
+        let chain = match policy(&cfg.primary_retries) {
+            Ok(p) => retry_policy::FallbackChain::new("primary", p, op(None)),
+            Err(e) => {
+                return Replayed::Failed(ReplayError::permanent("RecoveryConfig", e.to_string()));
+            }
+        };
+        let mut chain = chain.starting_at(ctx.now());
+        for f in &cfg.fallbacks {
+            match policy(&f.retries) {
+                Ok(p) => chain = chain.or_else(f.name.clone(), p, op(Some(f.name.clone()))),
                 Err(e) => {
-                    tracing::debug!(key = %rec.key, stage = %rec.stage, provider = ?provider, error = %e, "replay failed");
-                    last = Some(e);
+                    return Replayed::Failed(ReplayError::permanent(
+                        "RecoveryConfig",
+                        e.to_string(),
+                    ));
                 }
             }
         }
-        Replayed::Failed(last.unwrap_or_else(|| ReplayError::transient("Unknown", "no provider")))
+        match chain
+            .run_with(&rec.key, |e: &ReplayError| e.class.into())
+            .await
+        {
+            Ok(done) => {
+                report.add(counters::REPLAYS, u64::from(done.total_attempts));
+                Replayed::Resolved(if done.stage == 0 {
+                    "retry".to_owned()
+                } else {
+                    format!("fallback:{}", done.name)
+                })
+            }
+            Err(failed) => {
+                let tries: u64 = failed.failures.iter().map(|f| u64::from(f.attempts)).sum();
+                report.add(counters::REPLAYS, tries);
+                Replayed::Failed(failed.failures.into_iter().last().map_or_else(
+                    || ReplayError::transient("Unknown", "no provider"),
+                    |f| f.error.error,
+                ))
+            }
+        }
     }
 
     /// Replay one record until it is resolved, given up, or scheduled for a later run.

@@ -73,6 +73,7 @@ macro_rules! backend {
                         Value::Ts(v) => q.bind(*v),
                         Value::Float(v) => q.bind(*v),
                         Value::Bool(v) => q.bind(*v),
+                        Value::Bytes(v) => q.bind(v.clone()),
                     };
                 }
                 Ok(q)
@@ -140,6 +141,7 @@ macro_rules! backend {
                             }
                         }
                         Kind::Ts(_) => Value::Ts(row.try_get::<Option<DateTime<Utc>>, _>(i)?),
+                        Kind::Bytes => Value::Bytes(row.try_get::<Option<Vec<u8>>, _>(i)?),
                     }
                 })
             }

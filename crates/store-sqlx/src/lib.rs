@@ -5,6 +5,7 @@ mod dialect;
 mod error;
 mod ident;
 mod lease;
+mod lineage;
 mod lock;
 mod metrics;
 mod migrate;
@@ -20,6 +21,7 @@ pub use dialect::{Dialect, TimestampFormat};
 pub use error::{Error, Result, is_transient_sqlx};
 pub use ident::{Ident, TableName};
 pub use lease::{JobTable, JobTableBuilder, KeyKind, SqlLeaseStore};
+pub use lineage::{SqlFailedRecordStore, SqlFingerprintStore, SqlLineageStore};
 pub use lock::{LockMode, SqlRunLock};
 pub use metrics::{HEALTHY, Metrics};
 pub use rehydrate::{

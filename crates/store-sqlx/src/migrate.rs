@@ -28,7 +28,11 @@ macro_rules! migration {
     };
 }
 
-const MIGRATIONS: &[Migration] = &[migration!(1, "0001_core"), migration!(2, "0002_queue")];
+const MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001_core"),
+    migration!(2, "0002_queue"),
+    migration!(3, "0003_lineage"),
+];
 
 impl Migration {
     fn sql(&self, d: Dialect) -> &'static str {

@@ -10,6 +10,8 @@ pub(crate) enum Value {
     Text(Option<String>),
     Ts(Option<DateTime<Utc>>),
     Float(Option<f64>),
+    /// Binary data (`BLOB` / `BYTEA` / `BINARY`), e.g. a 32-byte fingerprint.
+    Bytes(Option<Vec<u8>>),
     /// A boolean, bound as the backend's boolean (PostgreSQL `boolean`; SQLite and MySQL
     /// store 0/1). Read back with [`Kind::Bool`].
     Bool(Option<bool>),
@@ -51,6 +53,14 @@ impl Value {
         }
     }
 
+    /// The bytes of a binary cell.
+    pub(crate) fn bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Value::Bytes(v) => v,
+            _ => None,
+        }
+    }
+
     pub(crate) fn float(self) -> Option<f64> {
         match self {
             Value::Float(v) => v,
@@ -70,6 +80,8 @@ pub(crate) enum Kind {
     Float,
     /// A boolean: a native `boolean`, or any integer (non-zero is true).
     Bool,
+    /// Binary data, decoded as `Vec<u8>`.
+    Bytes,
 }
 
 /// Milliseconds since the epoch → UTC, rejecting out-of-range values instead of panicking.

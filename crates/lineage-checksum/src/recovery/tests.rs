@@ -109,9 +109,9 @@ fn reconciler(
 ) -> RecoveryReconciler {
     // seed 003: pii 1 s, 2 s, 4 s; embedding primary then the nomic fallback, once per
     // run and back in 6 h; load 2 s, 4 s, 8 s.
-    let pii = DelaySchedule::new([1, 2, 4].map(Duration::from_secs), 4).unwrap();
+    let pii = retry_policy::presets::api_call();
     let embed = DelaySchedule::new([Duration::from_secs(6 * 3600)], 10).unwrap();
-    let load = DelaySchedule::new([2, 4, 8].map(Duration::from_secs), 4).unwrap();
+    let load = retry_policy::presets::vector_store_load();
     RecoveryReconciler::new("cases", stages(), store)
         .unwrap()
         .stage(
@@ -586,4 +586,145 @@ async fn retention_prunes_old_resolved_records_and_runs_but_keeps_lineage() {
             .len(),
         1
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn embedding_retries_the_primary_in_place_then_falls_back() {
+    // seed 003: "retry embedding with ChatHPE (1 s, 2 s, 4 s); if ChatHPE still fails, use the
+    // Nomic fallback" — a retry_policy::FallbackChain per replay.
+    let store = Arc::new(MemoryFailedRecordStore::new());
+    store
+        .record(
+            "cases",
+            &[
+                failure("fb-1", "embedding_generated", "EmbeddingAPITimeout"),
+                failure("down-1", "embedding_generated", "EmbeddingAPITimeout"),
+            ],
+        )
+        .await
+        .unwrap();
+    let handler = Arc::new(FakeHandler::default());
+    let later = DelaySchedule::new([Duration::from_secs(6 * 3600)], 10).unwrap();
+    let rec = RecoveryReconciler::new("cases", stages(), store.clone())
+        .unwrap()
+        .stage(
+            "embedding_generated",
+            StageRecovery::new(handler.clone(), Arc::new(later))
+                .primary_retries(retry_policy::presets::api_call())
+                .unwrap()
+                .with_fallbacks(["nomic"])
+                .unwrap(),
+        )
+        .unwrap();
+    let report = rec.reconcile(&RunContext::new(now())).await.unwrap();
+    assert_eq!(report.count(counters::RECOVERED), 1);
+    assert_eq!(report.count(counters::RESCHEDULED), 1);
+    assert_eq!(
+        report.count(counters::REPLAYS),
+        10,
+        "4 ChatHPE + 1 Nomic, twice"
+    );
+
+    let calls = handler.calls.lock().unwrap().clone();
+    let times = handler.elapsed_ms.lock().unwrap().clone();
+    for key in ["down-1", "fb-1"] {
+        let mine: Vec<(Option<String>, u128)> = calls
+            .iter()
+            .zip(&times)
+            .filter(|(c, _)| c.0 == key)
+            .map(|(c, t)| (c.1.clone(), *t))
+            .collect();
+        let providers: Vec<Option<&str>> = mine.iter().map(|c| c.0.as_deref()).collect();
+        assert_eq!(providers, [None, None, None, None, Some("nomic")], "{key}");
+        let gaps: Vec<u128> = mine.windows(2).map(|w| w[1].1 - w[0].1).collect();
+        assert_eq!(
+            gaps,
+            [1_000, 2_000, 4_000, 0],
+            "{key}: api_call in place, then Nomic"
+        );
+    }
+    let rows = all_rows(&store).await;
+    let by = |k: &str| rows.iter().find(|r| r.key == k).unwrap().clone();
+    assert_eq!(by("fb-1").resolution.as_deref(), Some("fallback:nomic"));
+    assert_eq!(
+        by("fb-1").attempts,
+        1,
+        "one replay (of five provider calls)"
+    );
+    let down = by("down-1");
+    assert_eq!(down.state, FailureState::Open);
+    assert_eq!(down.next_attempt_at, Some(now() + CDuration::hours(6)));
+}
+
+#[test]
+fn in_place_policies_must_end() {
+    let handler: Arc<dyn StageHandler> = Arc::new(FakeHandler::default());
+    let once: Arc<dyn StagePolicy> = Arc::new(DelaySchedule::once());
+    let forever = retry_policy::RetryPolicy::builder().build().unwrap();
+    let err = StageRecovery::new(handler.clone(), once.clone())
+        .primary_retries(forever.clone())
+        .unwrap_err();
+    assert!(err.to_string().contains("for ever"), "{err}");
+    assert!(
+        StageRecovery::new(handler.clone(), once.clone())
+            .with_fallback("nomic", forever)
+            .is_err()
+    );
+    let sr = StageRecovery::new(handler, once)
+        .with_fallback("nomic", retry_policy::presets::api_call())
+        .unwrap();
+    assert!(
+        sr.clone()
+            .with_fallback("nomic", retry_policy::presets::api_call())
+            .is_err()
+    );
+    assert!(
+        sr.with_fallbacks(["nomic", "other"]).is_ok(),
+        "with_fallbacks replaces the list"
+    );
+}
+
+#[test]
+fn retry_policy_is_a_stage_policy() {
+    let a = |n, class, first: DateTime<Utc>| RetryAttempt {
+        key: "5007T000002AbcD".into(),
+        attempts_made: n,
+        first_failure_at: first,
+        now: now(),
+        error_class: class,
+    };
+    let at = |s| RetryDecision::RetryAt(now() + CDuration::seconds(s));
+    let load = retry_policy::presets::vector_store_load();
+    let d = |n| StagePolicy::decide(&load, &a(n, ErrorClass::Transient, now()));
+    assert_eq!([d(1), d(2), d(3)], [at(2), at(4), at(8)]);
+    assert_eq!(
+        d(4),
+        RetryDecision::GiveUp(GiveUpReason::AttemptsExhausted(4))
+    );
+    // The record's first failure starts max_elapsed: two hours ago is past a one-hour limit.
+    let bounded = retry_policy::RetryPolicy::builder()
+        .backoff(retry_policy::Backoff::constant(Duration::from_secs(60)))
+        .max_elapsed(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let decide = |first| StagePolicy::decide(&bounded, &a(1, ErrorClass::Transient, first));
+    assert_eq!(decide(now()), at(60));
+    match decide(now() - CDuration::hours(2)) {
+        RetryDecision::GiveUp(GiveUpReason::Other(why)) => {
+            assert!(why.contains("deadline"), "{why}")
+        }
+        other => panic!("expected a deadline give-up, got {other:?}"),
+    }
+    // Jitter comes from the key only: the same attempt gives the same decision.
+    let jittered = retry_policy::presets::aws_full_jitter();
+    let j = |key: &str| {
+        StagePolicy::decide(
+            &jittered,
+            &RetryAttempt {
+                key: key.into(),
+                ..a(1, ErrorClass::Transient, now())
+            },
+        )
+    };
+    assert_eq!(j("a"), j("a"));
 }
