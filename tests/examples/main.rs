@@ -5,6 +5,8 @@
 
 #[path = "../conformance/common.rs"]
 mod common;
+mod periodic_sync;
+mod pipeline_lineage;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
