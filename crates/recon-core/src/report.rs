@@ -141,7 +141,7 @@ pub struct ItemError {
 /// assert_eq!(report.item_error_count(), 1);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", from = "StoredStepReport")]
 pub struct StepReport {
     name: String,
     counters: Counters,
@@ -291,6 +291,48 @@ impl StepReport {
         }
         self.duration_ms = duration_ms;
         self.dry_run = dry_run;
+    }
+}
+
+/// A [`StepReport`] as read back from JSON (a run log, another version). Turned into a
+/// `StepReport` through `From`, which restores the report's invariants, so that a stored report
+/// can never make [`RunReport::all_errors`] or the status view misbehave.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredStepReport {
+    name: String,
+    counters: Counters,
+    #[serde(default)]
+    item_errors: Vec<ItemError>,
+    #[serde(default)]
+    item_error_count: u64,
+    #[serde(default)]
+    notes: Vec<String>,
+    #[serde(default)]
+    details: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    duration_ms: u64,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl From<StoredStepReport> for StepReport {
+    fn from(s: StoredStepReport) -> Self {
+        let mut item_errors = s.item_errors;
+        // Every kept error was counted: the count is at least the number of kept errors, even
+        // when the JSON lacks `itemErrorCount` or understates it.
+        let item_error_count = s.item_error_count.max(item_errors.len() as u64);
+        item_errors.truncate(Self::MAX_ITEM_ERRORS);
+        Self {
+            name: s.name,
+            counters: s.counters,
+            item_errors,
+            item_error_count,
+            notes: s.notes,
+            details: s.details,
+            duration_ms: s.duration_ms,
+            dry_run: s.dry_run,
+        }
     }
 }
 
@@ -455,7 +497,10 @@ impl RunReport {
             for e in s.report.item_errors() {
                 out.push(format!("{}: {}: {}", s.name, e.key, e.reason));
             }
-            let hidden = s.report.item_error_count() - s.report.item_errors().len() as u64;
+            let hidden = s
+                .report
+                .item_error_count()
+                .saturating_sub(s.report.item_errors().len() as u64);
             if hidden > 0 {
                 out.push(format!("{}: {hidden} more item errors not kept", s.name));
             }
@@ -542,6 +587,68 @@ mod tests {
         );
         assert!(e.key.ends_with("…[truncated, 1000 bytes in all]"));
         assert_eq!(truncate("short".into(), 10), "short");
+    }
+
+    #[test]
+    fn stored_reports_keep_item_error_counts_consistent() {
+        // `itemErrorCount` missing (an older writer, a hand-edited log): the count covers the
+        // kept errors instead of underflowing in `all_errors` and the status view.
+        let json = r#"{
+            "id": "20240124T120000Z-0000abcd", "runner": "startup",
+            "startedAt": "2024-01-24T12:00:00Z", "finishedAt": "2024-01-24T12:00:00Z",
+            "durationMs": 0, "status": "partial", "dryRun": false, "errors": [],
+            "steps": [{ "name": "s", "required": false, "status": "succeeded",
+                "report": { "name": "s", "counters": {},
+                    "itemErrors": [{ "key": "k", "reason": "r" }, { "key": "k2", "reason": "r2" }],
+                    "itemErrorCount": 1 } }]
+        }"#;
+        let report: RunReport = serde_json::from_str(json).unwrap();
+        let step = &report.steps[0].report;
+        assert_eq!(step.item_error_count(), 2);
+        assert_eq!(report.all_errors(), ["s: k: r", "s: k2: r2"]);
+        let view = crate::StatusView::from_report(&report, 0);
+        assert_eq!(view.errors, ["s: k: r", "s: k2: r2"]);
+
+        let no_count = r#"{"name":"s","counters":{},"itemErrors":[{"key":"k","reason":"r"}]}"#;
+        let step: StepReport = serde_json::from_str(no_count).unwrap();
+        assert_eq!(step.item_error_count(), 1);
+
+        // more kept errors than a report may keep: capped, all counted
+        let many: Vec<_> = (0..StepReport::MAX_ITEM_ERRORS + 3)
+            .map(|i| serde_json::json!({"key": i.to_string(), "reason": "bad"}))
+            .collect();
+        let json = serde_json::json!({"name": "s", "counters": {}, "itemErrors": many});
+        let step: StepReport = serde_json::from_value(json).unwrap();
+        assert_eq!(step.item_errors().len(), StepReport::MAX_ITEM_ERRORS);
+        assert_eq!(step.item_error_count(), StepReport::MAX_ITEM_ERRORS as u64 + 3);
+    }
+
+    #[test]
+    fn a_report_built_by_hand_never_underflows_the_hidden_count() {
+        // StepOutcome and RunReport have public fields; a report whose count is below its
+        // kept errors (built by hand, or by a future bug) must still render.
+        let mut step = StepReport::new("s");
+        step.push_error("k", "r");
+        step.item_error_count = 0;
+        let report = RunReport {
+            id: RunId::from_string("x"),
+            runner: "r".into(),
+            started_at: DateTime::<Utc>::MIN_UTC,
+            finished_at: DateTime::<Utc>::MIN_UTC,
+            duration_ms: 0,
+            status: RunStatus::Partial,
+            dry_run: false,
+            steps: vec![StepOutcome {
+                name: "s".into(),
+                required: false,
+                status: StepStatus::Succeeded,
+                report: step,
+                error: None,
+            }],
+            errors: vec![],
+            notes: vec![],
+        };
+        assert_eq!(report.all_errors(), ["s: k: r"]);
     }
 
     #[test]
