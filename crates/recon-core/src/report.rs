@@ -620,7 +620,10 @@ mod tests {
         let json = serde_json::json!({"name": "s", "counters": {}, "itemErrors": many});
         let step: StepReport = serde_json::from_value(json).unwrap();
         assert_eq!(step.item_errors().len(), StepReport::MAX_ITEM_ERRORS);
-        assert_eq!(step.item_error_count(), StepReport::MAX_ITEM_ERRORS as u64 + 3);
+        assert_eq!(
+            step.item_error_count(),
+            StepReport::MAX_ITEM_ERRORS as u64 + 3
+        );
     }
 
     #[test]
