@@ -363,6 +363,24 @@ pub enum StepStatus {
     NotRun,
 }
 
+impl StepStatus {
+    /// Lower-case name, as in the JSON report and the `recon.step` span.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::NotRun => "not_run",
+        }
+    }
+}
+
+impl fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a step failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepError {
@@ -557,6 +575,18 @@ mod tests {
             RunStatus::from_steps(&[outcome(Succeeded, false, 0)], 1),
             RunStatus::Partial
         );
+    }
+
+    #[test]
+    fn step_status_names_match_the_json() {
+        use StepStatus::*;
+        for s in [Succeeded, Failed, TimedOut, NotRun] {
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
+            assert_eq!(s.to_string(), s.as_str());
+        }
     }
 
     #[test]

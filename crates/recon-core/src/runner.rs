@@ -12,9 +12,9 @@ use tracing::Instrument;
 use tracing::field::{Empty, display};
 
 use crate::{
-    Error, LockAttempt, ProgressHook, Reconciler, Result, RunContext, RunId, RunLock, RunLog,
-    RunReport, RunStatus, StatusView, StepError, StepOutcome, StepReport, StepStatus, SystemClock,
-    TimeSource,
+    Counters, Error, LockAttempt, ProgressHook, Reconciler, Result, RunContext, RunId, RunLock,
+    RunLog, RunReport, RunStatus, StatusView, StepError, StepOutcome, StepReport, StepStatus,
+    SystemClock, TimeSource,
 };
 
 /// How the runner treats one step.
@@ -346,6 +346,7 @@ impl Runner {
             run_id = Empty,
             dry_run,
             status = Empty,
+            counters = Empty,
             duration_ms = Empty,
         );
         let report = self.run_inner(dry_run, span.clone()).instrument(span).await;
@@ -532,9 +533,9 @@ impl Runner {
             }
         };
         report.stamp(&step.name, elapsed.as_millis() as u64, dry_run);
-        span.record("status", tracing::field::debug(status));
+        span.record("status", status.as_str());
         span.record("duration_ms", report.duration_ms());
-        span.record("counters", display(CountersField(&report)));
+        span.record("counters", display(CountersField(report.counters())));
         match &error {
             None => tracing::info!(parent: &span, "step finished"),
             Some(e) => {
@@ -585,6 +586,7 @@ impl Runner {
             }
         }
         span.record("status", report.status.as_str());
+        span.record("counters", display(CountersField(&report.totals())));
         span.record("duration_ms", report.duration_ms);
         match report.status {
             RunStatus::Success | RunStatus::Skipped => {
@@ -691,11 +693,13 @@ fn not_run(step: &Step, reason: &str) -> StepOutcome {
     }
 }
 
-struct CountersField<'a>(&'a StepReport);
+/// Counters as one span field, `name=value name=value` (a span's field names are fixed when
+/// it is created, so counters cannot be fields of their own).
+struct CountersField<'a>(&'a Counters);
 
 impl fmt::Display for CountersField<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (k, v)) in self.0.counters().iter().enumerate() {
+        for (i, (k, v)) in self.0.iter().enumerate() {
             if i > 0 {
                 f.write_str(" ")?;
             }

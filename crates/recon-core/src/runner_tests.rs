@@ -764,7 +764,20 @@ mod spans {
                         .add(Counter::new("jobs_requeued"), 1);
                     Ok(r)
                 });
-                runner("startup").step(a).build().unwrap().run().await;
+                let mut b = mock("queue-rehydrate");
+                b.expect_reconcile().returning(|_| {
+                    let mut r = StepReport::new("queue-rehydrate");
+                    r.add(Counter::new("jobs_requeued"), 4)
+                        .add(Counter::new("pending_orders"), 7);
+                    Ok(r)
+                });
+                runner("startup")
+                    .step(a)
+                    .step(b)
+                    .build()
+                    .unwrap()
+                    .run()
+                    .await;
             });
         });
         let rec = recorder.0.lock().unwrap();
@@ -779,9 +792,21 @@ mod spans {
         assert_eq!(run["runner"], "startup");
         assert_eq!(run["status"], "success");
         assert!(run["run_id"].starts_with("20240124T120000Z-"));
-        let step = by_name("recon.step");
-        assert_eq!(step["step"], "lease-repair");
+        // the run's totals: counters of every step, summed by name, in first-seen order
+        assert_eq!(
+            run["counters"],
+            "leases_repaired=2 jobs_requeued=5 pending_orders=7"
+        );
+        let steps: Vec<_> = rec
+            .spans
+            .values()
+            .filter(|(name, _)| name == "recon.step")
+            .map(|(_, f)| f.clone())
+            .collect();
+        assert_eq!(steps.len(), 2);
+        let step = steps.iter().find(|f| f["step"] == "lease-repair").unwrap();
         assert_eq!(step["counters"], "leases_repaired=2 jobs_requeued=1");
-        assert_eq!(step["status"], "Succeeded");
+        // spelled like the run's status and the JSON report
+        assert_eq!(step["status"], "succeeded");
     }
 }
