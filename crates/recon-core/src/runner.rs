@@ -132,14 +132,16 @@ impl RunnerBuilder {
         self
     }
 
-    /// Default timeout for every step without its own.
+    /// Default timeout for every step without its own. A timeout too long to be represented as
+    /// an instant (`Duration::MAX`, say) means no deadline.
     #[must_use]
     pub fn step_timeout(mut self, timeout: Duration) -> Self {
         self.step_timeout = Some(timeout);
         self
     }
 
-    /// Timeout for the whole run; steps not started by then are reported as not run.
+    /// Timeout for the whole run; steps not started by then are reported as not run. A timeout
+    /// too long to be represented as an instant (`Duration::MAX`, say) means no deadline.
     #[must_use]
     pub fn run_timeout(mut self, timeout: Duration) -> Self {
         self.run_timeout = Some(timeout);
@@ -405,7 +407,7 @@ impl Runner {
             },
         };
 
-        let run_deadline = inner.run_timeout.map(|t| started + t);
+        let run_deadline = inner.run_timeout.and_then(|t| deadline_after(started, t));
         let mut base = RunContext::new(now).with_run_id(id).with_dry_run(dry_run);
         if let Some(hook) = &inner.progress {
             base = base.with_progress(hook.clone());
@@ -451,7 +453,7 @@ impl Runner {
     ) -> StepOutcome {
         let step_started = Instant::now();
         let step_timeout = step.options.timeout.or(self.inner.step_timeout);
-        let step_deadline = step_timeout.map(|t| step_started + t);
+        let step_deadline = step_timeout.and_then(|t| deadline_after(step_started, t));
         let deadline = match (step_deadline, run_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -568,8 +570,12 @@ impl Runner {
         }
         let elapsed = started.elapsed();
         report.duration_ms = elapsed.as_millis() as u64;
-        report.finished_at = report.started_at
-            + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::zero());
+        // `started_at` comes from the time source (possibly a database): an absurd value near
+        // the end of the calendar saturates instead of panicking.
+        report.finished_at = chrono::Duration::from_std(elapsed)
+            .ok()
+            .and_then(|d| report.started_at.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         if report.status != RunStatus::Skipped {
             if report.steps.is_empty() {
                 report.status = RunStatus::Failed;
@@ -604,6 +610,9 @@ impl Runner {
     /// Runs never overlap: when a run takes longer than `interval`, the missed slots are
     /// skipped and the next run starts at the next slot. A shutdown that arrives during a run
     /// lets that run finish. [`Runner::status`] knows the next run time in between.
+    ///
+    /// Errors: a zero `interval`, or one too long to schedule (`Duration::MAX`, say), is
+    /// [`Error::Config`] and nothing runs.
     pub async fn run_periodic<F>(&self, interval: Duration, shutdown: F) -> Result<u64>
     where
         F: Future<Output = ()>,
@@ -613,25 +622,38 @@ impl Runner {
                 "the interval of a periodic runner must be > 0",
             ));
         }
+        if deadline_after(Instant::now(), interval).is_none() {
+            return Err(Error::config(format!(
+                "the interval {interval:?} of periodic runner `{}` is too long to schedule",
+                self.inner.name
+            )));
+        }
         tokio::pin!(shutdown);
         let mut runs = 0_u64;
-        let mut next = Instant::now();
+        let mut next = Some(Instant::now());
         loop {
-            tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                () = sleep_until(next) => {}
+            match next {
+                Some(at) => tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = sleep_until(at) => {}
+                },
+                // The next slot is past what the clock can represent: no more runs.
+                None => {
+                    (&mut shutdown).await;
+                    break;
+                }
             }
             let started = Instant::now();
             let report = self.run().await;
             runs += 1;
             let now = Instant::now();
-            next = started + interval;
-            while next <= now {
-                next += interval;
-            }
-            let wait = chrono::Duration::from_std(next - now).unwrap_or(chrono::Duration::zero());
-            self.set_next_run(Some(report.finished_at + wait));
+            next = next_slot(started, now, interval);
+            let next_run = next.and_then(|at| {
+                let wait = chrono::Duration::from_std(at.saturating_duration_since(now)).ok()?;
+                report.finished_at.checked_add_signed(wait)
+            });
+            self.set_next_run(next_run);
         }
         self.set_next_run(None);
         Ok(runs)
@@ -678,6 +700,25 @@ impl Runner {
                 .with_next_run(state.next_run),
         )
     }
+}
+
+/// `start + after`, or `None` (no deadline) when that instant cannot be represented, so that
+/// `Duration::MAX` means "no limit" instead of panicking. A second of headroom is kept: the
+/// timer rounds deadlines up and must not overflow either.
+fn deadline_after(start: Instant, after: Duration) -> Option<Instant> {
+    let at = start.checked_add(after)?;
+    at.checked_add(Duration::from_secs(1))?;
+    Some(at)
+}
+
+/// The first slot `started + k·interval` (k ≥ 1) after `now`: slots missed while a run took
+/// longer than `interval` are skipped. `None` when that slot cannot be represented.
+fn next_slot(started: Instant, now: Instant, interval: Duration) -> Option<Instant> {
+    let mut next = deadline_after(started, interval)?;
+    while next <= now {
+        next = deadline_after(next, interval)?;
+    }
+    Some(next)
 }
 
 fn not_run(step: &Step, reason: &str) -> StepOutcome {

@@ -570,6 +570,75 @@ async fn zero_interval_is_a_config_error() {
     assert!(matches!(err, Error::Config(_)));
 }
 
+#[tokio::test(start_paused = true)]
+async fn duration_max_timeouts_mean_no_deadline() {
+    let mut a = mock("a");
+    a.expect_reconcile()
+        .times(1)
+        .withf(|ctx| ctx.deadline().is_none() && !ctx.deadline_passed())
+        .returning(|_| Ok(StepReport::new("a")));
+    let mut b = mock("b");
+    b.expect_reconcile()
+        .times(1)
+        .withf(|ctx| ctx.deadline().is_none())
+        .returning(|_| Ok(StepReport::new("b")));
+    let report = runner("r")
+        .step(a)
+        .step_with(b, StepOptions::new().timeout(Duration::MAX))
+        .step_timeout(Duration::MAX)
+        .run_timeout(Duration::MAX)
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interval_too_long_to_schedule_is_a_config_error() {
+    let runner = runner("p").step(never_called("a")).build().unwrap();
+    let err = runner
+        .run_periodic(Duration::MAX, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert!(err.to_string().contains("too long to schedule"), "{err}");
+    assert!(runner.last_report().is_none(), "nothing ran");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_time_source_at_the_end_of_the_calendar_does_not_panic() {
+    // a database clock gone mad: the run still finishes and reports
+    let end = DateTime::<Utc>::MAX_UTC;
+    let runner = Runner::builder("periodic")
+        .time_source(Arc::new(ManualClock::at(end)))
+        .step(Sleeper::new("slow", Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let report = runner.run().await;
+    assert_eq!(report.status, RunStatus::Success);
+    assert_eq!(report.started_at, end);
+    assert_eq!(
+        report.finished_at, end,
+        "saturates at the end of the calendar"
+    );
+    assert_eq!(report.duration_ms, 1_000);
+
+    let bg = runner.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        bg.run_periodic(Duration::from_secs(60), async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let status = runner.status().expect("a periodic run happened");
+    assert_eq!(status.next_run, None, "the next run time is not a date");
+    tx.send(()).unwrap();
+    assert_eq!(task.await.unwrap().unwrap(), 1);
+}
+
 fn golden_report() -> RunReport {
     let mut lease = StepReport::new("lease-repair");
     lease
@@ -752,6 +821,9 @@ mod spans {
     fn run_and_step_spans_carry_counters() {
         let recorder = Recorder::default();
         tracing::subscriber::with_default(recorder.clone(), || {
+            // Another test thread may have registered the runner's callsites while no
+            // subscriber was interested, caching "never"; recompute with ours in place.
+            tracing::callsite::rebuild_interest_cache();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .build()
