@@ -558,6 +558,44 @@ async fn periodic_runner_knows_its_next_run() {
     assert_eq!(task.await.unwrap().unwrap(), 1);
 }
 
+#[test]
+fn the_next_slot_skips_missed_slots_in_one_step() {
+    use crate::runner::next_slot;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let t0 = tokio::time::Instant::now();
+    let ms = Duration::from_millis;
+    // exactly on a slot: that slot is taken (not now), the next one is due
+    assert_eq!(next_slot(t0, t0, ms(100)), Some(t0 + ms(100)));
+    assert_eq!(next_slot(t0, t0 + ms(99), ms(100)), Some(t0 + ms(100)));
+    assert_eq!(next_slot(t0, t0 + ms(100), ms(100)), Some(t0 + ms(200)));
+    assert_eq!(next_slot(t0, t0 + ms(250), ms(100)), Some(t0 + ms(300)));
+    assert_eq!(
+        next_slot(t0, t0 + ms(250), Duration::from_nanos(7)),
+        Some(t0 + Duration::from_nanos(250_000_002))
+    );
+    assert_eq!(next_slot(t0, t0, Duration::MAX), None, "not representable");
+
+    // A 1 ns interval after an hour-long run: 3.6e12 missed slots. Counting them one by one
+    // takes hours; the slot must come back at once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let hour = Duration::from_secs(3600);
+        let _ = tx.send(
+            next_slot(t0, t0 + hour, Duration::from_nanos(1))
+                == Some(t0 + hour + Duration::from_nanos(1)),
+        );
+    });
+    let right = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("next_slot did not return within 20 s: it walks the missed slots");
+    assert!(right, "wrong slot after an hour of 1 ns slots");
+}
+
 #[tokio::test]
 async fn zero_interval_is_a_config_error() {
     let mut seq = Sequence::new();
