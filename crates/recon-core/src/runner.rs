@@ -470,16 +470,23 @@ impl Runner {
         let reconciler = step.reconciler.clone();
         // A task of its own: a panicking step is recorded instead of taking the run down, and
         // a timed-out step is cancelled at its next await point (its transaction rolls back).
-        let mut handle =
-            tokio::spawn(async move { reconciler.reconcile(&ctx).await }.instrument(span.clone()));
+        let mut task = AbortOnDrop(tokio::spawn(
+            async move { reconciler.reconcile(&ctx).await }.instrument(span.clone()),
+        ));
+        let handle = &mut task.0;
         let joined = match deadline {
-            None => Some((&mut handle).await),
-            Some(d) => match timeout_at(d, &mut handle).await {
+            None => Some(handle.await),
+            Some(d) => match timeout_at(d, &mut *handle).await {
                 Ok(joined) => Some(joined),
                 Err(_) => {
                     handle.abort();
-                    let _ = handle.await;
-                    None
+                    // The step may have completed between the deadline and the abort (its last
+                    // poll was still running): then it did its work, and its real result is
+                    // reported. Only a task that was actually cancelled timed out.
+                    match handle.await {
+                        Err(e) if e.is_cancelled() => None,
+                        finished => Some(finished),
+                    }
                 }
             },
         };
@@ -699,6 +706,16 @@ impl Runner {
             StatusView::from_report(last, self.inner.created.elapsed().as_secs())
                 .with_next_run(state.next_run),
         )
+    }
+}
+
+/// Aborts a step's task when dropped, so that a step never outlives the run that started it
+/// (a host that drops the `run()` future mid-step, say). Aborting a finished task does nothing.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -42,13 +42,15 @@ fn never_called(name: &str) -> MockReconciler {
     m
 }
 
-/// A step that sleeps, then reports; counts how many copies run at once.
+/// A step that sleeps, then reports; counts how many copies run at once and how many got past
+/// their sleep (a cancelled step never does).
 struct Sleeper {
     name: &'static str,
     sleep: Duration,
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
     runs: Arc<AtomicUsize>,
+    finished: Arc<AtomicUsize>,
 }
 
 impl Sleeper {
@@ -59,6 +61,7 @@ impl Sleeper {
             in_flight: Arc::default(),
             max_in_flight: Arc::default(),
             runs: Arc::default(),
+            finished: Arc::default(),
         }
     }
 }
@@ -73,6 +76,7 @@ impl Reconciler for Sleeper {
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         self.runs.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.sleep).await;
+        self.finished.fetch_add(1, Ordering::SeqCst);
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         Ok(StepReport::new(self.name))
     }
@@ -210,6 +214,7 @@ async fn a_panicking_step_is_recorded_and_the_next_step_runs() {
 #[tokio::test(start_paused = true)]
 async fn a_step_timeout_cancels_the_step_and_the_next_step_runs() {
     let slow = Sleeper::new("slow", Duration::from_secs(60));
+    let finished = slow.finished.clone();
     let mut seq = Sequence::new();
     let report = runner("r")
         .step_with(slow, StepOptions::new().timeout(Duration::from_secs(5)))
@@ -227,6 +232,68 @@ async fn a_step_timeout_cancels_the_step_and_the_next_step_runs() {
     assert_eq!(report.step("b").unwrap().status, StepStatus::Succeeded);
     assert_eq!(report.status, RunStatus::Partial);
     assert_eq!(report.duration_ms, 5_000);
+    // Cancelled, not merely abandoned: long after its sleep would have ended, the step has
+    // still not got past it (a detached task would have, and kept writing).
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "the timed-out step kept running"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_run_cancels_its_running_step() {
+    let slow = Sleeper::new("slow", Duration::from_secs(60));
+    let (runs, finished) = (slow.runs.clone(), slow.finished.clone());
+    let runner = runner("r").step(slow).build().unwrap();
+    // the host gives up on the run (its own timeout, a shutdown) while the step runs
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), runner.run()).await;
+    assert!(gave_up.is_err());
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "the step outlived the dropped run"
+    );
+}
+
+/// A step whose last poll blocks its thread past the deadline and then completes: it did its
+/// work, so it must not be reported as timed out.
+struct BlocksPastItsDeadline;
+
+#[async_trait]
+impl Reconciler for BlocksPastItsDeadline {
+    fn name(&self) -> &str {
+        "blocking"
+    }
+    async fn reconcile(&self, _ctx: &RunContext) -> Result<StepReport> {
+        std::thread::sleep(Duration::from_millis(1_000));
+        let mut r = StepReport::new("blocking");
+        r.add(TOUCHED, 3);
+        Ok(r)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_completed_as_it_timed_out_reports_its_real_result() {
+    // The deadline fires (50 ms) while the step's poll is still running; the abort comes too
+    // late to stop it, and the task completes with its report at 1 s.
+    let report = runner("r")
+        .step_with(
+            BlocksPastItsDeadline,
+            StepOptions::new().timeout(Duration::from_millis(50)),
+        )
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    let s = report.step("blocking").unwrap();
+    assert_eq!(s.status, StepStatus::Succeeded, "{report:#?}");
+    assert!(s.error.is_none());
+    assert_eq!(s.report.count(TOUCHED), 3, "its counters are kept");
+    assert_eq!(report.status, RunStatus::Success);
 }
 
 #[tokio::test(start_paused = true)]
