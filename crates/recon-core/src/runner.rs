@@ -237,6 +237,7 @@ impl RunnerBuilder {
                 dry_run: self.dry_run,
                 progress: self.progress,
                 created: Instant::now(),
+                flight: tokio::sync::Mutex::new(()),
                 state: Mutex::default(),
             }),
         })
@@ -260,6 +261,8 @@ struct Inner {
     dry_run: bool,
     progress: Option<ProgressHook>,
     created: Instant,
+    /// Held for the whole of a run: one process never runs the same runner twice at once.
+    flight: tokio::sync::Mutex<()>,
     state: Mutex<State>,
 }
 
@@ -269,6 +272,9 @@ struct Inner {
 ///   the step is required: then the run stops and is `failed`.
 /// - `now` is read once per run from the time source and handed to every step.
 /// - Dry-run reaches every step through [`RunContext::is_dry_run`].
+/// - One run at a time per runner in this process: a run started while another is in
+///   progress (on a clone, or during [`Runner::run_periodic`]) returns a `skipped` report
+///   at once instead of overlapping it.
 /// - With a [`RunLock`], only one instance runs at a time; the others get a `skipped` report.
 /// - The finished report goes to the [`RunLog`], if one is configured, and to
 ///   [`Runner::status`].
@@ -351,13 +357,18 @@ impl Runner {
             counters = Empty,
             duration_ms = Empty,
         );
-        let report = self.run_inner(dry_run, span.clone()).instrument(span).await;
-        let mut state = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.last = Some(report.clone());
+        let (report, ran_here) = self.run_inner(dry_run, span.clone()).instrument(span).await;
+        // A run skipped because this process is already running is not shown as the last run:
+        // the run in progress will be.
+        if ran_here {
+            let mut state = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.last = Some(report.clone());
+        }
         report
     }
 
-    async fn run_inner(&self, dry_run: bool, span: tracing::Span) -> RunReport {
+    /// The report, and whether it should become this process's last report.
+    async fn run_inner(&self, dry_run: bool, span: tracing::Span) -> (RunReport, bool) {
         let inner = &self.inner;
         let started = Instant::now();
         let (now, mut errors) = match inner.time_source.fetch_now().await {
@@ -381,8 +392,17 @@ impl Runner {
         };
         if !errors.is_empty() {
             report.errors = errors;
-            return self.finish(report, started, &span, None).await;
+            return (self.finish(report, started, &span, None).await, true);
         }
+
+        let Ok(_flight) = inner.flight.try_lock() else {
+            report.status = RunStatus::Skipped;
+            report.notes.push(format!(
+                "a run of `{}` is already in progress in this process",
+                inner.name
+            ));
+            return (self.finish(report, started, &span, None).await, false);
+        };
 
         let guard = match &inner.lock {
             None => None,
@@ -398,11 +418,11 @@ impl Runner {
                     }
                     report.status = RunStatus::Skipped;
                     report.notes.push(note);
-                    return self.finish(report, started, &span, None).await;
+                    return (self.finish(report, started, &span, None).await, true);
                 }
                 Err(e) => {
                     report.errors.push(format!("run lock: {e}"));
-                    return self.finish(report, started, &span, None).await;
+                    return (self.finish(report, started, &span, None).await, true);
                 }
             },
         };
@@ -441,7 +461,7 @@ impl Runner {
             report.steps.push(outcome);
         }
         report.errors = errors;
-        self.finish(report, started, &span, guard).await
+        (self.finish(report, started, &span, guard).await, true)
     }
 
     async fn run_step(

@@ -444,6 +444,61 @@ fn futures_lite_block_on_try(lock: &MemoryRunLock) -> bool {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn one_process_never_overlaps_runs_of_the_same_runner() {
+    let step = Sleeper::new("slow", Duration::from_secs(10));
+    let (runs, max) = (step.runs.clone(), step.max_in_flight.clone());
+    let runner = runner("startup").step(step).build().unwrap();
+    let other = runner.clone(); // an admin "run now" endpoint, say
+    let (a, b) = tokio::join!(runner.run(), other.run());
+    let mut statuses = [a.status, b.status];
+    statuses.sort_by_key(|s| s.as_str());
+    assert_eq!(statuses, [RunStatus::Skipped, RunStatus::Success]);
+    let skipped = if a.status == RunStatus::Skipped {
+        &a
+    } else {
+        &b
+    };
+    assert!(skipped.steps.is_empty());
+    assert_eq!(
+        skipped.notes,
+        ["a run of `startup` is already in progress in this process"]
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(max.load(Ordering::SeqCst), 1);
+    // the status shows the run that ran, not the skip
+    assert_eq!(runner.status().unwrap().status, RunStatus::Success);
+    // and once it is over, the next run goes ahead
+    assert_eq!(other.run().await.status, RunStatus::Success);
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_now_during_a_periodic_run_is_skipped() {
+    let step = Sleeper::new("slow", Duration::from_secs(10));
+    let (runs, max) = (step.runs.clone(), step.max_in_flight.clone());
+    let runner = runner("periodic").step(step).build().unwrap();
+    let bg = runner.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        bg.run_periodic(Duration::from_secs(3600), async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await; // the periodic run is in its step
+    let now = runner.run().await;
+    assert_eq!(now.status, RunStatus::Skipped);
+    assert!(
+        now.notes[0].contains("already in progress"),
+        "{:?}",
+        now.notes
+    );
+    tx.send(()).unwrap();
+    assert_eq!(task.await.unwrap().unwrap(), 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(max.load(Ordering::SeqCst), 1);
+}
+
 #[test]
 fn lock_ttl_shorter_than_run_timeout_is_rejected() {
     let err = runner("r")
