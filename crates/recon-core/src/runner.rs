@@ -157,7 +157,11 @@ impl RunnerBuilder {
 
     /// Run at most one instance at a time across processes: before each run take `lock`
     /// (named after the runner) for `ttl`; if another instance holds it the run is `skipped`.
-    /// `ttl` must cover a whole run, so it may not be shorter than the run timeout.
+    ///
+    /// `ttl` may not be shorter than the run timeout. When the lock lapses on its own (its
+    /// guard has an [expiry](crate::LockGuard::expires_at), as lease rows do), the TTL also
+    /// bounds the run like a run timeout, so a run never goes on after another instance could
+    /// have taken the lock. Session locks have no expiry and do not bound the run.
     #[must_use]
     pub fn lock(mut self, lock: Arc<dyn RunLock>, ttl: Duration) -> Self {
         self.lock = Some((lock, ttl));
@@ -404,6 +408,7 @@ impl Runner {
             return (self.finish(report, started, &span, None).await, false);
         };
 
+        let lock_started = Instant::now();
         let guard = match &inner.lock {
             None => None,
             Some((lock, ttl)) => match lock.try_acquire(&inner.name, *ttl).await {
@@ -427,7 +432,27 @@ impl Runner {
             },
         };
 
-        let run_deadline = inner.run_timeout.and_then(|t| deadline_after(started, t));
+        let timeout = inner
+            .run_timeout
+            .and_then(|t| deadline_after(started, t))
+            .map(|at| RunDeadline {
+                at,
+                cause: "run timeout",
+            });
+        // A lock that lapses on its own (a lease with an expiry) bounds the run: past its TTL
+        // another instance may take it and run alongside. Counted from before the acquisition,
+        // so the run ends no later than the lease does. Session locks (no expiry) are held as
+        // long as the process lives and do not bound the run.
+        let lease = match (&guard, &inner.lock) {
+            (Some(g), Some((_, ttl))) if g.expires_at().is_some() => {
+                deadline_after(lock_started, *ttl).map(|at| RunDeadline {
+                    at,
+                    cause: "run lock ttl",
+                })
+            }
+            _ => None,
+        };
+        let run_deadline = RunDeadline::earliest(timeout, lease);
         let mut base = RunContext::new(now).with_run_id(id).with_dry_run(dry_run);
         if let Some(hook) = &inner.progress {
             base = base.with_progress(hook.clone());
@@ -438,8 +463,8 @@ impl Runner {
                 report.steps.push(not_run(step, reason));
                 continue;
             }
-            if run_deadline.is_some_and(|d| Instant::now() >= d) {
-                let reason = "the run timeout was reached before it started".to_owned();
+            if let Some(d) = run_deadline.filter(|d| Instant::now() >= d.at) {
+                let reason = format!("the {} was reached before it started", d.cause);
                 errors.push(format!("{}: {reason}", step.name));
                 report.steps.push(not_run(step, &reason));
                 stop = Some(reason);
@@ -452,10 +477,10 @@ impl Runner {
             if outcome.status != StepStatus::Succeeded {
                 if step.options.required {
                     stop = Some(format!("required step `{}` did not succeed", step.name));
-                } else if outcome.status == StepStatus::TimedOut
-                    && run_deadline.is_some_and(|d| Instant::now() >= d)
+                } else if let Some(d) = run_deadline
+                    .filter(|d| outcome.status == StepStatus::TimedOut && Instant::now() >= d.at)
                 {
-                    stop = Some("the run timeout was reached".to_owned());
+                    stop = Some(format!("the {} was reached", d.cause));
                 }
             }
             report.steps.push(outcome);
@@ -469,15 +494,18 @@ impl Runner {
         step: &Step,
         base: &RunContext,
         dry_run: bool,
-        run_deadline: Option<Instant>,
+        run_deadline: Option<RunDeadline>,
     ) -> StepOutcome {
         let step_started = Instant::now();
         let step_timeout = step.options.timeout.or(self.inner.step_timeout);
-        let step_deadline = step_timeout.and_then(|t| deadline_after(step_started, t));
-        let deadline = match (step_deadline, run_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let step_deadline = step_timeout
+            .and_then(|t| deadline_after(step_started, t))
+            .map(|at| RunDeadline {
+                at,
+                cause: "step timeout",
+            });
+        let bound = RunDeadline::earliest(step_deadline, run_deadline);
+        let deadline = bound.map(|d| d.at);
         let span = tracing::info_span!(
             "recon.step",
             step = %step.name,
@@ -543,19 +571,12 @@ impl Runner {
                 )
             }
             None => {
-                let which = if step_deadline == deadline {
-                    "step"
-                } else {
-                    "run"
-                };
+                let which = bound.map_or("deadline", |d| d.cause);
                 (
                     StepStatus::TimedOut,
                     StepReport::new(&step.name),
                     Some(StepError {
-                        message: format!(
-                            "timed out after {} ms ({which} timeout)",
-                            elapsed.as_millis()
-                        ),
+                        message: format!("timed out after {} ms ({which})", elapsed.as_millis()),
                         transient: true,
                     }),
                 )
@@ -726,6 +747,23 @@ impl Runner {
             StatusView::from_report(last, self.inner.created.elapsed().as_secs())
                 .with_next_run(state.next_run),
         )
+    }
+}
+
+/// The instant by which a run or step must end, and what set it (for the report).
+#[derive(Clone, Copy, Debug)]
+struct RunDeadline {
+    at: Instant,
+    cause: &'static str,
+}
+
+impl RunDeadline {
+    /// The earlier of two optional deadlines (the first on a tie).
+    fn earliest(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if b.at < a.at { b } else { a }),
+            (a, b) => a.or(b),
+        }
     }
 }
 

@@ -499,6 +499,123 @@ async fn run_now_during_a_periodic_run_is_skipped() {
     assert_eq!(max.load(Ordering::SeqCst), 1);
 }
 
+/// A clock that follows tokio's (paused) time, so that a `MemoryRunLock`'s leases lapse as
+/// the test's time passes.
+#[derive(Debug)]
+struct TokioClock {
+    start: tokio::time::Instant,
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        t0() + chrono::Duration::from_std(self.start.elapsed()).unwrap()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_lock_bounds_the_run_so_it_is_never_taken_mid_run() {
+    let start = tokio::time::Instant::now();
+    let lock = MemoryRunLock::with_clock(Arc::new(TokioClock { start }));
+    let mut probe = mock("probe");
+    probe
+        .expect_reconcile()
+        .times(1)
+        .withf(|ctx| ctx.time_left() == Some(Duration::from_secs(5)))
+        .returning(|_| Ok(StepReport::new("probe")));
+    let slow = Sleeper::new("slow", Duration::from_secs(10));
+    let finished = slow.finished.clone();
+    // no run timeout: only the lock's 5 s TTL can bound this run
+    let runner = runner("sync")
+        .step(probe)
+        .step(slow)
+        .step(never_called("after"))
+        .lock(Arc::new(lock.clone()), Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let run = async {
+        let report = runner.run().await;
+        (report, tokio::time::Instant::now())
+    };
+    // another instance tries to take the lock every 70 ms (never exactly at 5 s)
+    let other = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(70)).await;
+            if let LockAttempt::Acquired(g) = lock
+                .try_acquire("sync", Duration::from_secs(60))
+                .await
+                .unwrap()
+            {
+                lock.release(g).await.unwrap();
+                return tokio::time::Instant::now();
+            }
+        }
+    };
+    let ((report, run_ended), taken) = tokio::join!(run, other);
+    assert_eq!(run_ended - start, Duration::from_secs(5), "{report:#?}");
+    assert!(
+        taken > run_ended,
+        "another instance took the lock at {:?}, while the run went on until {:?}",
+        taken - start,
+        run_ended - start
+    );
+    let slow = report.step("slow").unwrap();
+    assert_eq!(slow.status, StepStatus::TimedOut);
+    let msg = &slow.error.as_ref().unwrap().message;
+    assert!(msg.contains("run lock ttl"), "{msg}");
+    assert_eq!(slow.report.duration_ms(), 5_000);
+    let after = report.step("after").unwrap();
+    assert_eq!(after.status, StepStatus::NotRun);
+    assert!(
+        after
+            .error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("run lock ttl"),
+        "{after:?}"
+    );
+    assert!(
+        !report.errors.iter().any(|e| e.contains("release")),
+        "the lock was released in time: {:?}",
+        report.errors
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(finished.load(Ordering::SeqCst), 0, "the step was cancelled");
+}
+
+/// A lock like a PostgreSQL advisory lock: held by a session, no expiry.
+struct SessionLock;
+
+#[async_trait]
+impl RunLock for SessionLock {
+    async fn try_acquire(&self, name: &str, _ttl: Duration) -> Result<LockAttempt> {
+        Ok(LockAttempt::Acquired(LockGuard::new(name, "session")))
+    }
+    async fn release(&self, _guard: LockGuard) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_lock_without_expiry_does_not_bound_the_run() {
+    let mut probe = mock("probe");
+    probe
+        .expect_reconcile()
+        .times(1)
+        .withf(|ctx| ctx.deadline().is_none())
+        .returning(|_| Ok(StepReport::new("probe")));
+    let report = runner("sync")
+        .step(probe)
+        .step(Sleeper::new("slow", Duration::from_secs(10)))
+        .lock(Arc::new(SessionLock), Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+    assert_eq!(report.duration_ms, 10_000);
+}
+
 #[test]
 fn lock_ttl_shorter_than_run_timeout_is_rejected() {
     let err = runner("r")
