@@ -206,6 +206,13 @@ pub fn render_text(report: &RunReport) -> String {
         for note in step.report.notes() {
             let _ = writeln!(out, "     note: {note}");
         }
+        if step.report.notes_dropped() > 0 {
+            let _ = writeln!(
+                out,
+                "     note: ... and {} more notes not kept",
+                step.report.notes_dropped()
+            );
+        }
         let shown = step.report.item_errors().iter().take(10);
         for e in shown {
             let _ = writeln!(out, "     ! {}: {}", e.key, e.reason);
