@@ -14,7 +14,13 @@
 //! | [`store`] | `store-sqlx` (features `sqlite` (default), `postgres`, `mysql`) |
 //!
 //! ```
-//! use recon::{async_trait, Reconciler, Result, RunContext, Runner, RunStatus, StepReport};
+//! use std::time::Duration;
+//! use recon::{
+//!     async_trait, Counter, Reconciler, Result, RunContext, Runner, RunStatus, StepOptions,
+//!     StepReport,
+//! };
+//!
+//! const PINGS: Counter = Counter::new("pings");
 //!
 //! struct Ping;
 //!
@@ -22,14 +28,20 @@
 //! impl Reconciler for Ping {
 //!     fn name(&self) -> &str { "ping" }
 //!     async fn reconcile(&self, _ctx: &RunContext) -> Result<StepReport> {
-//!         Ok(StepReport::new("ping"))
+//!         let mut report = StepReport::new("ping");
+//!         report.add(PINGS, 1);
+//!         Ok(report)
 //!     }
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<()> {
-//! let runner = Runner::builder("startup").required_step(Ping).build()?;
-//! assert_eq!(runner.run().await.status, RunStatus::Success);
+//! let runner = Runner::builder("startup")
+//!     .step_with(Ping, StepOptions::new().required().timeout(Duration::from_secs(5)))
+//!     .build()?;
+//! let report = runner.run().await;
+//! assert_eq!(report.status, RunStatus::Success);
+//! assert_eq!(report.count(PINGS), 1);
 //! # Ok(()) }
 //! ```
 
@@ -41,8 +53,8 @@ pub use retry_policy as retry;
 pub use store_sqlx as store;
 
 pub use recon_core::{
-    Error, Reconciler, Result, RunContext, RunOptions, RunReport, RunStatus, Runner, StatusView,
-    StepReport, async_trait,
+    Counter, Error, Reconciler, Result, RunContext, RunOptions, RunReport, RunStatus, Runner,
+    StatusView, StepOptions, StepReport, async_trait,
 };
 
 /// The guides in `docs/` are compiled as doctests here, where every crate is in scope, so

@@ -119,5 +119,6 @@ mod tests {
         assert!(Error::Timeout(Duration::from_secs(1)).is_transient());
         assert!(!Error::config("x").is_transient());
         assert!(!Error::invalid_input("x").is_transient());
+        assert!(!Error::LockNotHeld { name: "l".into() }.is_transient());
     }
 }

@@ -141,7 +141,7 @@ pub struct ItemError {
 /// assert_eq!(report.item_error_count(), 1);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", from = "StoredStepReport")]
 pub struct StepReport {
     name: String,
     counters: Counters,
@@ -151,12 +151,18 @@ pub struct StepReport {
     item_error_count: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     notes: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    notes_dropped: u64,
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     details: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     duration_ms: u64,
     #[serde(default)]
     dry_run: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl StepReport {
@@ -219,15 +225,52 @@ impl StepReport {
         self
     }
 
+    /// At most this many notes are kept in a report; the rest are only counted.
+    pub const MAX_NOTES: usize = 100;
+    /// At most this many details are kept in a report.
+    pub const MAX_DETAILS: usize = 256;
+    /// Largest detail value kept, in bytes of JSON text.
+    pub const MAX_DETAIL_BYTES: usize = 256 * 1024;
+
     /// Add a line of explanation for people reading the report.
+    ///
+    /// A note longer than [`Self::MAX_REASON_BYTES`] is cut and marked like an item error's
+    /// reason; beyond [`Self::MAX_NOTES`] notes are only counted ([`Self::notes_dropped`]).
     pub fn note(&mut self, note: impl Into<String>) -> &mut Self {
-        self.notes.push(note.into());
+        if self.notes.len() < Self::MAX_NOTES {
+            self.notes
+                .push(truncate(note.into(), Self::MAX_REASON_BYTES));
+        } else {
+            self.notes_dropped = self.notes_dropped.saturating_add(1);
+        }
         self
     }
 
-    /// Attach step-specific structured data (a gap table, metrics).
+    /// Attach step-specific structured data (a gap table, metrics) under `key`, replacing an
+    /// earlier value of the same key.
+    ///
+    /// Bounded like the rest of the report: keys are cut at [`Self::MAX_KEY_BYTES`]; a value
+    /// whose JSON exceeds [`Self::MAX_DETAIL_BYTES`] is replaced by a string saying so; a new
+    /// key beyond [`Self::MAX_DETAILS`] is dropped. Either way a note says what was dropped.
     pub fn detail(&mut self, key: impl Into<String>, value: serde_json::Value) -> &mut Self {
-        self.details.insert(key.into(), value);
+        let key = truncate(key.into(), Self::MAX_KEY_BYTES);
+        if !self.details.contains_key(&key) && self.details.len() >= Self::MAX_DETAILS {
+            return self.note(format!(
+                "detail `{key}` dropped: a report keeps at most {} details",
+                Self::MAX_DETAILS
+            ));
+        }
+        let size = json_len(&value);
+        if size > Self::MAX_DETAIL_BYTES {
+            let marker = format!(
+                "[dropped: {size} bytes of JSON, over the limit of {} bytes]",
+                Self::MAX_DETAIL_BYTES
+            );
+            self.note(format!("detail `{key}` {marker}"));
+            self.details.insert(key, serde_json::Value::String(marker));
+        } else {
+            self.details.insert(key, value);
+        }
         self
     }
 
@@ -240,8 +283,13 @@ impl StepReport {
             }
         }
         self.item_error_count = self.item_error_count.saturating_add(other.item_error_count);
-        self.notes.extend(other.notes);
-        self.details.extend(other.details);
+        for note in other.notes {
+            self.note(note);
+        }
+        self.notes_dropped = self.notes_dropped.saturating_add(other.notes_dropped);
+        for (key, value) in other.details {
+            self.detail(key, value);
+        }
         self
     }
 
@@ -265,9 +313,14 @@ impl StepReport {
         self.item_error_count
     }
 
-    /// Notes for people.
+    /// Notes for people (at most [`Self::MAX_NOTES`]).
     pub fn notes(&self) -> &[String] {
         &self.notes
+    }
+
+    /// How many notes were not kept because the report already had [`Self::MAX_NOTES`].
+    pub fn notes_dropped(&self) -> u64 {
+        self.notes_dropped
     }
 
     /// Step-specific structured data.
@@ -292,6 +345,72 @@ impl StepReport {
         self.duration_ms = duration_ms;
         self.dry_run = dry_run;
     }
+}
+
+/// A [`StepReport`] as read back from JSON (a run log, another version). Turned into a
+/// `StepReport` through `From`, which restores the report's invariants, so that a stored report
+/// can never make [`RunReport::all_errors`] or the status view misbehave.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredStepReport {
+    name: String,
+    counters: Counters,
+    #[serde(default)]
+    item_errors: Vec<ItemError>,
+    #[serde(default)]
+    item_error_count: u64,
+    #[serde(default)]
+    notes: Vec<String>,
+    #[serde(default)]
+    notes_dropped: u64,
+    #[serde(default)]
+    details: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    duration_ms: u64,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl From<StoredStepReport> for StepReport {
+    fn from(s: StoredStepReport) -> Self {
+        let mut item_errors = s.item_errors;
+        // Every kept error was counted: the count is at least the number of kept errors, even
+        // when the JSON lacks `itemErrorCount` or understates it.
+        let item_error_count = s.item_error_count.max(item_errors.len() as u64);
+        item_errors.truncate(Self::MAX_ITEM_ERRORS);
+        let mut notes = s.notes;
+        let extra = notes.len().saturating_sub(Self::MAX_NOTES) as u64;
+        notes.truncate(Self::MAX_NOTES);
+        Self {
+            name: s.name,
+            counters: s.counters,
+            item_errors,
+            item_error_count,
+            notes,
+            notes_dropped: s.notes_dropped.saturating_add(extra),
+            details: s.details,
+            duration_ms: s.duration_ms,
+            dry_run: s.dry_run,
+        }
+    }
+}
+
+/// The length of `value` as JSON text, without building the text.
+fn json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value to a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// `s` cut to at most `max` bytes at a character boundary, with a marker saying so.
@@ -319,6 +438,24 @@ pub enum StepStatus {
     TimedOut,
     /// The step was not started: a required step before it failed, or the run ran out of time.
     NotRun,
+}
+
+impl StepStatus {
+    /// Lower-case name, as in the JSON report and the `recon.step` span.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::NotRun => "not_run",
+        }
+    }
+}
+
+impl fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Why a step failed.
@@ -455,7 +592,10 @@ impl RunReport {
             for e in s.report.item_errors() {
                 out.push(format!("{}: {}: {}", s.name, e.key, e.reason));
             }
-            let hidden = s.report.item_error_count() - s.report.item_errors().len() as u64;
+            let hidden = s
+                .report
+                .item_error_count()
+                .saturating_sub(s.report.item_errors().len() as u64);
             if hidden > 0 {
                 out.push(format!("{}: {hidden} more item errors not kept", s.name));
             }
@@ -515,6 +655,18 @@ mod tests {
     }
 
     #[test]
+    fn step_status_names_match_the_json() {
+        use StepStatus::*;
+        for s in [Succeeded, Failed, TimedOut, NotRun] {
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
+            assert_eq!(s.to_string(), s.as_str());
+        }
+    }
+
+    #[test]
     fn counters_keep_order_and_round_trip() {
         let mut r = StepReport::new("x");
         r.add(Counter::new("zeta"), 1)
@@ -542,6 +694,155 @@ mod tests {
         );
         assert!(e.key.ends_with("…[truncated, 1000 bytes in all]"));
         assert_eq!(truncate("short".into(), 10), "short");
+    }
+
+    #[test]
+    fn stored_reports_keep_item_error_counts_consistent() {
+        // `itemErrorCount` missing (an older writer, a hand-edited log): the count covers the
+        // kept errors instead of underflowing in `all_errors` and the status view.
+        let json = r#"{
+            "id": "20240124T120000Z-0000abcd", "runner": "startup",
+            "startedAt": "2024-01-24T12:00:00Z", "finishedAt": "2024-01-24T12:00:00Z",
+            "durationMs": 0, "status": "partial", "dryRun": false, "errors": [],
+            "steps": [{ "name": "s", "required": false, "status": "succeeded",
+                "report": { "name": "s", "counters": {},
+                    "itemErrors": [{ "key": "k", "reason": "r" }, { "key": "k2", "reason": "r2" }],
+                    "itemErrorCount": 1 } }]
+        }"#;
+        let report: RunReport = serde_json::from_str(json).unwrap();
+        let step = &report.steps[0].report;
+        assert_eq!(step.item_error_count(), 2);
+        assert_eq!(report.all_errors(), ["s: k: r", "s: k2: r2"]);
+        let view = crate::StatusView::from_report(&report, 0);
+        assert_eq!(view.errors, ["s: k: r", "s: k2: r2"]);
+
+        let no_count = r#"{"name":"s","counters":{},"itemErrors":[{"key":"k","reason":"r"}]}"#;
+        let step: StepReport = serde_json::from_str(no_count).unwrap();
+        assert_eq!(step.item_error_count(), 1);
+
+        // more kept errors than a report may keep: capped, all counted
+        let many: Vec<_> = (0..StepReport::MAX_ITEM_ERRORS + 3)
+            .map(|i| serde_json::json!({"key": i.to_string(), "reason": "bad"}))
+            .collect();
+        let json = serde_json::json!({"name": "s", "counters": {}, "itemErrors": many});
+        let step: StepReport = serde_json::from_value(json).unwrap();
+        assert_eq!(step.item_errors().len(), StepReport::MAX_ITEM_ERRORS);
+        assert_eq!(
+            step.item_error_count(),
+            StepReport::MAX_ITEM_ERRORS as u64 + 3
+        );
+    }
+
+    #[test]
+    fn a_report_built_by_hand_never_underflows_the_hidden_count() {
+        // StepOutcome and RunReport have public fields; a report whose count is below its
+        // kept errors (built by hand, or by a future bug) must still render.
+        let mut step = StepReport::new("s");
+        step.push_error("k", "r");
+        step.item_error_count = 0;
+        let report = RunReport {
+            id: RunId::from_string("x"),
+            runner: "r".into(),
+            started_at: DateTime::<Utc>::MIN_UTC,
+            finished_at: DateTime::<Utc>::MIN_UTC,
+            duration_ms: 0,
+            status: RunStatus::Partial,
+            dry_run: false,
+            steps: vec![StepOutcome {
+                name: "s".into(),
+                required: false,
+                status: StepStatus::Succeeded,
+                report: step,
+                error: None,
+            }],
+            errors: vec![],
+            notes: vec![],
+        };
+        assert_eq!(report.all_errors(), ["s: k: r"]);
+    }
+
+    #[test]
+    fn notes_are_capped_truncated_and_counted() {
+        let mut r = StepReport::new("x");
+        r.note("é".repeat(5_000));
+        for i in 1..(StepReport::MAX_NOTES + 50) {
+            r.note(format!("note {i}"));
+        }
+        assert_eq!(r.notes().len(), StepReport::MAX_NOTES);
+        assert_eq!(r.notes_dropped(), 50);
+        assert!(r.notes()[0].len() < StepReport::MAX_REASON_BYTES + 64);
+        assert!(r.notes()[0].ends_with("…[truncated, 10000 bytes in all]"));
+        // the count survives JSON, and a stored report with too many notes is capped
+        let back: StepReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        let json = serde_json::json!({
+            "name": "x", "counters": {},
+            "notes": (0..StepReport::MAX_NOTES + 7).map(|i| i.to_string()).collect::<Vec<_>>(),
+        });
+        let stored: StepReport = serde_json::from_value(json).unwrap();
+        assert_eq!(stored.notes().len(), StepReport::MAX_NOTES);
+        assert_eq!(stored.notes_dropped(), 7);
+        // absorbing respects the cap and keeps counting
+        let mut sum = StepReport::new("sum");
+        sum.absorb(r.clone()).absorb(r);
+        assert_eq!(sum.notes().len(), StepReport::MAX_NOTES);
+        assert_eq!(sum.notes_dropped(), 200);
+        assert!(
+            crate::render_text(&RunReport {
+                id: RunId::from_string("x"),
+                runner: "r".into(),
+                started_at: DateTime::<Utc>::MIN_UTC,
+                finished_at: DateTime::<Utc>::MIN_UTC,
+                duration_ms: 0,
+                status: RunStatus::Success,
+                dry_run: false,
+                steps: vec![StepOutcome {
+                    name: "sum".into(),
+                    required: false,
+                    status: StepStatus::Succeeded,
+                    report: sum,
+                    error: None,
+                }],
+                errors: vec![],
+                notes: vec![],
+            })
+            .contains("note: ... and 200 more notes not kept")
+        );
+    }
+
+    #[test]
+    fn details_are_bounded() {
+        let mut r = StepReport::new("x");
+        r.detail("small", serde_json::json!({"a": [1, 2, 3]}));
+        let huge = serde_json::json!(vec!["0123456789"; 30_000]); // ~390 KB of JSON
+        r.detail("gaps", huge);
+        assert_eq!(r.details()["small"], serde_json::json!({"a": [1, 2, 3]}));
+        let gaps = r.details()["gaps"].as_str().unwrap();
+        assert!(gaps.starts_with("[dropped: 390001 bytes of JSON"), "{gaps}");
+        assert!(
+            r.notes()[0].starts_with("detail `gaps` [dropped: "),
+            "{:?}",
+            r.notes()
+        );
+        // a long key is cut like an item key
+        r.detail("k".repeat(1000), serde_json::json!(1));
+        assert!(
+            r.details()
+                .keys()
+                .any(|k| k.ends_with("…[truncated, 1000 bytes in all]"))
+        );
+        for i in 0..StepReport::MAX_DETAILS + 10 {
+            r.detail(format!("metric_{i}"), serde_json::json!(i));
+        }
+        assert_eq!(r.details().len(), StepReport::MAX_DETAILS);
+        // replacing an existing key is still allowed when full
+        r.detail("small", serde_json::json!(2));
+        assert_eq!(r.details()["small"], serde_json::json!(2));
+        assert!(
+            r.notes()
+                .iter()
+                .any(|n| n.contains("a report keeps at most 256 details"))
+        );
     }
 
     #[test]

@@ -12,9 +12,9 @@ use tracing::Instrument;
 use tracing::field::{Empty, display};
 
 use crate::{
-    Error, LockAttempt, ProgressHook, Reconciler, Result, RunContext, RunId, RunLock, RunLog,
-    RunReport, RunStatus, StatusView, StepError, StepOutcome, StepReport, StepStatus, SystemClock,
-    TimeSource,
+    Counters, Error, LockAttempt, ProgressHook, Reconciler, Result, RunContext, RunId, RunLock,
+    RunLog, RunReport, RunStatus, StatusView, StepError, StepOutcome, StepReport, StepStatus,
+    SystemClock, TimeSource,
 };
 
 /// How the runner treats one step.
@@ -132,14 +132,16 @@ impl RunnerBuilder {
         self
     }
 
-    /// Default timeout for every step without its own.
+    /// Default timeout for every step without its own. A timeout too long to be represented as
+    /// an instant (`Duration::MAX`, say) means no deadline.
     #[must_use]
     pub fn step_timeout(mut self, timeout: Duration) -> Self {
         self.step_timeout = Some(timeout);
         self
     }
 
-    /// Timeout for the whole run; steps not started by then are reported as not run.
+    /// Timeout for the whole run; steps not started by then are reported as not run. A timeout
+    /// too long to be represented as an instant (`Duration::MAX`, say) means no deadline.
     #[must_use]
     pub fn run_timeout(mut self, timeout: Duration) -> Self {
         self.run_timeout = Some(timeout);
@@ -155,7 +157,11 @@ impl RunnerBuilder {
 
     /// Run at most one instance at a time across processes: before each run take `lock`
     /// (named after the runner) for `ttl`; if another instance holds it the run is `skipped`.
-    /// `ttl` must cover a whole run, so it may not be shorter than the run timeout.
+    ///
+    /// `ttl` may not be shorter than the run timeout. When the lock lapses on its own (its
+    /// guard has an [expiry](crate::LockGuard::expires_at), as lease rows do), the TTL also
+    /// bounds the run like a run timeout, so a run never goes on after another instance could
+    /// have taken the lock. Session locks have no expiry and do not bound the run.
     #[must_use]
     pub fn lock(mut self, lock: Arc<dyn RunLock>, ttl: Duration) -> Self {
         self.lock = Some((lock, ttl));
@@ -235,6 +241,7 @@ impl RunnerBuilder {
                 dry_run: self.dry_run,
                 progress: self.progress,
                 created: Instant::now(),
+                flight: tokio::sync::Mutex::new(()),
                 state: Mutex::default(),
             }),
         })
@@ -258,6 +265,8 @@ struct Inner {
     dry_run: bool,
     progress: Option<ProgressHook>,
     created: Instant,
+    /// Held for the whole of a run: one process never runs the same runner twice at once.
+    flight: tokio::sync::Mutex<()>,
     state: Mutex<State>,
 }
 
@@ -267,6 +276,9 @@ struct Inner {
 ///   the step is required: then the run stops and is `failed`.
 /// - `now` is read once per run from the time source and handed to every step.
 /// - Dry-run reaches every step through [`RunContext::is_dry_run`].
+/// - One run at a time per runner in this process: a run started while another is in
+///   progress (on a clone, or during [`Runner::run_periodic`]) returns a `skipped` report
+///   at once instead of overlapping it.
 /// - With a [`RunLock`], only one instance runs at a time; the others get a `skipped` report.
 /// - The finished report goes to the [`RunLog`], if one is configured, and to
 ///   [`Runner::status`].
@@ -346,15 +358,21 @@ impl Runner {
             run_id = Empty,
             dry_run,
             status = Empty,
+            counters = Empty,
             duration_ms = Empty,
         );
-        let report = self.run_inner(dry_run, span.clone()).instrument(span).await;
-        let mut state = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.last = Some(report.clone());
+        let (report, ran_here) = self.run_inner(dry_run, span.clone()).instrument(span).await;
+        // A run skipped because this process is already running is not shown as the last run:
+        // the run in progress will be.
+        if ran_here {
+            let mut state = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.last = Some(report.clone());
+        }
         report
     }
 
-    async fn run_inner(&self, dry_run: bool, span: tracing::Span) -> RunReport {
+    /// The report, and whether it should become this process's last report.
+    async fn run_inner(&self, dry_run: bool, span: tracing::Span) -> (RunReport, bool) {
         let inner = &self.inner;
         let started = Instant::now();
         let (now, mut errors) = match inner.time_source.fetch_now().await {
@@ -378,9 +396,19 @@ impl Runner {
         };
         if !errors.is_empty() {
             report.errors = errors;
-            return self.finish(report, started, &span, None).await;
+            return (self.finish(report, started, &span, None).await, true);
         }
 
+        let Ok(_flight) = inner.flight.try_lock() else {
+            report.status = RunStatus::Skipped;
+            report.notes.push(format!(
+                "a run of `{}` is already in progress in this process",
+                inner.name
+            ));
+            return (self.finish(report, started, &span, None).await, false);
+        };
+
+        let lock_started = Instant::now();
         let guard = match &inner.lock {
             None => None,
             Some((lock, ttl)) => match lock.try_acquire(&inner.name, *ttl).await {
@@ -395,16 +423,36 @@ impl Runner {
                     }
                     report.status = RunStatus::Skipped;
                     report.notes.push(note);
-                    return self.finish(report, started, &span, None).await;
+                    return (self.finish(report, started, &span, None).await, true);
                 }
                 Err(e) => {
                     report.errors.push(format!("run lock: {e}"));
-                    return self.finish(report, started, &span, None).await;
+                    return (self.finish(report, started, &span, None).await, true);
                 }
             },
         };
 
-        let run_deadline = inner.run_timeout.map(|t| started + t);
+        let timeout = inner
+            .run_timeout
+            .and_then(|t| deadline_after(started, t))
+            .map(|at| RunDeadline {
+                at,
+                cause: "run timeout",
+            });
+        // A lock that lapses on its own (a lease with an expiry) bounds the run: past its TTL
+        // another instance may take it and run alongside. Counted from before the acquisition,
+        // so the run ends no later than the lease does. Session locks (no expiry) are held as
+        // long as the process lives and do not bound the run.
+        let lease = match (&guard, &inner.lock) {
+            (Some(g), Some((_, ttl))) if g.expires_at().is_some() => {
+                deadline_after(lock_started, *ttl).map(|at| RunDeadline {
+                    at,
+                    cause: "run lock ttl",
+                })
+            }
+            _ => None,
+        };
+        let run_deadline = RunDeadline::earliest(timeout, lease);
         let mut base = RunContext::new(now).with_run_id(id).with_dry_run(dry_run);
         if let Some(hook) = &inner.progress {
             base = base.with_progress(hook.clone());
@@ -415,8 +463,8 @@ impl Runner {
                 report.steps.push(not_run(step, reason));
                 continue;
             }
-            if run_deadline.is_some_and(|d| Instant::now() >= d) {
-                let reason = "the run timeout was reached before it started".to_owned();
+            if let Some(d) = run_deadline.filter(|d| Instant::now() >= d.at) {
+                let reason = format!("the {} was reached before it started", d.cause);
                 errors.push(format!("{}: {reason}", step.name));
                 report.steps.push(not_run(step, &reason));
                 stop = Some(reason);
@@ -429,16 +477,16 @@ impl Runner {
             if outcome.status != StepStatus::Succeeded {
                 if step.options.required {
                     stop = Some(format!("required step `{}` did not succeed", step.name));
-                } else if outcome.status == StepStatus::TimedOut
-                    && run_deadline.is_some_and(|d| Instant::now() >= d)
+                } else if let Some(d) = run_deadline
+                    .filter(|d| outcome.status == StepStatus::TimedOut && Instant::now() >= d.at)
                 {
-                    stop = Some("the run timeout was reached".to_owned());
+                    stop = Some(format!("the {} was reached", d.cause));
                 }
             }
             report.steps.push(outcome);
         }
         report.errors = errors;
-        self.finish(report, started, &span, guard).await
+        (self.finish(report, started, &span, guard).await, true)
     }
 
     async fn run_step(
@@ -446,15 +494,18 @@ impl Runner {
         step: &Step,
         base: &RunContext,
         dry_run: bool,
-        run_deadline: Option<Instant>,
+        run_deadline: Option<RunDeadline>,
     ) -> StepOutcome {
         let step_started = Instant::now();
         let step_timeout = step.options.timeout.or(self.inner.step_timeout);
-        let step_deadline = step_timeout.map(|t| step_started + t);
-        let deadline = match (step_deadline, run_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let step_deadline = step_timeout
+            .and_then(|t| deadline_after(step_started, t))
+            .map(|at| RunDeadline {
+                at,
+                cause: "step timeout",
+            });
+        let bound = RunDeadline::earliest(step_deadline, run_deadline);
+        let deadline = bound.map(|d| d.at);
         let span = tracing::info_span!(
             "recon.step",
             step = %step.name,
@@ -467,16 +518,23 @@ impl Runner {
         let reconciler = step.reconciler.clone();
         // A task of its own: a panicking step is recorded instead of taking the run down, and
         // a timed-out step is cancelled at its next await point (its transaction rolls back).
-        let mut handle =
-            tokio::spawn(async move { reconciler.reconcile(&ctx).await }.instrument(span.clone()));
+        let mut task = AbortOnDrop(tokio::spawn(
+            async move { reconciler.reconcile(&ctx).await }.instrument(span.clone()),
+        ));
+        let handle = &mut task.0;
         let joined = match deadline {
-            None => Some((&mut handle).await),
-            Some(d) => match timeout_at(d, &mut handle).await {
+            None => Some(handle.await),
+            Some(d) => match timeout_at(d, &mut *handle).await {
                 Ok(joined) => Some(joined),
                 Err(_) => {
                     handle.abort();
-                    let _ = handle.await;
-                    None
+                    // The step may have completed between the deadline and the abort (its last
+                    // poll was still running): then it did its work, and its real result is
+                    // reported. Only a task that was actually cancelled timed out.
+                    match handle.await {
+                        Err(e) if e.is_cancelled() => None,
+                        finished => Some(finished),
+                    }
                 }
             },
         };
@@ -513,28 +571,21 @@ impl Runner {
                 )
             }
             None => {
-                let which = if step_deadline == deadline {
-                    "step"
-                } else {
-                    "run"
-                };
+                let which = bound.map_or("deadline", |d| d.cause);
                 (
                     StepStatus::TimedOut,
                     StepReport::new(&step.name),
                     Some(StepError {
-                        message: format!(
-                            "timed out after {} ms ({which} timeout)",
-                            elapsed.as_millis()
-                        ),
+                        message: format!("timed out after {} ms ({which})", elapsed.as_millis()),
                         transient: true,
                     }),
                 )
             }
         };
         report.stamp(&step.name, elapsed.as_millis() as u64, dry_run);
-        span.record("status", tracing::field::debug(status));
+        span.record("status", status.as_str());
         span.record("duration_ms", report.duration_ms());
-        span.record("counters", display(CountersField(&report)));
+        span.record("counters", display(CountersField(report.counters())));
         match &error {
             None => tracing::info!(parent: &span, "step finished"),
             Some(e) => {
@@ -567,8 +618,12 @@ impl Runner {
         }
         let elapsed = started.elapsed();
         report.duration_ms = elapsed.as_millis() as u64;
-        report.finished_at = report.started_at
-            + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::zero());
+        // `started_at` comes from the time source (possibly a database): an absurd value near
+        // the end of the calendar saturates instead of panicking.
+        report.finished_at = chrono::Duration::from_std(elapsed)
+            .ok()
+            .and_then(|d| report.started_at.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         if report.status != RunStatus::Skipped {
             if report.steps.is_empty() {
                 report.status = RunStatus::Failed;
@@ -585,6 +640,7 @@ impl Runner {
             }
         }
         span.record("status", report.status.as_str());
+        span.record("counters", display(CountersField(&report.totals())));
         span.record("duration_ms", report.duration_ms);
         match report.status {
             RunStatus::Success | RunStatus::Skipped => {
@@ -602,6 +658,9 @@ impl Runner {
     /// Runs never overlap: when a run takes longer than `interval`, the missed slots are
     /// skipped and the next run starts at the next slot. A shutdown that arrives during a run
     /// lets that run finish. [`Runner::status`] knows the next run time in between.
+    ///
+    /// Errors: a zero `interval`, or one too long to schedule (`Duration::MAX`, say), is
+    /// [`Error::Config`] and nothing runs.
     pub async fn run_periodic<F>(&self, interval: Duration, shutdown: F) -> Result<u64>
     where
         F: Future<Output = ()>,
@@ -611,25 +670,38 @@ impl Runner {
                 "the interval of a periodic runner must be > 0",
             ));
         }
+        if deadline_after(Instant::now(), interval).is_none() {
+            return Err(Error::config(format!(
+                "the interval {interval:?} of periodic runner `{}` is too long to schedule",
+                self.inner.name
+            )));
+        }
         tokio::pin!(shutdown);
         let mut runs = 0_u64;
-        let mut next = Instant::now();
+        let mut next = Some(Instant::now());
         loop {
-            tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                () = sleep_until(next) => {}
+            match next {
+                Some(at) => tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = sleep_until(at) => {}
+                },
+                // The next slot is past what the clock can represent: no more runs.
+                None => {
+                    (&mut shutdown).await;
+                    break;
+                }
             }
             let started = Instant::now();
             let report = self.run().await;
             runs += 1;
             let now = Instant::now();
-            next = started + interval;
-            while next <= now {
-                next += interval;
-            }
-            let wait = chrono::Duration::from_std(next - now).unwrap_or(chrono::Duration::zero());
-            self.set_next_run(Some(report.finished_at + wait));
+            next = next_slot(started, now, interval);
+            let next_run = next.and_then(|at| {
+                let wait = chrono::Duration::from_std(at.saturating_duration_since(now)).ok()?;
+                report.finished_at.checked_add_signed(wait)
+            });
+            self.set_next_run(next_run);
         }
         self.set_next_run(None);
         Ok(runs)
@@ -678,6 +750,55 @@ impl Runner {
     }
 }
 
+/// The instant by which a run or step must end, and what set it (for the report).
+#[derive(Clone, Copy, Debug)]
+struct RunDeadline {
+    at: Instant,
+    cause: &'static str,
+}
+
+impl RunDeadline {
+    /// The earlier of two optional deadlines (the first on a tie).
+    fn earliest(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if b.at < a.at { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Aborts a step's task when dropped, so that a step never outlives the run that started it
+/// (a host that drops the `run()` future mid-step, say). Aborting a finished task does nothing.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `start + after`, or `None` (no deadline) when that instant cannot be represented, so that
+/// `Duration::MAX` means "no limit" instead of panicking. A second of headroom is kept: the
+/// timer rounds deadlines up and must not overflow either.
+fn deadline_after(start: Instant, after: Duration) -> Option<Instant> {
+    let at = start.checked_add(after)?;
+    at.checked_add(Duration::from_secs(1))?;
+    Some(at)
+}
+
+/// The first slot `started + k·interval` (k ≥ 1) after `now`: slots missed while a run took
+/// longer than `interval` are skipped. Computed directly, not one step per missed slot (a 1 µs
+/// interval after an hour-long run would be 3.6e9 steps). `None` when that slot cannot be
+/// represented.
+pub(crate) fn next_slot(started: Instant, now: Instant, interval: Duration) -> Option<Instant> {
+    const NANOS: u128 = 1_000_000_000;
+    let step = interval.as_nanos().max(1);
+    let k = now.saturating_duration_since(started).as_nanos() / step + 1;
+    let offset = k.checked_mul(step)?;
+    let offset = Duration::new(u64::try_from(offset / NANOS).ok()?, (offset % NANOS) as u32);
+    deadline_after(started, offset)
+}
+
 fn not_run(step: &Step, reason: &str) -> StepOutcome {
     StepOutcome {
         name: step.name.clone(),
@@ -691,11 +812,13 @@ fn not_run(step: &Step, reason: &str) -> StepOutcome {
     }
 }
 
-struct CountersField<'a>(&'a StepReport);
+/// Counters as one span field, `name=value name=value` (a span's field names are fixed when
+/// it is created, so counters cannot be fields of their own).
+struct CountersField<'a>(&'a Counters);
 
 impl fmt::Display for CountersField<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (k, v)) in self.0.counters().iter().enumerate() {
+        for (i, (k, v)) in self.0.iter().enumerate() {
             if i > 0 {
                 f.write_str(" ")?;
             }

@@ -23,7 +23,8 @@ pub const STATUS_MAX_ERRORS: usize = 50;
 /// ```
 ///
 /// `results` holds every counter of every step in camelCase, in the order the steps produced
-/// them (a counter reported by two steps is summed). `timestamp` is the run's frozen `now`,
+/// them. A counter reported by two steps is summed, and so are counters whose names differ but
+/// camel-case alike (`jobs_requeued` and `jobsRequeued`): the object never repeats a key. `timestamp` is the run's frozen `now`,
 /// `uptime` is in seconds, and `nextRun` appears only while the runner runs periodically.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,7 +34,8 @@ pub struct StatusView {
     /// When the run started, in UTC with milliseconds.
     #[serde(serialize_with = "millis")]
     pub timestamp: DateTime<Utc>,
-    /// Every counter of the run, in camelCase.
+    /// Every counter of the run, summed over the steps; serialised under camelCase names, with
+    /// names that camel-case alike summed into one key.
     #[serde(serialize_with = "camel_counters")]
     pub results: Counters,
     /// Errors of the run, at most [`STATUS_MAX_ERRORS`] lines.
@@ -89,12 +91,18 @@ fn opt_millis<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S
 }
 
 fn camel_counters<S: Serializer>(c: &Counters, s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut map = s.serialize_map(None)?;
+    camel_results(c).serialize(s)
+}
+
+/// The counters under their camelCase names, one entry per name: counters whose names differ
+/// but camel-case alike (`jobs_requeued`, a host's `jobsRequeued`) are summed (saturating) at
+/// the position of the first, so the JSON object never has a duplicate key.
+fn camel_results(c: &Counters) -> Counters {
+    let mut out = Counters::new();
     for (k, v) in c.iter() {
-        map.serialize_entry(&camel_case(k), &v)?;
+        out.add(&camel_case(k), v);
     }
-    map.end()
+    out
 }
 
 /// `leases_repaired` → `leasesRepaired`.
@@ -198,6 +206,13 @@ pub fn render_text(report: &RunReport) -> String {
         for note in step.report.notes() {
             let _ = writeln!(out, "     note: {note}");
         }
+        if step.report.notes_dropped() > 0 {
+            let _ = writeln!(
+                out,
+                "     note: ... and {} more notes not kept",
+                step.report.notes_dropped()
+            );
+        }
         let shown = step.report.item_errors().iter().take(10);
         for e in shown {
             let _ = writeln!(out, "     ! {}: {}", e.key, e.reason);
@@ -226,5 +241,32 @@ mod tests {
         assert_eq!(camel_case("follow_up_candidates"), "followUpCandidates");
         assert_eq!(camel_case("pending"), "pending");
         assert_eq!(camel_case("_x__y"), "xY");
+    }
+
+    #[test]
+    fn counters_that_camel_case_alike_are_one_key() {
+        let mut results = Counters::new();
+        results.add("jobs_requeued", 2);
+        results.add("leases_repaired", 1);
+        results.add("jobsRequeued", 3); // a host counter, via StepReport::add_named
+        results.add("jobs-requeued", u64::MAX);
+        let view = StatusView {
+            status: RunStatus::Success,
+            timestamp: DateTime::<Utc>::MIN_UTC,
+            results,
+            errors: vec![],
+            uptime: 0,
+            next_run: None,
+        };
+        let text = serde_json::to_string(&view).unwrap();
+        assert_eq!(
+            text.matches("\"jobsRequeued\"").count(),
+            1,
+            "duplicate key in {text}"
+        );
+        assert!(
+            text.contains(r#""results":{"jobsRequeued":18446744073709551615,"leasesRepaired":1}"#),
+            "{text}"
+        );
     }
 }
