@@ -67,28 +67,47 @@ impl Lcg {
     }
 }
 
+/// A child process that is killed (SIGKILL) and reaped when dropped, so that a panic in the
+/// parent never leaves one running.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 async fn crash_test(t: &common::TestDb, spec: String, seed: u64) {
     let name = t.db.dialect().name();
+    // printed first (harness = false: nothing is captured), so a failure below can be
+    // repeated with RECON_CRASH_SEED
+    eprintln!("crash {name}: seed {seed} (repeat with RECON_CRASH_SEED={seed})");
     table::stuck_table(t, JOBS).await;
     let exe = std::env::current_exe().unwrap();
     let mut rng = Lcg(seed);
     let (mut kills, mut hits) = (0, 0);
     let started = Instant::now();
     while kills < KILLS {
-        let mut c = Command::new(&exe)
-            .env("RECON_CRASH_CHILD", &spec)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(c.stdout.take().unwrap());
+        let mut c = Child(
+            Command::new(&exe)
+                .env("RECON_CRASH_CHILD", &spec)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        );
+        let mut out = BufReader::new(c.0.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "{name}: child did not start");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "{name}, seed {seed}: child did not start"
+        );
         std::thread::sleep(Duration::from_millis(rng.next(20, 250)));
-        let finished = c.try_wait().unwrap().is_some();
-        c.kill().ok(); // SIGKILL on Unix
-        c.wait().unwrap();
+        let finished = c.0.try_wait().unwrap().is_some();
+        drop(c); // SIGKILL on Unix, then reaped
         kills += 1;
         if !finished {
             hits += 1;
@@ -112,7 +131,7 @@ async fn crash_test(t: &common::TestDb, spec: String, seed: u64) {
     );
     assert!(
         hits >= KILLS,
-        "{name}: only {hits} kills hit a running child; the work finished first"
+        "{name}, seed {seed}: only {hits} kills hit a running child; the work finished first"
     );
 }
 
@@ -131,6 +150,13 @@ fn main() {
                 .unwrap()
                 .as_nanos() as u64
         });
+    if std::env::var("RECON_REQUIRE_ALL_BACKENDS").is_ok_and(|v| v == "1") {
+        assert!(
+            cfg!(feature = "postgres"),
+            "RECON_REQUIRE_ALL_BACKENDS=1, but PostgreSQL support is not compiled in: \
+             run with --all-features"
+        );
+    }
     rt.block_on(async {
         let t = common::sqlite().await;
         let spec = format!("sqlite:{}", t.sqlite_path().unwrap().display());
