@@ -86,7 +86,14 @@ async fn crash_test(t: &common::TestDb, spec: String, seed: u64) {
     table::stuck_table(t, JOBS).await;
     let exe = std::env::current_exe().unwrap();
     let mut rng = Lcg(seed);
-    let (mut kills, mut hits) = (0, 0);
+    let (mut kills, mut hits, mut progressed) = (0, 0, 0);
+    // Kills land a random 20 ms .. `longest` after the child is ready. A child killed before
+    // it committed a batch proves little, so on a slow (busy) machine `longest` doubles after
+    // each kill that left no committed batch; the delays then depend on the machine too, not
+    // only on the seed.
+    let mut longest = 250;
+    let stuck = "SELECT COUNT(*) FROM jobs WHERE status = 'processing'";
+    let mut before = table::scalar(t, stuck).await;
     let started = Instant::now();
     while kills < KILLS {
         let mut c = Child(
@@ -105,17 +112,24 @@ async fn crash_test(t: &common::TestDb, spec: String, seed: u64) {
             "ready",
             "{name}, seed {seed}: child did not start"
         );
-        std::thread::sleep(Duration::from_millis(rng.next(20, 250)));
+        std::thread::sleep(Duration::from_millis(rng.next(20, longest)));
         let finished = c.0.try_wait().unwrap().is_some();
         drop(c); // SIGKILL on Unix, then reaped
         kills += 1;
+        let after = table::scalar(t, stuck).await;
+        if after < before {
+            progressed += 1;
+        } else {
+            longest = (longest * 2).min(8000);
+        }
+        before = after;
         if !finished {
             hits += 1;
         } else {
             break; // the work is done: later kills would hit nothing
         }
     }
-    let left = table::scalar(t, "SELECT COUNT(*) FROM jobs WHERE status = 'processing'").await;
+    let left = before;
     // the final, uninterrupted run
     let r = step(&t.db)
         .reconcile(&RunContext::new(table::now()))
@@ -123,15 +137,21 @@ async fn crash_test(t: &common::TestDb, spec: String, seed: u64) {
         .unwrap();
     table::assert_each_repaired_once(t, JOBS).await;
     println!(
-        "crash {name}: seed {seed}: {kills} SIGKILLs ({hits} mid-run) over {:.1?}; {left} jobs were \
-         still stuck before the final run, which repaired them in {} batches; all {JOBS} jobs in \
-         one valid state, none lost, no attempt counted twice",
+        "crash {name}: seed {seed}: {kills} SIGKILLs ({hits} mid-run, {progressed} after the \
+         child had committed work) over {:.1?}; {left} jobs were still stuck before the final \
+         run, which repaired them in {} batches; all {JOBS} jobs in one valid state, none lost, \
+         no attempt counted twice",
         started.elapsed(),
         r.count(lease_repair::counters::BATCHES)
     );
     assert!(
         hits >= KILLS,
         "{name}, seed {seed}: only {hits} kills hit a running child; the work finished first"
+    );
+    assert!(
+        progressed >= KILLS / 4,
+        "{name}, seed {seed}: only {progressed} of {kills} children had committed a batch when \
+         they were killed"
     );
 }
 
