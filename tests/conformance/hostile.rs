@@ -621,6 +621,7 @@ async fn a_timestamp_in_an_unknown_format_is_reported_and_the_rest_go_on(t: &Tes
 // 8 (PostgreSQL and MariaDB: a typed column refuses `next tuesday`, but holds times no calendar
 // has: PostgreSQL's `infinity` and `-infinity`, MariaDB's zero date and, with
 // ALLOW_INVALID_DATES, 30 February)
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 async fn a_time_the_server_holds_but_no_calendar_has_is_reported(t: &TestDb) {
     let jobs = jobs_table(t).await;
     jobs.insert(
@@ -694,6 +695,7 @@ async fn a_time_the_server_holds_but_no_calendar_has_is_reported(t: &TestDb) {
 }
 
 /// `sql` run as it is; the server's error if it refuses it.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 async fn try_exec(t: &TestDb, sql: &str) -> Result<(), String> {
     let sql = sqlx::AssertSqlSafe(sql.to_owned());
     match t.db.dialect() {
@@ -716,6 +718,7 @@ async fn try_exec(t: &TestDb, sql: &str) -> Result<(), String> {
 }
 
 /// `(id, status)` of every job, read without touching the columns that may be unreadable.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 async fn statuses(t: &TestDb) -> Vec<(i64, String)> {
     let sql = "SELECT id, status FROM processing_jobs ORDER BY id";
     match t.db.dialect() {
@@ -742,6 +745,7 @@ async fn statuses(t: &TestDb) -> Vec<(i64, String)> {
 
 /// PostgreSQL and MariaDB refuse a hostile value on insert (with the error `refused[0]` or
 /// `refused[1]`), so it can never reach recon; the row next to it is repaired as usual.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 async fn refused_on_insert(t: &TestDb, owner: &str, attempts: &str, refused: [&str; 2]) {
     let jobs = jobs_table(t).await;
     jobs.insert(
@@ -806,6 +810,7 @@ async fn non_utf8_text_is_reported_and_the_rest_go_on(t: &TestDb) {
 }
 
 // 9 (PostgreSQL and MariaDB: refused on insert, so it never reaches recon)
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 async fn non_utf8_text_is_refused_by_the_server(t: &TestDb) {
     let bytes = match t.db.dialect() {
         Dialect::Postgres => "convert_from('\\xfffe41'::bytea, 'UTF8')",
@@ -1127,6 +1132,7 @@ async fn a_column_holding_text_where_attempts_should_be(t: &TestDb) {
 }
 
 // 17 (PostgreSQL and MariaDB: refused on insert, so it never reaches recon)
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 async fn text_in_the_attempts_column_is_refused_by_the_server(t: &TestDb) {
     refused_on_insert(
         t,

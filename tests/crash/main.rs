@@ -170,9 +170,10 @@ fn main() {
                 .unwrap()
                 .as_nanos() as u64
         });
-    if std::env::var("RECON_REQUIRE_ALL_BACKENDS").is_ok_and(|v| v == "1") {
-        assert!(
-            cfg!(feature = "postgres"),
+    if std::env::var("RECON_REQUIRE_ALL_BACKENDS").is_ok_and(|v| v == "1")
+        && !cfg!(feature = "postgres")
+    {
+        panic!(
             "RECON_REQUIRE_ALL_BACKENDS=1, but PostgreSQL support is not compiled in: \
              run with --all-features"
         );
