@@ -446,8 +446,28 @@ async fn foreign_tables_survive(t: &common::TestDb, url: String) {
         1,
         "{name}: the other example's table is not touched"
     );
-    // a demo table that lost a column is refused the same way
-    t.exec("ALTER TABLE orders DROP COLUMN total_amount").await;
+    // a demo table that lost a column is refused the same way (altered over a new connection:
+    // the test pool's SQLite connections may still hold the schema from before the reset)
+    let db = store_sqlx::Db::connect(&url).await.unwrap();
+    let alter = sqlx::AssertSqlSafe("ALTER TABLE orders DROP COLUMN total_amount");
+    match db.dialect() {
+        #[cfg(feature = "postgres")]
+        store_sqlx::Dialect::Postgres => sqlx::raw_sql(alter)
+            .execute(db.as_postgres().unwrap())
+            .await
+            .map(drop),
+        #[cfg(feature = "mysql")]
+        store_sqlx::Dialect::MySql => sqlx::raw_sql(alter)
+            .execute(db.as_mysql().unwrap())
+            .await
+            .map(drop),
+        _ => sqlx::raw_sql(alter)
+            .execute(db.as_sqlite().unwrap())
+            .await
+            .map(drop),
+    }
+    .unwrap();
+    db.close().await;
     let u = url.clone();
     let out = tokio::task::spawn_blocking(move || {
         run("startup_reconcile", &["--database-url", &u, "--now", NOW])
