@@ -13,6 +13,11 @@
 //! Flags: `--database-url URL` (default `sqlite:recon-demo.sqlite`), `--dry-run`,
 //! `--reset-demo`, `--json` (only the status JSON), `--now RFC3339` (a frozen clock, for
 //! reproducible runs; the demo rows are placed relative to it).
+//!
+//! The demo's tables (`processing_jobs`, `user_sessions`, `orders`) are created only where
+//! none of them exists, and recorded in `recon_demo_tables`. If one exists that this demo did
+//! not create, or that lacks a column, the example prints one `error:` line and stops without
+//! touching anything; only `--reset-demo` drops and recreates them.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,7 +31,7 @@ use queue_rehydrate::{
 };
 use recon::{RunOptions, Runner};
 use recon_core::{Clock, ManualClock, SystemClock, TimeSource};
-use store_sqlx::{Db, Dialect, JobTable, Metrics};
+use store_sqlx::{Db, Dialect, JobTable, Metrics, TableName};
 
 #[derive(Debug, Default)]
 struct Args {
@@ -84,15 +89,12 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         None => (Arc::new(SystemClock), SystemClock.now()),
     };
 
-    // 1. The host's database (recon's own tables come from its migrations).
+    // 1. The host's database: the demo's tables (checked before anything is written, and
+    // created only where they are absent), then recon's own tables from its migrations.
     let db = Db::connect(&args.url).await?;
+    let created = args.reset || demo::needs_creating(&db).await?;
     db.migrate().await?;
-    let jobs_table = JobTable::builder("processing_jobs")
-        .next_run_at("next_run_at")
-        .updated_at("updated_at")
-        .build()?;
-    let jobs = db.lease_store(jobs_table);
-    if args.reset || jobs.verify().await.is_err() {
+    if created {
         demo::create(&db, now).await?;
         if !args.json {
             println!(
@@ -101,6 +103,11 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
             );
         }
     }
+    let jobs_table = JobTable::builder("processing_jobs")
+        .next_run_at("next_run_at")
+        .updated_at("updated_at")
+        .build()?;
+    let jobs = db.lease_store(jobs_table);
     jobs.verify().await?;
 
     // 2. The three steps of seed 001, in order.
@@ -185,15 +192,30 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         println!();
         if repaired == 0 && report.status == recon::RunStatus::Success {
             println!("Nothing to repair: the database was already consistent.");
-        } else if args.dry_run {
+        }
+        if args.dry_run {
+            let setup = match (args.reset, created) {
+                (true, _) => "the demo tables (recreated by --reset-demo) and ",
+                (false, true) => "the demo tables (they did not exist) and ",
+                _ => "",
+            };
             println!(
-                "Dry run: the figures above are what a real run would change; nothing was written."
+                "Dry run: the figures above are what a real run would change. No job, session \
+                 or order was changed; the only writes were {setup}recon's own tables \
+                 (migrations, run lock, this run's record in recon_runs)."
             );
         }
-        println!(
-            "Follow-up queue rebuilt with {} user(s).",
-            follow_up_queue.len()
-        );
+        if args.dry_run {
+            println!(
+                "Follow-up queue: {} user(s) would be queued (not rebuilt in a dry run).",
+                report.totals().get("follow_up_candidates").unwrap_or(0)
+            );
+        } else {
+            println!(
+                "Follow-up queue rebuilt with {} user(s).",
+                follow_up_queue.len()
+            );
+        }
         println!("\nStatus JSON (GET /v1/reconciliation/status):");
         println!("{}", serde_json::to_string_pretty(&status)?);
         if let Ok(Some(last)) = recon_core::RunLog::latest(&db.run_log(), "startup").await {
@@ -261,12 +283,124 @@ mod demo {
         }
     }
 
+    /// The demo's tables and the columns the example uses.
+    const TABLES: [(&str, &[&str]); 3] = [
+        (
+            "processing_jobs",
+            &[
+                "id",
+                "status",
+                "locked_by",
+                "locked_until",
+                "attempts",
+                "last_error",
+                "next_run_at",
+                "updated_at",
+                "duration_ms",
+            ],
+        ),
+        (
+            "user_sessions",
+            &[
+                "phone",
+                "contact_status",
+                "follow_up_attempts",
+                "cooldown_until",
+                "last_activity",
+            ],
+        ),
+        ("orders", &["id", "processing_status", "total_amount"]),
+    ];
+
+    /// Which tables this demo created (it never drops a table it did not create, except
+    /// with `--reset-demo`).
+    const MARKER: &str = "recon_demo_tables";
+
+    /// `true` when none of the demo's tables exists (create them); `false` when all exist as
+    /// this demo created them (use them). Any other case is an error that names the table and
+    /// changes nothing.
+    pub(super) async fn needs_creating(db: &Db) -> Result<bool, Box<dyn std::error::Error>> {
+        let ours = created_by_demo(db).await?;
+        let mut absent = Vec::new();
+        for (table, wanted) in TABLES {
+            let Some(cols) = db.columns(&TableName::new(table, "demo table")?).await? else {
+                absent.push(table);
+                continue;
+            };
+            let why = if !ours.iter().any(|t| t == table) {
+                "it was not created by this demo".to_owned()
+            } else if let Some(c) = wanted
+                .iter()
+                .find(|w| !cols.iter().any(|c| c.eq_ignore_ascii_case(w)))
+            {
+                format!("it has no column {c}")
+            } else {
+                continue;
+            };
+            return Err(format!(
+                "{table} exists but is not the demo's table ({why}); it was left untouched \
+                 — use another database, or --reset-demo to drop and replace the demo's tables"
+            )
+            .into());
+        }
+        match absent.len() {
+            0 => Ok(false),
+            n if n == TABLES.len() => Ok(true),
+            _ => Err(format!(
+                "the demo's tables are incomplete (missing: {}); --reset-demo recreates them",
+                absent.join(", ")
+            )
+            .into()),
+        }
+    }
+
+    /// The tables listed in the marker table (none if it does not exist).
+    async fn created_by_demo(db: &Db) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        if db
+            .columns(&TableName::new(MARKER, "marker")?)
+            .await?
+            .is_none()
+        {
+            return Ok(Vec::new());
+        }
+        let sql = sqlx::AssertSqlSafe(format!("SELECT name FROM {MARKER}"));
+        Ok(match db.dialect() {
+            Dialect::Sqlite => {
+                sqlx::query_scalar(sql)
+                    .fetch_all(db.as_sqlite().unwrap())
+                    .await?
+            }
+            #[cfg(feature = "postgres")]
+            Dialect::Postgres => {
+                sqlx::query_scalar(sql)
+                    .fetch_all(db.as_postgres().unwrap())
+                    .await?
+            }
+            #[cfg(feature = "mysql")]
+            Dialect::MySql => {
+                sqlx::query_scalar(sql)
+                    .fetch_all(db.as_mysql().unwrap())
+                    .await?
+            }
+            #[allow(unreachable_patterns)]
+            d => return Err(format!("{} support is not compiled in", d.name()).into()),
+        })
+    }
+
+    /// Drop (only here: after the checks above, or on --reset-demo) and create the demo's
+    /// tables, and record them as the demo's.
     pub(super) async fn create(db: &Db, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
         let (ts, text, key) = match db.dialect() {
             Dialect::Postgres => ("TIMESTAMPTZ", "TEXT", "VARCHAR(32)"),
             Dialect::MySql => ("DATETIME(6)", "VARCHAR(255)", "VARCHAR(32)"),
             _ => ("TEXT", "TEXT", "TEXT"),
         };
+        exec(
+            db,
+            "CREATE TABLE IF NOT EXISTS recon_demo_tables (name VARCHAR(64) PRIMARY KEY)",
+            vec![],
+        )
+        .await?;
         for t in ["processing_jobs", "user_sessions", "orders"] {
             let drop_sql: &'static str = match t {
                 "processing_jobs" => "DROP TABLE IF EXISTS processing_jobs",
@@ -274,6 +408,18 @@ mod demo {
                 _ => "DROP TABLE IF EXISTS orders",
             };
             exec(db, drop_sql, vec![]).await?;
+            exec(
+                db,
+                "DELETE FROM recon_demo_tables WHERE name = ?",
+                vec![Arg::Text(Some(t))],
+            )
+            .await?;
+            exec(
+                db,
+                "INSERT INTO recon_demo_tables (name) VALUES (?)",
+                vec![Arg::Text(Some(t))],
+            )
+            .await?;
         }
         let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
         exec(

@@ -71,4 +71,8 @@ pub mod guides {
     pub mod store_sqlx {}
     #[doc = include_str!("../docs/operations.md")]
     pub mod operations {}
+    #[doc = include_str!("../docs/queue-rehydrate.md")]
+    pub mod queue_rehydrate {}
+    #[doc = include_str!("../docs/lineage-checksum.md")]
+    pub mod lineage_checksum {}
 }

@@ -68,9 +68,33 @@ pub fn backend_url(var: &str) -> Option<String> {
             if std::env::var("RECON_REQUIRE_ALL_BACKENDS").is_ok_and(|v| v == "1") {
                 panic!("{var} is unset, but RECON_REQUIRE_ALL_BACKENDS=1 requires every backend");
             }
-            eprintln!("SKIPPED: {var} is unset, so this backend's test did not run");
+            // Once per backend and test binary, straight to stderr: libtest captures
+            // `eprintln!` of passing tests, which would hide the skip.
+            static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+            let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+            if !said.iter().any(|v| v == var) {
+                said.push(var.to_owned());
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: {var} is unset, so this binary's tests on that backend pass \
+                     without running (set it, or RECON_REQUIRE_ALL_BACKENDS=1 to fail instead)"
+                );
+            }
             None
         }
+    }
+}
+
+/// With `RECON_REQUIRE_ALL_BACKENDS=1` the PostgreSQL and MySQL tests must not be compiled out
+/// either (their bodies are behind the features): fail unless both are on.
+#[test]
+fn required_backends_are_compiled() {
+    let required = std::env::var("RECON_REQUIRE_ALL_BACKENDS").is_ok_and(|v| v == "1");
+    if required && !(cfg!(feature = "postgres") && cfg!(feature = "mysql")) {
+        panic!(
+            "RECON_REQUIRE_ALL_BACKENDS=1, but a backend is compiled out: run with --all-features"
+        );
     }
 }
 

@@ -7,7 +7,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use lease_repair::counters::*;
 use lease_repair::{LeaseRepair, Settings, StoredJob};
-use queue_rehydrate::{ColumnType, KeyType, Predicate, SourceStore, TableMapping};
+use queue_rehydrate::memory::MemoryDerivedQueue;
+use queue_rehydrate::{
+    ColumnType, DesiredJob, JobQueue, Key, KeyType, Maintenance, Predicate, RehydrateReconciler,
+    SetValue, SourceStore, TableMapping, TableMappingSpec,
+};
 use recon_core::{
     LockAttempt, ManualClock, Reconciler, RunContext, RunLock, RunLog, RunStatus, Runner,
     StepReport, WatermarkStore,
@@ -49,6 +53,61 @@ async fn count(t: &TestDb, table: &str) -> i64 {
     crate::jobs::count_rows(t, table).await
 }
 
+/// Every table in the test's database or schema, with its row count: what "no SQL ran and
+/// nothing changed" is checked against.
+async fn catalogue(t: &TestDb) -> Vec<(String, i64)> {
+    let sql = match t.db.dialect() {
+        Dialect::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        }
+        Dialect::Postgres => {
+            "SELECT CAST(table_name AS TEXT) FROM information_schema.tables \
+             WHERE table_schema = current_schema()"
+        }
+        Dialect::MySql => {
+            "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
+             WHERE table_schema = DATABASE()"
+        }
+    };
+    let names: Vec<String> = match t.db.dialect() {
+        Dialect::Sqlite => sqlx::query_scalar(sql)
+            .fetch_all(t.db.as_sqlite().unwrap())
+            .await
+            .unwrap(),
+        #[cfg(feature = "postgres")]
+        Dialect::Postgres => sqlx::query_scalar(sql)
+            .fetch_all(t.db.as_postgres().unwrap())
+            .await
+            .unwrap(),
+        #[cfg(feature = "mysql")]
+        Dialect::MySql => sqlx::query_scalar(sql)
+            .fetch_all(t.db.as_mysql().unwrap())
+            .await
+            .unwrap(),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!(),
+    };
+    let mut out = Vec::new();
+    for n in names {
+        let rows = count(t, &n).await;
+        out.push((n, rows));
+    }
+    out.sort();
+    out
+}
+
+/// Each injection as a bare name and as either half of `schema.table`.
+fn table_injections() -> Vec<String> {
+    INJECTIONS
+        .iter()
+        .flat_map(|bad| [bad.to_string(), format!("{bad}.t"), format!("public.{bad}")])
+        .collect()
+}
+
+/// One identifier setting: builds a mapping (or a step) with `name` in that one place and
+/// nowhere else. `Ok` = accepted.
+type Setter = (&'static str, Box<dyn Fn(&str) -> Result<(), String>>);
+
 // 1
 async fn injection_in_every_job_table_setting_is_rejected_before_any_sql(t: &TestDb) {
     let jobs = jobs_table(t).await;
@@ -57,66 +116,274 @@ async fn injection_in_every_job_table_setting_is_rejected_before_any_sql(t: &Tes
         Shape::default(),
     )
     .await;
-    for bad in INJECTIONS {
-        let b = || JobTable::builder("processing_jobs");
-        for (what, r) in [
-            ("table", JobTable::builder(bad).build()),
-            ("id", b().id(bad).build()),
-            ("status", b().status(bad).build()),
-            ("owner", b().lease_owner(bad).build()),
-            ("expiry", b().lease_expires_at(bad).build()),
-            ("attempts", b().attempts(bad).build()),
-            ("last_error", b().last_error(bad).build()),
-            ("next_run_at", b().next_run_at(bad).build()),
-            ("updated_at", b().updated_at(bad).build()),
-            ("failed_at", b().failed_at(bad).build()),
-            ("archive", b().archive_table(bad).build()),
-        ] {
-            let err = r.expect_err(&format!("{what} accepted {bad:?}"));
-            assert!(err.to_string().contains("invalid identifier"), "{err}");
+    let before = catalogue(t).await;
+    let b = || JobTable::builder("processing_jobs");
+    let ok = |r: store_sqlx::Result<JobTable>| r.map(drop).map_err(|e| e.to_string());
+    let settings: Vec<Setter> = vec![
+        ("table", Box::new(move |n| ok(JobTable::builder(n).build()))),
+        ("id", Box::new(move |n| ok(b().id(n).build()))),
+        ("status", Box::new(move |n| ok(b().status(n).build()))),
+        ("owner", Box::new(move |n| ok(b().lease_owner(n).build()))),
+        (
+            "expiry",
+            Box::new(move |n| ok(b().lease_expires_at(n).build())),
+        ),
+        ("attempts", Box::new(move |n| ok(b().attempts(n).build()))),
+        (
+            "last_error",
+            Box::new(move |n| ok(b().last_error(n).build())),
+        ),
+        (
+            "next_run_at",
+            Box::new(move |n| ok(b().next_run_at(n).build())),
+        ),
+        (
+            "updated_at",
+            Box::new(move |n| ok(b().updated_at(n).build())),
+        ),
+        ("failed_at", Box::new(move |n| ok(b().failed_at(n).build()))),
+        (
+            "archive",
+            Box::new(move |n| ok(b().archive_table(n).build())),
+        ),
+    ];
+    assert_rejected(&settings, &["table", "archive"], "plain_name");
+    assert_eq!(
+        catalogue(t).await,
+        before,
+        "no table created, dropped or changed"
+    );
+    assert_eq!(count(t, "processing_jobs").await, 1, "the table is intact");
+}
+
+/// For each setting: a plain name is accepted (so a rejection is about the name), and every
+/// injection is rejected with an error that says the identifier is invalid. The builders are
+/// synchronous and hold no connection, so a rejection means no SQL ran; the callers also check
+/// that the database is unchanged.
+fn assert_rejected(settings: &[Setter], table_settings: &[&str], good: &str) {
+    for (what, set) in settings {
+        set(good).unwrap_or_else(|e| panic!("{what} refused the plain name {good:?}: {e}"));
+        let bad: Vec<String> = if table_settings.contains(what) {
+            table_injections()
+        } else {
+            INJECTIONS.iter().map(|s| s.to_string()).collect()
+        };
+        for bad in bad {
+            let err = set(&bad)
+                .err()
+                .unwrap_or_else(|| panic!("{what} accepted {bad:?}"));
+            assert!(
+                err.to_lowercase().contains("invalid identifier"),
+                "{what} = {bad:?}: {err}"
+            );
         }
     }
-    assert_eq!(count(t, "processing_jobs").await, 1, "the table is intact");
 }
 
 // 2
 async fn injection_in_other_mappings_is_rejected(t: &TestDb) {
+    let before = catalogue(t).await;
+    let msg = || MessageTable::builder("messages");
+    let m = |r: store_sqlx::Result<MessageTable>| r.map(drop).map_err(|e| e.to_string());
+    let q = |r: queue_rehydrate::Result<TableMapping>| r.map(drop).map_err(|e| e.to_string());
+    let x = |r: store_sqlx::Result<Metrics>| r.map(drop).map_err(|e| e.to_string());
+    let tm = || TableMapping::builder("sessions", "phone", KeyType::Text);
+    let spec = |table: &str, key: &str, column: &str| TableMappingSpec {
+        table: table.into(),
+        key: key.into(),
+        key_type: KeyType::Integer,
+        columns: vec![queue_rehydrate::Column {
+            name: column.into(),
+            ty: ColumnType::Text,
+        }],
+    };
+    let db = t.db.clone();
+    let metrics = move || Metrics::new(&db);
+    let (m1, m2, m3, m4, m5, m6) = (
+        metrics.clone(),
+        metrics.clone(),
+        metrics.clone(),
+        metrics.clone(),
+        metrics.clone(),
+        metrics,
+    );
+    let settings: Vec<Setter> = vec![
+        // message tables (queue-rehydrate's messages, store-sqlx's mapping)
+        (
+            "message table",
+            Box::new(move |n| m(MessageTable::builder(n).build())),
+        ),
+        (
+            "message id",
+            Box::new(move |n| m(msg().id(n, KeyType::Integer).build())),
+        ),
+        (
+            "message status",
+            Box::new(move |n| m(msg().status(n).build())),
+        ),
+        (
+            "message session",
+            Box::new(move |n| m(msg().session(n).build())),
+        ),
+        (
+            "message attempts",
+            Box::new(move |n| m(msg().attempts(n).build())),
+        ),
+        (
+            "message last_attempt_at",
+            Box::new(move |n| m(msg().last_attempt_at(n).build())),
+        ),
+        (
+            "message next_attempt_at",
+            Box::new(move |n| m(msg().next_attempt_at(n).build())),
+        ),
+        (
+            "message failed_at",
+            Box::new(move |n| m(msg().failed_at(n).build())),
+        ),
+        (
+            "message last_error",
+            Box::new(move |n| m(msg().last_error(n).build())),
+        ),
+        (
+            "message archived_at",
+            Box::new(move |n| m(msg().archived_at(n).build())),
+        ),
+        // source tables (queue rehydrate's TableMapping), by builder, spec and configuration
+        (
+            "source table",
+            Box::new(move |n| q(TableMapping::builder(n, "id", KeyType::Integer).build())),
+        ),
+        (
+            "source key",
+            Box::new(move |n| q(TableMapping::builder("t", n, KeyType::Integer).build())),
+        ),
+        (
+            "source column",
+            Box::new(move |n| q(tm().column(n, ColumnType::Text).build())),
+        ),
+        (
+            "spec table",
+            Box::new(move |n| q(TableMapping::from_spec(spec(n, "id", "status")))),
+        ),
+        (
+            "spec key",
+            Box::new(move |n| q(TableMapping::from_spec(spec("t", n, "status")))),
+        ),
+        (
+            "spec column",
+            Box::new(move |n| q(TableMapping::from_spec(spec("t", "id", n)))),
+        ),
+        (
+            "configuration file table",
+            Box::new(move |n| {
+                let json = serde_json::json!({
+                    "table": n, "key": "id", "key_type": "integer", "columns": []
+                });
+                serde_json::from_value::<TableMapping>(json)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+        ),
+        // metrics
+        (
+            "count_by table",
+            Box::new(move |n| x(m1().count_by("c", n, "status"))),
+        ),
+        (
+            "count_by column",
+            Box::new(move |n| x(m2().count_by("c", "orders", n))),
+        ),
+        (
+            "average table",
+            Box::new(move |n| x(m3().average("a", n, "total"))),
+        ),
+        (
+            "average column",
+            Box::new(move |n| x(m4().average("a", "orders", n))),
+        ),
+        ("sum table", Box::new(move |n| x(m5().sum("s", n, "total")))),
+        (
+            "sum column",
+            Box::new(move |n| x(m6().sum("s", "orders", n))),
+        ),
+    ];
+    let tables = [
+        "message table",
+        "source table",
+        "spec table",
+        "configuration file table",
+        "count_by table",
+        "average table",
+        "sum table",
+    ];
+    assert_rejected(&settings, &tables, "plain_name");
+
+    // Columns named in predicates and maintenance rules are never used as identifiers on
+    // their own: they must be columns of the (validated) mapping.
+    let sessions = tm()
+        .column("contact_status", ColumnType::Text)
+        .build()
+        .unwrap();
     for bad in INJECTIONS {
-        assert!(
-            MessageTable::builder(bad).build().is_err(),
-            "message table {bad:?}"
-        );
-        assert!(
-            MessageTable::builder("messages")
-                .status(bad)
-                .build()
-                .is_err()
-        );
-        assert!(
-            MessageTable::builder("messages")
-                .session(bad)
-                .build()
-                .is_err()
-        );
-        assert!(
-            TableMapping::builder(bad, "id", KeyType::Integer)
-                .build()
-                .is_err()
-        );
-        assert!(
-            TableMapping::builder("t", bad, KeyType::Integer)
-                .build()
-                .is_err()
-        );
-        assert!(
-            TableMapping::builder("t", "id", KeyType::Integer)
-                .column(bad, ColumnType::Text)
-                .build()
-                .is_err()
-        );
-        assert!(Metrics::new(&t.db).count_by("x", bad, "status").is_err());
-        assert!(Metrics::new(&t.db).sum("x", "orders", bad).is_err());
+        let build = |p: Predicate, rule: Option<Maintenance>| {
+            let mut b = RehydrateReconciler::builder(
+                "rehydrate",
+                Arc::new(t.db.source_store()),
+                sessions.clone(),
+            )
+            .candidates(p, Arc::new(MemoryDerivedQueue::new()));
+            if let Some(rule) = rule {
+                b = b.maintenance(rule);
+            }
+            b.build().map(drop).map_err(|e| e.to_string())
+        };
+        let fine = Predicate::eq("contact_status", "ACTIVE");
+        for (what, r) in [
+            (
+                "predicate column",
+                build(Predicate::eq(bad, "ACTIVE"), None),
+            ),
+            (
+                "maintenance column",
+                build(
+                    fine.clone(),
+                    Some(Maintenance::new("m", fine.clone()).set(bad, SetValue::Null)),
+                ),
+            ),
+            (
+                "maintenance condition",
+                build(
+                    fine.clone(),
+                    Some(
+                        Maintenance::new("m", Predicate::is_null(bad))
+                            .set("contact_status", SetValue::Null),
+                    ),
+                ),
+            ),
+        ] {
+            let err = r.err().unwrap_or_else(|| panic!("{what} accepted {bad:?}"));
+            assert!(
+                err.contains("has no mapped column"),
+                "{what} = {bad:?}: {err}"
+            );
+        }
     }
+    assert!(
+        RehydrateReconciler::builder("ok", Arc::new(t.db.source_store()), sessions)
+            .candidates(
+                Predicate::eq("contact_status", "ACTIVE"),
+                Arc::new(MemoryDerivedQueue::new())
+            )
+            .build()
+            .is_ok(),
+        "the control builds"
+    );
+    assert_eq!(
+        catalogue(t).await,
+        before,
+        "no table created, dropped or changed"
+    );
 }
 
 // 3
@@ -168,6 +435,24 @@ async fn hostile_values_are_bound_never_executed(t: &TestDb) {
     let w = t.db.watermarks();
     w.advance(evil, now()).await.unwrap();
     assert_eq!(w.get(evil).await.unwrap(), Some(now()));
+    // a queue name is a value too: bound, and kept apart from every other queue
+    let queue = t.db.job_queue(evil).unwrap();
+    queue.verify().await.unwrap();
+    let job = DesiredJob {
+        id: evil.into(),
+        kind: evil.into(),
+        entity_key: Key::Int(1),
+        run_at: now(),
+        payload: serde_json::json!({ "note": evil }),
+    };
+    assert_eq!(queue.enqueue(&[job]).await.unwrap(), 1);
+    let listed = queue.page(None, 10).await.unwrap();
+    assert_eq!((listed.len(), listed[0].id.as_str()), (1, evil));
+    let other = t.db.job_queue("other").unwrap();
+    assert!(
+        other.page(None, 10).await.unwrap().is_empty(),
+        "queues apart"
+    );
     let runner = Runner::builder(evil)
         .time_source(Arc::new(ManualClock::at(now())))
         .step(Metrics::new(&t.db))
@@ -304,11 +589,9 @@ async fn lease_expiry_in_year_9999_and_before_1970(t: &TestDb) {
     assert_eq!(jobs.all().await[0].row.status, "processing");
 }
 
-// 8
+// 8 (SQLite: a timestamp column is text there and can hold anything)
 async fn a_timestamp_in_an_unknown_format_is_reported_and_the_rest_go_on(t: &TestDb) {
-    if t.db.dialect() != Dialect::Sqlite {
-        return; // typed columns cannot hold such text on PostgreSQL and MySQL
-    }
+    assert_eq!(t.db.dialect(), Dialect::Sqlite);
     let jobs = jobs_table(t).await;
     jobs.insert(
         &[StoredJob::new(1, "processing", None, None, Some(0))],
@@ -335,6 +618,159 @@ async fn a_timestamp_in_an_unknown_format_is_reported_and_the_rest_go_on(t: &Tes
     );
 }
 
+// 8 (PostgreSQL and MariaDB: a typed column refuses `next tuesday`, but holds times no calendar
+// has: PostgreSQL's `infinity` and `-infinity`, MariaDB's zero date and, with
+// ALLOW_INVALID_DATES, 30 February)
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn a_time_the_server_holds_but_no_calendar_has_is_reported(t: &TestDb) {
+    let jobs = jobs_table(t).await;
+    jobs.insert(
+        &[
+            StoredJob::new(1, "processing", None, None, Some(0)),
+            StoredJob::new(
+                4,
+                "processing",
+                Some("w"),
+                Some(now() - chrono::Duration::hours(1)),
+                Some(0),
+            ),
+        ],
+        Shape::default(),
+    )
+    .await;
+    // 2 is selected as an expired lease, 3 as a lease too far ahead: both paths decode
+    let insert =
+        "INSERT INTO processing_jobs (id, status, locked_by, locked_until, attempts) VALUES";
+    match t.db.dialect() {
+        Dialect::Postgres => {
+            t.exec(&format!(
+                "{insert} (2, 'processing', 'w', '-infinity', 0), (3, 'processing', 'w', 'infinity', 0)"
+            ))
+            .await
+        }
+        Dialect::MySql => {
+            t.exec(&format!(
+                "SET STATEMENT sql_mode = 'ALLOW_INVALID_DATES' FOR {insert} \
+                 (2, 'processing', 'w', '0000-00-00 00:00:00', 0), \
+                 (3, 'processing', 'w', '2024-02-30 10:00:00', 0)"
+            ))
+            .await
+        }
+        Dialect::Sqlite => unreachable!("SQLite has its own case"),
+    }
+    let r = run(&LeaseRepair::new(jobs.lease.clone(), settings()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.count(JOBS_REQUEUED), 1, "the orphan is repaired");
+    assert_eq!(
+        r.count(LEASES_REPAIRED),
+        1,
+        "the readable expired lease is repaired"
+    );
+    if t.db.dialect() == Dialect::MySql {
+        // MySQL's convention: the zero date is a "dummy date" that reads as no time at all, so
+        // the row is an owner without an expiry — reported, and left alone like the other
+        let listed = r.details()["anomalies"].as_array().unwrap();
+        assert!(
+            listed
+                .iter()
+                .any(|a| a["key"] == "2" && a["kind"] == "owner_without_expiry"),
+            "{listed:?}"
+        );
+        assert_unreadable_reported(&r, &["3"], "locked_until");
+    } else {
+        assert_unreadable_reported(&r, &["2", "3"], "locked_until");
+    }
+    let after = statuses(t).await;
+    assert_eq!(
+        after,
+        [
+            (1, "retry".to_owned()),
+            (2, "processing".to_owned()),
+            (3, "processing".to_owned()),
+            (4, "retry".to_owned())
+        ],
+        "unreadable rows are never changed"
+    );
+}
+
+/// `sql` run as it is; the server's error if it refuses it.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn try_exec(t: &TestDb, sql: &str) -> Result<(), String> {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match t.db.dialect() {
+        #[cfg(feature = "postgres")]
+        Dialect::Postgres => sqlx::raw_sql(sql)
+            .execute(t.db.as_postgres().unwrap())
+            .await
+            .map(drop),
+        #[cfg(feature = "mysql")]
+        Dialect::MySql => sqlx::raw_sql(sql)
+            .execute(t.db.as_mysql().unwrap())
+            .await
+            .map(drop),
+        _ => sqlx::raw_sql(sql)
+            .execute(t.db.as_sqlite().unwrap())
+            .await
+            .map(drop),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// `(id, status)` of every job, read without touching the columns that may be unreadable.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn statuses(t: &TestDb) -> Vec<(i64, String)> {
+    let sql = "SELECT id, status FROM processing_jobs ORDER BY id";
+    match t.db.dialect() {
+        #[cfg(feature = "postgres")]
+        Dialect::Postgres => {
+            sqlx::query_as(sql)
+                .fetch_all(t.db.as_postgres().unwrap())
+                .await
+        }
+        #[cfg(feature = "mysql")]
+        Dialect::MySql => {
+            sqlx::query_as(sql)
+                .fetch_all(t.db.as_mysql().unwrap())
+                .await
+        }
+        _ => {
+            sqlx::query_as(sql)
+                .fetch_all(t.db.as_sqlite().unwrap())
+                .await
+        }
+    }
+    .unwrap()
+}
+
+/// PostgreSQL and MariaDB refuse a hostile value on insert (with the error `refused[0]` or
+/// `refused[1]`), so it can never reach recon; the row next to it is repaired as usual.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn refused_on_insert(t: &TestDb, owner: &str, attempts: &str, refused: [&str; 2]) {
+    let jobs = jobs_table(t).await;
+    jobs.insert(
+        &[StoredJob::new(1, "processing", None, None, Some(0))],
+        Shape::default(),
+    )
+    .await;
+    let err = try_exec(
+        t,
+        &format!(
+            "INSERT INTO processing_jobs (id, status, locked_by, locked_until, attempts) \
+             VALUES (2, 'processing', {owner}, NULL, {attempts})"
+        ),
+    )
+    .await
+    .expect_err("the server stored the hostile value");
+    let want = refused[usize::from(t.db.dialect() == Dialect::MySql)];
+    assert!(err.contains(want), "{err}");
+    let r = run(&LeaseRepair::new(jobs.lease.clone(), settings()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.count(JOBS_REQUEUED), 1);
+    assert_eq!(statuses(t).await, [(1, "retry".to_owned())]);
+}
+
 fn assert_unreadable_reported(r: &StepReport, keys: &[&str], column: &str) {
     let listed = r.details()["anomalies"]
         .as_array()
@@ -349,11 +785,9 @@ fn assert_unreadable_reported(r: &StepReport, keys: &[&str], column: &str) {
     }
 }
 
-// 9
+// 9 (SQLite: text columns hold any bytes)
 async fn non_utf8_text_is_reported_and_the_rest_go_on(t: &TestDb) {
-    if t.db.dialect() != Dialect::Sqlite {
-        return; // PostgreSQL and MariaDB refuse invalid UTF-8 on insert
-    }
+    assert_eq!(t.db.dialect(), Dialect::Sqlite);
     let jobs = jobs_table(t).await;
     t.exec("INSERT INTO processing_jobs (id, status, locked_by, locked_until, attempts) VALUES (1, 'processing', CAST(X'FFFE41' AS TEXT), '2024-01-24T10:00:00+00:00', 0)").await;
     jobs.insert(
@@ -373,6 +807,22 @@ async fn non_utf8_text_is_reported_and_the_rest_go_on(t: &TestDb) {
     assert_eq!(r.count(LEASES_REPAIRED), 1);
     assert_unreadable_reported(&r, &["1"], "locked_by");
     assert_eq!(jobs.all_raw_status().await[0].1, "processing");
+}
+
+// 9 (PostgreSQL and MariaDB: refused on insert, so it never reaches recon)
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn non_utf8_text_is_refused_by_the_server(t: &TestDb) {
+    let bytes = match t.db.dialect() {
+        Dialect::Postgres => "convert_from('\\xfffe41'::bytea, 'UTF8')",
+        _ => "X'FFFE41'",
+    };
+    refused_on_insert(
+        t,
+        bytes,
+        "0",
+        ["invalid byte sequence", "Incorrect string value"],
+    )
+    .await;
 }
 
 // 10
@@ -440,7 +890,15 @@ async fn hostile_data_makes_plain_counter_names(t: &TestDb) {
 
 // 13
 async fn a_huge_error_message_is_stored_truncated_with_a_marker(t: &TestDb) {
-    struct Loud;
+    // 'a' then 2-byte characters: the 2,048-byte cut falls inside a character
+    let item = format!("a{}", "é".repeat(5 * 1024 * 1024));
+    let upstream = || {
+        recon_core::Error::permanent(
+            "upstream said",
+            std::io::Error::other("é".repeat(5 * 1024 * 1024)),
+        )
+    };
+    struct Loud(String);
     #[recon_core::async_trait]
     impl Reconciler for Loud {
         fn name(&self) -> &str {
@@ -448,31 +906,24 @@ async fn a_huge_error_message_is_stored_truncated_with_a_marker(t: &TestDb) {
         }
         async fn reconcile(&self, _: &RunContext) -> recon_core::Result<StepReport> {
             let mut r = StepReport::new("loud");
-            r.push_error("job-1", "x".repeat(10 * 1024 * 1024));
-            Err(recon_core::Error::permanent(
-                "upstream said",
-                std::io::Error::other("é".repeat(5 * 1024 * 1024)),
-            ))
-            .or(Ok::<_, recon_core::Error>(r))
+            r.push_error("job-1", self.0.clone());
+            Ok(r)
         }
     }
-    struct Fails;
+    struct Fails(fn() -> recon_core::Error);
     #[recon_core::async_trait]
     impl Reconciler for Fails {
         fn name(&self) -> &str {
             "fails"
         }
         async fn reconcile(&self, _: &RunContext) -> recon_core::Result<StepReport> {
-            Err(recon_core::Error::permanent(
-                "upstream said",
-                std::io::Error::other("é".repeat(5 * 1024 * 1024)),
-            ))
+            Err((self.0)())
         }
     }
     let runner = Runner::builder("loud")
         .time_source(Arc::new(ManualClock::at(now())))
-        .step(Loud)
-        .step(Fails)
+        .step(Loud(item.clone()))
+        .step(Fails(upstream))
         .run_log(Arc::new(t.db.run_log()))
         .build()
         .unwrap();
@@ -481,22 +932,53 @@ async fn a_huge_error_message_is_stored_truncated_with_a_marker(t: &TestDb) {
     assert_eq!(stored, report, "stored as reported");
     let json = serde_json::to_string(&stored).unwrap();
     assert!(json.len() < 16 * 1024, "{} bytes", json.len());
-    assert!(json.contains("truncated, 10485760 bytes in all"));
-    assert!(
-        json.contains("bytes in all"),
-        "the step error is truncated too"
+
+    // Each kept part is a prefix of the original, cut at a character boundary just under the
+    // limit, followed by the marker with the original length.
+    let check = |what: &str, kept: &str, full: &str| {
+        let marker = format!("…[truncated, {} bytes in all]", full.len());
+        let head = kept.strip_suffix(&marker).unwrap_or_else(|| {
+            panic!(
+                "{what}: no {marker:?} at the end of {:?}",
+                &kept[kept.len().saturating_sub(80)..]
+            )
+        });
+        assert!(
+            full.starts_with(head),
+            "{what}: not a prefix of the original"
+        );
+        let max = StepReport::MAX_REASON_BYTES;
+        assert!(
+            head.len() <= max && head.len() > max - 4,
+            "{what}: kept {} bytes",
+            head.len()
+        );
+    };
+    let loud = &stored.step("loud").unwrap().report;
+    assert_eq!(loud.item_errors().len(), 1);
+    let kept = &loud.item_errors()[0].reason;
+    check("item error", kept, &item);
+    assert_eq!(
+        kept.len(),
+        StepReport::MAX_REASON_BYTES - 1 + "…[truncated, 10485761 bytes in all]".len(),
+        "the cut moved back to the character boundary"
     );
+    let fails = stored.step("fails").unwrap();
+    assert_eq!(fails.status, recon_core::StepStatus::Failed);
+    let message = &fails.error.as_ref().expect("the step error").message;
+    check("step error", message, &upstream().to_string());
 }
 
 // 14
 async fn a_clock_that_goes_backwards_between_runs(t: &TestDb) {
     let jobs = jobs_table(t).await;
+    let ended = |minutes: i64| Some(now() - chrono::Duration::minutes(minutes));
     jobs.insert(
         &[StoredJob::new(
             1,
             "processing",
             Some("w"),
-            Some(now() - chrono::Duration::minutes(30)),
+            ended(30),
             Some(0),
         )],
         Shape::default(),
@@ -511,6 +993,19 @@ async fn a_clock_that_goes_backwards_between_runs(t: &TestDb) {
         .unwrap();
     let first = runner.run().await;
     assert_eq!(first.count(LEASES_REPAIRED), 1);
+    // Written after the first run: job 2's lease ended an hour before the first run's `now`,
+    // so it is expired by that clock but still live two hours earlier; job 3's ended three
+    // hours before, expired by either clock.
+    jobs.insert(
+        &[
+            StoredJob::new(2, "processing", Some("w"), ended(60), Some(0)),
+            StoredJob::new(3, "processing", Some("w"), ended(180), Some(0)),
+        ],
+        Shape::default(),
+    )
+    .await;
+    let job1 = jobs.all().await[0].clone();
+
     clock.advance(-chrono::Duration::hours(2));
     let second = runner.run().await;
     assert_eq!(
@@ -520,14 +1015,73 @@ async fn a_clock_that_goes_backwards_between_runs(t: &TestDb) {
     );
     assert_eq!(
         second.count(LEASES_REPAIRED),
-        0,
-        "and repairs nothing twice"
+        1,
+        "the earlier now decides: job 3 only"
     );
+    let rows = jobs.all().await;
+    assert_eq!(rows[0], job1, "job 1 is not repaired twice");
+    assert_eq!(
+        (
+            rows[1].row.status.as_str(),
+            rows[1].row.lease_owner.as_deref()
+        ),
+        ("processing", Some("w")),
+        "job 2's lease is live by the earlier clock: a run that ignored it would break a live worker"
+    );
+    assert_eq!(rows[2].row.status, "retry");
     let last = t.db.run_log().latest("startup").await.unwrap().unwrap();
     assert_eq!(
         last.id, second.id,
         "the run that happened last is the latest, whatever its clock"
     );
+
+    // back at the first run's time: job 2 is repaired, once, and nothing else
+    clock.advance(chrono::Duration::hours(2));
+    let third = runner.run().await;
+    assert_eq!(third.count(LEASES_REPAIRED), 1);
+    let after = jobs.all().await;
+    assert_eq!((&after[0], &after[2]), (&rows[0], &rows[2]));
+    assert_eq!(after[1].row.status, "retry");
+    assert_eq!(after[1].row.attempts, Some(0));
+
+    // A lease-row run lock across the step back: it holds until its expiry whatever the
+    // clock says (not stolen early), and ends at that expiry (not held forever).
+    let lock_clock = ManualClock::at(now());
+    let lock = |holder: &str| {
+        t.db.run_lock()
+            .mode(store_sqlx::LockMode::LeaseRow)
+            .holder(holder)
+            .clock(Arc::new(lock_clock.clone()))
+    };
+    let ttl = Duration::from_secs(600);
+    let LockAttempt::Acquired(a) = lock("a").try_acquire("startup", ttl).await.unwrap() else {
+        panic!("the first instance takes the lock")
+    };
+    lock_clock.advance(-chrono::Duration::hours(2));
+    assert!(
+        matches!(
+            lock("b").try_acquire("startup", ttl).await.unwrap(),
+            LockAttempt::HeldByOther { .. }
+        ),
+        "stolen when the clock went back"
+    );
+    lock_clock.set(now() + chrono::Duration::seconds(599));
+    assert!(
+        matches!(
+            lock("b").try_acquire("startup", ttl).await.unwrap(),
+            LockAttempt::HeldByOther { .. }
+        ),
+        "stolen before its expiry"
+    );
+    lock_clock.set(now() + chrono::Duration::seconds(601));
+    let LockAttempt::Acquired(b) = lock("b").try_acquire("startup", ttl).await.unwrap() else {
+        panic!("the lock outlived its expiry")
+    };
+    assert!(
+        lock("a").release(a).await.is_err(),
+        "the old holder cannot release the new holder's lock"
+    );
+    lock("b").release(b).await.unwrap();
 }
 
 // 15
@@ -562,11 +1116,9 @@ async fn extreme_lock_ttls(t: &TestDb) {
     lock.release(g).await.unwrap();
 }
 
-// 17
+// 17 (SQLite: an INTEGER column holds text)
 async fn a_column_holding_text_where_attempts_should_be(t: &TestDb) {
-    if t.db.dialect() != Dialect::Sqlite {
-        return; // typed columns refuse it
-    }
+    assert_eq!(t.db.dialect(), Dialect::Sqlite);
     let jobs = jobs_table(t).await;
     t.exec("INSERT INTO processing_jobs (id, status, locked_by, locked_until, attempts) VALUES (1, 'processing', NULL, NULL, 'three')").await;
     let r = run(&LeaseRepair::new(jobs.lease.clone(), settings()).unwrap())
@@ -577,6 +1129,18 @@ async fn a_column_holding_text_where_attempts_should_be(t: &TestDb) {
         jobs.all_raw_status().await[0],
         ("1".into(), "processing".into(), Some("three".into()))
     );
+}
+
+// 17 (PostgreSQL and MariaDB: refused on insert, so it never reaches recon)
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn text_in_the_attempts_column_is_refused_by_the_server(t: &TestDb) {
+    refused_on_insert(
+        t,
+        "NULL",
+        "'three'",
+        ["invalid input syntax", "Incorrect integer value"],
+    )
+    .await;
 }
 
 // 18
@@ -616,8 +1180,6 @@ conformance_sql!(
     unknown_status_values_are_left_alone,
     null_negative_and_huge_attempts_are_anomalies,
     lease_expiry_in_year_9999_and_before_1970,
-    a_timestamp_in_an_unknown_format_is_reported_and_the_rest_go_on,
-    non_utf8_text_is_reported_and_the_rest_go_on,
     text_keys_with_quotes_and_comment_markers_are_bound,
     predicate_values_with_sql_in_them_are_bound,
     hostile_data_makes_plain_counter_names,
@@ -625,9 +1187,60 @@ conformance_sql!(
     a_clock_that_goes_backwards_between_runs,
     a_watermark_in_the_future_and_one_moved_back,
     extreme_lock_ttls,
-    a_column_holding_text_where_attempts_should_be,
     schema_qualified_and_overlong_names,
 );
+
+/// Cases 8, 9 and 17 on SQLite, whose columns hold any value: the hostile value is stored and
+/// recon reports it.
+mod sqlite_only {
+    macro_rules! cases {
+        ($($case:ident),*) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let t = crate::common::sqlite().await;
+                super::$case(&t).await;
+                t.finish().await;
+            }
+        )*};
+    }
+    cases!(
+        a_timestamp_in_an_unknown_format_is_reported_and_the_rest_go_on,
+        non_utf8_text_is_reported_and_the_rest_go_on,
+        a_column_holding_text_where_attempts_should_be
+    );
+}
+
+/// Cases 8, 9 and 17 on PostgreSQL and MariaDB, whose typed columns refuse those values: what
+/// a hostile host can store there instead, or proof that the server refuses it.
+mod servers {
+    macro_rules! cases {
+        ($($case:ident),*) => {
+            #[cfg(feature = "postgres")]
+            mod postgres {$(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(t) = crate::common::postgres().await else { return };
+                    super::super::$case(&t).await;
+                    t.finish().await;
+                }
+            )*}
+            #[cfg(feature = "mysql")]
+            mod mysql {$(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(t) = crate::common::mysql().await else { return };
+                    super::super::$case(&t).await;
+                    t.finish().await;
+                }
+            )*}
+        };
+    }
+    cases!(
+        a_time_the_server_holds_but_no_calendar_has_is_reported,
+        non_utf8_text_is_refused_by_the_server,
+        text_in_the_attempts_column_is_refused_by_the_server
+    );
+}
 
 mod pure {
     //! Cases that need no database.

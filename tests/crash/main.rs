@@ -67,36 +67,69 @@ impl Lcg {
     }
 }
 
+/// A child process that is killed (SIGKILL) and reaped when dropped, so that a panic in the
+/// parent never leaves one running.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 async fn crash_test(t: &common::TestDb, spec: String, seed: u64) {
     let name = t.db.dialect().name();
+    // printed first (harness = false: nothing is captured), so a failure below can be
+    // repeated with RECON_CRASH_SEED
+    eprintln!("crash {name}: seed {seed} (repeat with RECON_CRASH_SEED={seed})");
     table::stuck_table(t, JOBS).await;
     let exe = std::env::current_exe().unwrap();
     let mut rng = Lcg(seed);
-    let (mut kills, mut hits) = (0, 0);
+    let (mut kills, mut hits, mut progressed) = (0, 0, 0);
+    // Kills land a random 20 ms .. `longest` after the child is ready. A child killed before
+    // it committed a batch proves little, so on a slow (busy) machine `longest` doubles after
+    // each kill that left no committed batch; the delays then depend on the machine too, not
+    // only on the seed.
+    let mut longest = 250;
+    let stuck = "SELECT COUNT(*) FROM jobs WHERE status = 'processing'";
+    let mut before = table::scalar(t, stuck).await;
     let started = Instant::now();
     while kills < KILLS {
-        let mut c = Command::new(&exe)
-            .env("RECON_CRASH_CHILD", &spec)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(c.stdout.take().unwrap());
+        let mut c = Child(
+            Command::new(&exe)
+                .env("RECON_CRASH_CHILD", &spec)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        );
+        let mut out = BufReader::new(c.0.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "{name}: child did not start");
-        std::thread::sleep(Duration::from_millis(rng.next(20, 250)));
-        let finished = c.try_wait().unwrap().is_some();
-        c.kill().ok(); // SIGKILL on Unix
-        c.wait().unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "{name}, seed {seed}: child did not start"
+        );
+        std::thread::sleep(Duration::from_millis(rng.next(20, longest)));
+        let finished = c.0.try_wait().unwrap().is_some();
+        drop(c); // SIGKILL on Unix, then reaped
         kills += 1;
+        let after = table::scalar(t, stuck).await;
+        if after < before {
+            progressed += 1;
+        } else {
+            longest = (longest * 2).min(8000);
+        }
+        before = after;
         if !finished {
             hits += 1;
         } else {
             break; // the work is done: later kills would hit nothing
         }
     }
-    let left = table::scalar(t, "SELECT COUNT(*) FROM jobs WHERE status = 'processing'").await;
+    let left = before;
     // the final, uninterrupted run
     let r = step(&t.db)
         .reconcile(&RunContext::new(table::now()))
@@ -104,15 +137,21 @@ async fn crash_test(t: &common::TestDb, spec: String, seed: u64) {
         .unwrap();
     table::assert_each_repaired_once(t, JOBS).await;
     println!(
-        "crash {name}: seed {seed}: {kills} SIGKILLs ({hits} mid-run) over {:.1?}; {left} jobs were \
-         still stuck before the final run, which repaired them in {} batches; all {JOBS} jobs in \
-         one valid state, none lost, no attempt counted twice",
+        "crash {name}: seed {seed}: {kills} SIGKILLs ({hits} mid-run, {progressed} after the \
+         child had committed work) over {:.1?}; {left} jobs were still stuck before the final \
+         run, which repaired them in {} batches; all {JOBS} jobs in one valid state, none lost, \
+         no attempt counted twice",
         started.elapsed(),
         r.count(lease_repair::counters::BATCHES)
     );
     assert!(
         hits >= KILLS,
-        "{name}: only {hits} kills hit a running child; the work finished first"
+        "{name}, seed {seed}: only {hits} kills hit a running child; the work finished first"
+    );
+    assert!(
+        progressed >= KILLS / 4,
+        "{name}, seed {seed}: only {progressed} of {kills} children had committed a batch when \
+         they were killed"
     );
 }
 
@@ -131,6 +170,14 @@ fn main() {
                 .unwrap()
                 .as_nanos() as u64
         });
+    if std::env::var("RECON_REQUIRE_ALL_BACKENDS").is_ok_and(|v| v == "1")
+        && !cfg!(feature = "postgres")
+    {
+        panic!(
+            "RECON_REQUIRE_ALL_BACKENDS=1, but PostgreSQL support is not compiled in: \
+             run with --all-features"
+        );
+    }
     rt.block_on(async {
         let t = common::sqlite().await;
         let spec = format!("sqlite:{}", t.sqlite_path().unwrap().display());

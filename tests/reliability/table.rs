@@ -92,7 +92,9 @@ pub async fn stuck_table(t: &TestDb, n: i64) {
         .await;
 }
 
-/// Log every write that takes a job out of `processing` into `repair_audit`.
+/// Log every write to a job row into `repair_audit`: any UPDATE, whatever it changes (so a
+/// second write to a row already repaired is caught too, not only a second transition out of
+/// `processing`). Call it after the table is filled.
 pub async fn audit(t: &TestDb) {
     t.exec("CREATE TABLE repair_audit (job_id BIGINT NOT NULL)")
         .await;
@@ -105,7 +107,6 @@ pub async fn audit(t: &TestDb) {
             .await;
             t.exec(
                 "CREATE TRIGGER jobs_audit AFTER UPDATE ON jobs FOR EACH ROW \
-                 WHEN (OLD.status = 'processing' AND NEW.status <> 'processing') \
                  EXECUTE FUNCTION audit_repair()",
             )
             .await;
@@ -113,15 +114,13 @@ pub async fn audit(t: &TestDb) {
         Dialect::MySql => {
             t.exec(
                 "CREATE TRIGGER jobs_audit AFTER UPDATE ON jobs FOR EACH ROW \
-                 INSERT INTO repair_audit (job_id) SELECT NEW.id FROM DUAL \
-                 WHERE OLD.status = 'processing' AND NEW.status <> 'processing'",
+                 INSERT INTO repair_audit (job_id) VALUES (NEW.id)",
             )
             .await;
         }
         Dialect::Sqlite => {
             t.exec(
                 "CREATE TRIGGER jobs_audit AFTER UPDATE ON jobs FOR EACH ROW \
-                 WHEN OLD.status = 'processing' AND NEW.status <> 'processing' \
                  BEGIN INSERT INTO repair_audit (job_id) VALUES (NEW.id); END",
             )
             .await;
@@ -179,4 +178,34 @@ pub async fn assert_each_repaired_once(t: &TestDb, n: i64) {
         0,
         "{name}: a lease left behind"
     );
+    // every column of the repair written, none torn: a retry has its next run and no failure
+    // time, a failure its failure time and no next run, both the message and updated_at
+    for (what, filter) in [
+        (
+            "a retry without next_run_at",
+            "status = 'retry' AND next_run_at IS NULL",
+        ),
+        (
+            "a retry with failed_at",
+            "status = 'retry' AND failed_at IS NOT NULL",
+        ),
+        (
+            "a failure without failed_at",
+            "status = 'failed' AND failed_at IS NULL",
+        ),
+        (
+            "a failure with next_run_at",
+            "status = 'failed' AND next_run_at IS NOT NULL",
+        ),
+        ("a job without last_error", "last_error IS NULL"),
+        ("a job without updated_at", "updated_at IS NULL"),
+        (
+            "a job with the wrong message",
+            "last_error <> CASE WHEN id % 5 = 0 THEN 'Orphaned job recovered' \
+             ELSE 'Lease expired - worker crashed or timed out' END",
+        ),
+    ] {
+        let sql = format!("SELECT COUNT(*) FROM jobs WHERE {filter}");
+        assert_eq!(scalar(t, &sql).await, 0, "{name}: {what}");
+    }
 }

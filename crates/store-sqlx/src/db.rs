@@ -40,7 +40,7 @@ fn audited(sql: &str) -> AssertSqlSafe<String> {
 }
 
 macro_rules! backend {
-    ($feat:literal, $module:ident, $DB:ty, $Row:ty, $unsigned:expr, $arrays:expr) => {
+    ($feat:literal, $module:ident, $DB:ty, $Row:ty, $unsigned:expr, $arrays:expr, $ts:expr) => {
         #[cfg(feature = $feat)]
         mod $module {
             use super::*;
@@ -140,7 +140,7 @@ macro_rules! backend {
                                 })?)),
                             }
                         }
-                        Kind::Ts(_) => Value::Ts(row.try_get::<Option<DateTime<Utc>>, _>(i)?),
+                        Kind::Ts(_) => Value::Ts($ts(row, i)?),
                         Kind::Bytes => Value::Bytes(row.try_get::<Option<Vec<u8>>, _>(i)?),
                     }
                 })
@@ -181,6 +181,53 @@ fn pg_arrays<'q>(
     })
 }
 
+/// A timestamp cell as sqlx decodes it.
+#[allow(dead_code)]
+fn timestamp<R: sqlx::Row>(row: &R, i: usize) -> Result<Option<DateTime<Utc>>, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<DateTime<Utc>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    row.try_get(i)
+}
+
+/// PostgreSQL timestamps reach beyond chrono's calendar (`infinity`, `-infinity`, years after
+/// 262143), and sqlx panics decoding those: check the range first, so that such a value is one
+/// unreadable cell (reported) instead of a panic that stops the whole step.
+#[cfg(feature = "postgres")]
+fn pg_timestamp(
+    row: &sqlx::postgres::PgRow,
+    i: usize,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    use sqlx::{Row as _, TypeInfo as _, ValueRef as _};
+    let raw = row.try_get_raw(i)?;
+    let binary = raw.format() == sqlx::postgres::PgValueFormat::Binary;
+    if !raw.is_null() && binary && matches!(raw.type_info().name(), "TIMESTAMPTZ" | "TIMESTAMP") {
+        // microseconds since 2000-01-01
+        let micros = raw
+            .as_bytes()
+            .ok()
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(i64::from_be_bytes);
+        if let Some(us) = micros
+            && us
+                .checked_add(946_684_800_000_000)
+                .and_then(DateTime::from_timestamp_micros)
+                .is_none()
+        {
+            let what = match us {
+                i64::MAX => "infinity".to_owned(),
+                i64::MIN => "-infinity".to_owned(),
+                _ => format!("{us} µs after 2000-01-01"),
+            };
+            return Err(sqlx::Error::Decode(
+                format!("the timestamp {what} is outside the calendar recon can represent").into(),
+            ));
+        }
+    }
+    row.try_get(i)
+}
+
 /// Backends without unsigned integer types: the signed attempts above already failed.
 #[allow(dead_code)]
 fn no_unsigned<R: sqlx::Row>(row: &R, i: usize) -> Result<Option<i64>, sqlx::Error>
@@ -199,7 +246,8 @@ backend!(
     sqlx::Sqlite,
     sqlx::sqlite::SqliteRow,
     no_unsigned,
-    no_arrays
+    no_arrays,
+    timestamp
 );
 backend!(
     "postgres",
@@ -207,7 +255,8 @@ backend!(
     sqlx::Postgres,
     sqlx::postgres::PgRow,
     no_unsigned,
-    pg_arrays
+    pg_arrays,
+    pg_timestamp
 );
 backend!(
     "mysql",
@@ -215,7 +264,8 @@ backend!(
     sqlx::MySql,
     sqlx::mysql::MySqlRow,
     unsigned_mysql,
-    no_arrays
+    no_arrays,
+    timestamp
 );
 
 /// Expand `$body` once per backend with `$m` naming the backend's helper module and `$p`
