@@ -117,7 +117,7 @@ impl Backoff {
     }
 
     /// The unclamped base delay for retry index `n`, in nanoseconds, saturated at the limit.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn base_nanos(&self, n: u32) -> u64 {
         let n64 = u64::from(n);
         match self {
@@ -183,19 +183,29 @@ fn exponential_nanos(initial: u64, factor: f64, n: u32) -> u64 {
     if v >= LIMIT {
         LIMIT_NANOS
     } else {
-        // 0 <= v < LIMIT: the cast is exact after rounding and cannot saturate.
-        v.round() as u64
+        round_non_negative(v)
     }
+}
+
+/// `x.round() as u64` for `0 <= x < 2⁶⁴` (half away from zero), without the libm call that
+/// `f64::round` compiles to on baseline x86-64: the truncating cast is one instruction, and
+/// `x − trunc(x)` is exact in `f64` for non-negative `x`.
+#[inline]
+pub(crate) fn round_non_negative(x: f64) -> u64 {
+    let t = x as u64;
+    if x - t as f64 >= 0.5 { t + 1 } else { t }
 }
 
 /// How the base delay is spread so that records failing together do not retry together.
 ///
 /// Every kind draws from a stable hash of the record key and the retry index, so the same inputs
-/// always give the same delay (see `docs/retry-policy.md` for the formulas). A jittered delay is
+/// always give the same delay (see `docs/retry-policy.md` for the formulas). Each kind's range is
+/// first cut to the policy's `[min_delay, max_delay]` and the draw is made inside the cut range,
+/// so every delay respects the bounds without being clamped onto them: at the cap, keys stay
+/// spread below `max_delay` instead of all retrying at exactly `max_delay`. A jittered delay is
 /// a whole number of milliseconds whenever its range holds one (rounded down, or up when down
-/// would leave the range), so
-/// a retry time stored in a millisecond-precision column is recomputed exactly. Whatever the
-/// draw, the result is clamped to the policy's `[min_delay, max_delay]`.
+/// would leave the range), so a retry time stored in a millisecond-precision column is
+/// recomputed exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 #[non_exhaustive]
@@ -208,8 +218,11 @@ pub enum Jitter {
     /// Uniform in `[base/2, base]` (AWS "equal jitter").
     Equal,
     /// AWS "decorrelated jitter", made a pure function of (key, retry index): uniform in
-    /// `[base_n, 3·previous]`, where `previous` is this same formula for the retry before,
-    /// recomputed (not remembered).
+    /// `[b₀, min(max_delay, 3·previous)]`, where `b₀` is the first retry's base delay and
+    /// `previous` is this same formula for the retry before, recomputed (not remembered) over
+    /// at most 16 previous retries. Growth comes from the jitter itself: the backoff supplies
+    /// only `b₀` (AWS's `base`), so pair it with [`Backoff::Constant`]. `b₀` must be above zero
+    /// (after `min_delay`), else [`Error::ZeroDecorrelatedBase`](crate::Error::ZeroDecorrelatedBase).
     Decorrelated,
     /// Uniform in `[base·(1 − fraction), base·(1 + fraction)]`, e.g. gRPC's ±20 %.
     Proportional {
@@ -262,6 +275,24 @@ mod tests {
         let p = Backoff::polynomial(4, Duration::from_secs(1), Duration::from_secs(15));
         let got: Vec<u64> = (0..4).map(|n| p.base_nanos(n) / S).collect();
         assert_eq!(got, [15, 16, 31, 96]);
+    }
+
+    #[test]
+    fn round_non_negative_is_f64_round() {
+        let mut xs = vec![
+            0.0,
+            0.49999999999999994,
+            0.5,
+            1.5,
+            2.5,
+            4_503_599_627_370_495.5,
+        ];
+        xs.extend((0..10_000).map(|i| f64::from(i) * 0.123_456_7));
+        xs.extend((0..200).map(|i| 1.6_f64.powi(i) * 1e9));
+        xs.extend((0..64).map(|i| 2_f64.powi(i) - 0.5));
+        for x in xs.into_iter().filter(|x| *x < 1.8e19) {
+            assert_eq!(round_non_negative(x), x.round() as u64, "{x}");
+        }
     }
 
     #[test]
