@@ -45,15 +45,19 @@ pub enum Backoff {
         /// Keep using the last entry once the list is exhausted.
         repeat_last: bool,
     },
-    /// `offset + unit·n^exponent`: Sidekiq's `15 + n^4` seconds is
-    /// `Polynomial { exponent: 4, unit: 1s, offset: 15s }`.
+    /// `offset + unit·(n + shift)^exponent`. Sidekiq's `15 + n^4` seconds is
+    /// `{ exponent: 4, unit: 1s, offset: 15s, shift: 0 }`; River's `attempt^4` seconds, which
+    /// counts the first retry as 1 (1 s, 16 s, 81 s, …), is `{ exponent: 4, unit: 1s, offset: 0s,
+    /// shift: 1 }`.
     Polynomial {
         /// The power `k`.
         exponent: u32,
-        /// What `n^k` counts: usually one second.
+        /// What `(n + shift)^k` counts: usually one second.
         unit: Duration,
         /// Added to every delay.
         offset: Duration,
+        /// Added to the retry index before the power: 1 makes the first retry count as 1.
+        shift: u32,
     },
 }
 
@@ -94,13 +98,36 @@ impl Backoff {
         }
     }
 
-    /// [`Backoff::Polynomial`]: `offset + unit·n^exponent`.
+    /// [`Backoff::Polynomial`] without a shift: `offset + unit·n^exponent`.
     #[must_use]
     pub const fn polynomial(exponent: u32, unit: Duration, offset: Duration) -> Self {
+        Self::polynomial_shifted(exponent, unit, offset, 0)
+    }
+
+    /// [`Backoff::Polynomial`]: `offset + unit·(n + shift)^exponent`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use retry_policy::{Backoff, RetryPolicy};
+    /// // River's default: attempt^4 seconds, where the first retry is attempt 1.
+    /// let river = Backoff::polynomial_shifted(4, Duration::from_secs(1), Duration::ZERO, 1);
+    /// let policy = RetryPolicy::builder().backoff(river).build()?;
+    /// let delays: Vec<u64> = (1..=4).map(|made| policy.base_delay(made).as_secs()).collect();
+    /// assert_eq!(delays, [1, 16, 81, 256]);
+    /// # Ok::<(), retry_policy::Error>(())
+    /// ```
+    #[must_use]
+    pub const fn polynomial_shifted(
+        exponent: u32,
+        unit: Duration,
+        offset: Duration,
+        shift: u32,
+    ) -> Self {
         Self::Polynomial {
             exponent,
             unit,
             offset,
+            shift,
         }
     }
 
@@ -139,8 +166,11 @@ impl Backoff {
                 exponent,
                 unit,
                 offset,
+                shift,
             } => {
-                let power = u128::from(n64).checked_pow(*exponent).unwrap_or(u128::MAX);
+                // n + shift <= 2·u32::MAX: no overflow in u64.
+                let x = u128::from(n64 + u64::from(*shift));
+                let power = x.checked_pow(*exponent).unwrap_or(u128::MAX);
                 let scaled = power.saturating_mul(u128::from(to_nanos(*unit)));
                 let total = scaled.saturating_add(u128::from(to_nanos(*offset)));
                 // min() keeps it in u64 range.
@@ -275,6 +305,17 @@ mod tests {
         let p = Backoff::polynomial(4, Duration::from_secs(1), Duration::from_secs(15));
         let got: Vec<u64> = (0..4).map(|n| p.base_nanos(n) / S).collect();
         assert_eq!(got, [15, 16, 31, 96]);
+
+        // River: attempt^4 seconds with the first retry counted as 1.
+        let r = Backoff::polynomial_shifted(4, Duration::from_secs(1), Duration::ZERO, 1);
+        let got: Vec<u64> = (0..5).map(|n| r.base_nanos(n) / S).collect();
+        assert_eq!(got, [1, 16, 81, 256, 625]);
+
+        // A shift applies before the power, the offset after it.
+        let q =
+            Backoff::polynomial_shifted(2, Duration::from_millis(10), Duration::from_secs(1), 3);
+        let got: Vec<u64> = (0..3).map(|n| q.base_nanos(n) / 1_000_000).collect();
+        assert_eq!(got, [1_090, 1_160, 1_250]);
     }
 
     #[test]
@@ -304,6 +345,8 @@ mod tests {
             Backoff::exponential(Duration::from_nanos(1), 1e300), // unvalidated: saturates anyway
             Backoff::exponential(Duration::from_secs(1), 2.0),
             Backoff::polynomial(u32::MAX, huge, huge),
+            Backoff::polynomial_shifted(u32::MAX, huge, huge, u32::MAX),
+            Backoff::polynomial_shifted(2, Duration::from_nanos(1), Duration::ZERO, u32::MAX),
         ] {
             assert_eq!(b.base_nanos(u32::MAX), LIMIT_NANOS, "{b:?}");
         }

@@ -786,12 +786,46 @@ enum BackoffSpec {
         repeat_last: bool,
     },
     Polynomial {
+        #[serde(deserialize_with = "exponent")]
         exponent: u32,
         #[serde(default = "one_second")]
         unit: RawDuration,
         #[serde(default = "zero")]
         offset: RawDuration,
+        #[serde(default, deserialize_with = "shift")]
+        shift: u32,
     },
+}
+
+fn exponent<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
+    d.deserialize_any(WholeNumber("backoff.exponent"))
+}
+
+fn shift<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
+    d.deserialize_any(WholeNumber("backoff.shift"))
+}
+
+/// A `u32` setting whose errors name it: serde's own say only "expected u32".
+struct WholeNumber(&'static str);
+
+impl serde::de::Visitor<'_> for WholeNumber {
+    type Value = u32;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` as a whole number from 0 to {}", self.0, u32::MAX)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<u32, E> {
+        u32::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<u32, E> {
+        u32::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<u32, E> {
+        Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))
+    }
 }
 
 fn one_second() -> RawDuration {
@@ -844,10 +878,12 @@ impl From<RetryPolicy> for PolicySpec {
                 exponent,
                 unit,
                 offset,
+                shift,
             } => BackoffSpec::Polynomial {
                 exponent,
                 unit: d(unit),
                 offset: d(offset),
+                shift,
             },
         };
         Self {
@@ -892,10 +928,12 @@ impl TryFrom<PolicySpec> for RetryPolicy {
                 exponent,
                 unit,
                 offset,
+                shift,
             } => Backoff::Polynomial {
                 exponent,
                 unit: unit.parse("backoff.unit")?,
                 offset: offset.parse("backoff.offset")?,
+                shift,
             },
         };
         let mut b = RetryPolicy::builder().backoff(backoff).jitter(s.jitter);

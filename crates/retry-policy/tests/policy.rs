@@ -699,6 +699,85 @@ fn deserialising_accepts_text_and_milliseconds_and_applies_defaults() {
 }
 
 #[test]
+fn polynomial_shift_expresses_rivers_curve_and_round_trips() {
+    // River's default retry policy: attempt^4 seconds, counting the first retry as attempt 1.
+    let river = RetryPolicy::builder()
+        .backoff(Backoff::polynomial_shifted(4, secs(1), Duration::ZERO, 1))
+        .max_attempts(5)
+        .build()
+        .unwrap();
+    let delays: Vec<_> = (1..=5)
+        .map(|made| delay(&river, &Attempt::new("job", made, t0())))
+        .collect();
+    assert_eq!(
+        delays,
+        [
+            Some(secs(1)),
+            Some(secs(16)),
+            Some(secs(81)),
+            Some(secs(256)),
+            None
+        ]
+    );
+    // Sidekiq's 15 + n^4 is the same kind without a shift.
+    let sidekiq = Backoff::polynomial(4, secs(1), secs(15));
+    assert_eq!(
+        sidekiq,
+        Backoff::polynomial_shifted(4, secs(1), secs(15), 0)
+    );
+
+    let json = serde_json::to_value(&river).unwrap();
+    assert_eq!(
+        json["backoff"],
+        serde_json::json!({ "kind": "polynomial", "exponent": 4, "unit": "1s", "offset": "0s", "shift": 1 })
+    );
+    let back: RetryPolicy = serde_json::from_value(json).unwrap();
+    assert_eq!(back, river);
+    // The shift defaults to 0 (stored policies written before it existed read back unchanged).
+    let old: RetryPolicy = serde_json::from_str(
+        r#"{ "backoff": { "kind": "polynomial", "exponent": 4, "offset": "15s" } }"#,
+    )
+    .unwrap();
+    assert_eq!(old.backoff(), &sidekiq);
+    let from_text: RetryPolicy = serde_json::from_str(
+        r#"{ "backoff": { "kind": "polynomial", "exponent": 4, "shift": 1 } }"#,
+    )
+    .unwrap();
+    assert_eq!(from_text.base_delay(3), secs(81));
+}
+
+#[test]
+fn polynomial_counts_that_are_not_whole_numbers_name_their_field() {
+    let err = |field: &str, value: &str| {
+        let other = if field == "shift" {
+            "exponent"
+        } else {
+            "shift"
+        };
+        let json = format!(
+            r#"{{ "backoff": {{ "kind": "polynomial", "{other}": 1, "{field}": {value} }} }}"#
+        );
+        serde_json::from_str::<RetryPolicy>(&json)
+            .unwrap_err()
+            .to_string()
+    };
+    for (field, value, want) in [
+        ("shift", "-1", "invalid value: integer `-1`"),
+        ("shift", "1.5", "invalid type: floating point `1.5`"),
+        ("shift", "4294967296", "invalid value: integer `4294967296`"),
+        ("shift", "\"1\"", "invalid type: string \"1\""),
+        ("exponent", "-4", "invalid value: integer `-4`"),
+    ] {
+        let got = err(field, value);
+        let named = format!("expected `backoff.{field}` as a whole number from 0 to 4294967295");
+        assert!(
+            got.contains(want) && got.contains(&named),
+            "{field} = {value}: {got}"
+        );
+    }
+}
+
+#[test]
 fn deserialising_validates_like_the_builder() {
     let err = |json: &str| {
         serde_json::from_str::<RetryPolicy>(json)

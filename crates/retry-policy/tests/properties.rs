@@ -36,7 +36,13 @@ fn backoff() -> impl Strategy<Value = Backoff> {
                 repeat_last: repeat,
             }
         }),
-        (0_u32..12, duration(), duration()).prop_map(|(k, u, o)| Backoff::polynomial(k, u, o)),
+        (
+            0_u32..12,
+            duration(),
+            duration(),
+            prop_oneof![Just(0_u32), 0_u32..5, any::<u32>()]
+        )
+            .prop_map(|(k, u, o, s)| Backoff::polynomial_shifted(k, u, o, s)),
     ]
 }
 
