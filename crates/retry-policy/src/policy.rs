@@ -720,11 +720,18 @@ fn uniform_ms(draw: u64, k: u64) -> u64 {
 // ---------------------------------------------------------------------------------------------
 
 /// A duration as written in a serialised policy: text or integer milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+///
+/// Deserialising never fails here: a value that is not a duration is kept as `Bad`, so that
+/// [`parse`](Self::parse) can report it with the field's name (serde's untagged enums could only
+/// say "data did not match any variant").
+#[derive(Debug, Clone, PartialEq)]
 enum RawDuration {
-    Millis(i64),
+    Millis(u64),
     Text(String),
+    Bad {
+        why: crate::duration::ParseError,
+        input: String,
+    },
 }
 
 impl RawDuration {
@@ -734,36 +741,127 @@ impl RawDuration {
 
     fn parse(&self, field: &'static str) -> Result<Duration> {
         use crate::duration::ParseError;
-        match self {
-            Self::Millis(ms) => {
-                let input = format!("{ms}ms");
-                let ms = u64::try_from(*ms).map_err(|_| Error::NegativeDuration {
-                    field,
-                    input: input.clone(),
-                })?;
-                match ms.checked_mul(1_000_000) {
-                    Some(n) if n <= LIMIT_NANOS => Ok(from_nanos(n)),
-                    _ => Err(Error::DurationTooLarge { field, input }),
-                }
-            }
-            Self::Text(text) => match crate::duration::parse(text) {
-                Ok(n) => Ok(from_nanos(n)),
-                Err(ParseError::Negative) => Err(Error::NegativeDuration {
-                    field,
-                    input: text.clone(),
-                }),
-                Err(ParseError::TooLarge) => Err(Error::DurationTooLarge {
-                    field,
-                    input: text.clone(),
-                }),
-                Err(ParseError::Invalid(reason)) => Err(Error::InvalidDuration {
-                    field,
-                    input: text.clone(),
-                    reason,
-                }),
+        let refuse = |why: ParseError, input: &str| match why {
+            ParseError::Negative => Error::NegativeDuration {
+                field,
+                input: input.to_owned(),
             },
+            ParseError::TooLarge => Error::DurationTooLarge {
+                field,
+                input: input.to_owned(),
+            },
+            ParseError::Invalid(reason) => Error::InvalidDuration {
+                field,
+                input: input.to_owned(),
+                reason,
+            },
+        };
+        match self {
+            Self::Millis(ms) => match ms.checked_mul(1_000_000) {
+                Some(n) if n <= LIMIT_NANOS => Ok(from_nanos(n)),
+                _ => Err(refuse(ParseError::TooLarge, &format!("{ms}ms"))),
+            },
+            Self::Text(text) => crate::duration::parse(text)
+                .map(from_nanos)
+                .map_err(|why| refuse(why, text)),
+            Self::Bad { why, input } => Err(refuse(*why, input)),
         }
     }
+}
+
+impl Serialize for RawDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Millis(ms) => s.serialize_u64(*ms),
+            Self::Text(text) | Self::Bad { input: text, .. } => s.serialize_str(text),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(RawDurationVisitor)
+    }
+}
+
+struct RawDurationVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RawDurationVisitor {
+    type Value = RawDuration;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a duration as text (\"1.5s\") or integer milliseconds")
+    }
+
+    fn visit_u64<E>(self, ms: u64) -> std::result::Result<RawDuration, E> {
+        Ok(RawDuration::Millis(ms))
+    }
+
+    fn visit_i64<E>(self, ms: i64) -> std::result::Result<RawDuration, E> {
+        Ok(match u64::try_from(ms) {
+            Ok(ms) => RawDuration::Millis(ms),
+            Err(_) => bad(crate::duration::ParseError::Negative, format!("{ms}ms")),
+        })
+    }
+
+    /// Floats are never durations, but say why: negative, too large (JSON integers beyond
+    /// u64 arrive as floats), or not an integer.
+    fn visit_f64<E>(self, ms: f64) -> std::result::Result<RawDuration, E> {
+        use crate::duration::ParseError;
+        Ok(if ms < 0.0 {
+            bad(ParseError::Negative, format!("{ms}ms"))
+        } else if ms * 1e6 > LIMIT_NANOS as f64 {
+            bad(ParseError::TooLarge, format!("{ms}ms"))
+        } else {
+            bad(
+                ParseError::Invalid("a floating-point number; milliseconds must be an integer"),
+                ms.to_string(),
+            )
+        })
+    }
+
+    fn visit_str<E>(self, text: &str) -> std::result::Result<RawDuration, E> {
+        Ok(RawDuration::Text(text.to_owned()))
+    }
+
+    fn visit_string<E>(self, text: String) -> std::result::Result<RawDuration, E> {
+        Ok(RawDuration::Text(text))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<RawDuration, E> {
+        Ok(not_a_duration("a boolean", v.to_string()))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<RawDuration, E> {
+        Ok(not_a_duration("null", "null".to_owned()))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<RawDuration, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(not_a_duration("a list", "[…]".to_owned()))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<RawDuration, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(not_a_duration("an object", "{…}".to_owned()))
+    }
+}
+
+fn bad(why: crate::duration::ParseError, input: String) -> RawDuration {
+    RawDuration::Bad { why, input }
+}
+
+fn not_a_duration(what: &'static str, input: String) -> RawDuration {
+    bad(crate::duration::ParseError::Invalid(what), input)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -638,6 +638,100 @@ fn invalid_settings_are_refused_with_a_clear_error() {
     );
 }
 
+#[test]
+fn every_duration_setting_refuses_more_than_100_years_by_name() {
+    let over = RetryPolicy::DURATION_LIMIT + Duration::from_nanos(1);
+    let b = RetryPolicy::builder;
+    let cases: Vec<(&str, retry_policy::Result<RetryPolicy>)> = vec![
+        (
+            "backoff.delay",
+            b().backoff(Backoff::constant(over)).build(),
+        ),
+        (
+            "backoff.initial",
+            b().backoff(Backoff::linear(over, secs(1))).build(),
+        ),
+        (
+            "backoff.step",
+            b().backoff(Backoff::linear(secs(1), over)).build(),
+        ),
+        (
+            "backoff.initial",
+            b().backoff(Backoff::exponential(over, 2.0)).build(),
+        ),
+        (
+            "backoff.delays",
+            b().backoff(Backoff::schedule([secs(1), over])).build(),
+        ),
+        (
+            "backoff.unit",
+            b().backoff(Backoff::polynomial(2, over, secs(1))).build(),
+        ),
+        (
+            "backoff.offset",
+            b().backoff(Backoff::polynomial(2, secs(1), over)).build(),
+        ),
+        ("min_delay", b().min_delay(over).build()),
+        ("max_delay", b().max_delay(over).build()),
+        ("max_elapsed", b().max_elapsed(over).build()),
+        ("max_retry_after", b().max_retry_after(over).build()),
+    ];
+    for (field, got) in cases {
+        match got {
+            Err(Error::DurationTooLarge { field: f, input }) => {
+                assert_eq!(f, field);
+                assert_eq!(input, format!("{over:?}"));
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    // Exactly the limit is fine everywhere.
+    let limit = RetryPolicy::DURATION_LIMIT;
+    assert!(
+        b().backoff(Backoff::schedule([limit]))
+            .min_delay(limit)
+            .max_delay(limit)
+            .max_elapsed(limit)
+            .max_retry_after(limit)
+            .build()
+            .is_ok()
+    );
+}
+
+#[test]
+fn proportional_fraction_must_be_a_finite_number_in_zero_to_one() {
+    let build = |fraction| {
+        RetryPolicy::builder()
+            .jitter(Jitter::Proportional { fraction })
+            .build()
+    };
+    for bad in [
+        1.5,
+        -0.1,
+        -0.0 - f64::MIN_POSITIVE,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ] {
+        assert_eq!(
+            build(bad),
+            Err(Error::InvalidJitterFraction { fraction: bad }),
+            "{bad}"
+        );
+    }
+    // NaN never equals itself, so match on the variant.
+    assert!(matches!(
+        build(f64::NAN),
+        Err(Error::InvalidJitterFraction { fraction }) if fraction.is_nan()
+    ));
+    assert_eq!(
+        build(f64::NAN).unwrap_err().to_string(),
+        "proportional jitter fraction must be a finite number in [0, 1], got NaN"
+    );
+    for good in [0.0, 0.2, 1.0] {
+        assert!(build(good).is_ok(), "{good}");
+    }
+}
+
 // ----- serde ----------------------------------------------------------------------------------
 
 #[test]
@@ -804,6 +898,39 @@ fn deserialising_validates_like_the_builder() {
         (
             r#"{ "backoff": { "kind": "constant", "delay": 9223372036854775807 } }"#,
             "`backoff.delay` is 9223372036854775807ms, more than the limit",
+        ),
+        // Beyond i64 and beyond u64 (serde_json reads the latter as a float).
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": 18446744073709551615 } }"#,
+            "`backoff.delay` is 18446744073709551615ms, more than the limit",
+        ),
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": "1s" }, "max_elapsed": 100000000000000000000000 }"#,
+            "`max_elapsed` is 100000000000000000000000ms, more than the limit",
+        ),
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": 1500.5 } }"#,
+            "`backoff.delay` is not a duration (\"1500.5\"): a floating-point number; milliseconds must be an integer",
+        ),
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": "1s" }, "min_delay": -1.5 }"#,
+            "`min_delay` is negative (-1.5ms)",
+        ),
+        (
+            r#"{ "backoff": { "kind": "schedule", "delays": ["1s", true] } }"#,
+            "`backoff.delays` is not a duration (\"true\"): a boolean",
+        ),
+        (
+            r#"{ "backoff": { "kind": "schedule", "delays": ["1s", null] } }"#,
+            "`backoff.delays` is not a duration (\"null\"): null",
+        ),
+        (
+            r#"{ "backoff": { "kind": "linear", "initial": "1s", "step": [1] } }"#,
+            "`backoff.step` is not a duration (\"[…]\"): a list",
+        ),
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": "1s" }, "max_retry_after": { "s": 1 } }"#,
+            "`max_retry_after` is not a duration (\"{…}\"): an object",
         ),
         (
             r#"{ "backoff": { "kind": "exponential", "initial": "1s", "factor": 0.9 } }"#,

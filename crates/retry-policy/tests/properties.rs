@@ -335,8 +335,18 @@ proptest! {
     }
 
     #[test]
-    fn no_panic_on_any_serialised_duration(text in "\\PC{0,24}", ms in any::<i64>()) {
-        for value in [serde_json::json!(text), serde_json::json!(ms)] {
+    fn no_panic_on_any_serialised_duration(
+        text in "\\PC{0,24}",
+        ms in any::<i64>(),
+        big in any::<u64>(),
+        float in any::<f64>(),
+    ) {
+        for value in [
+            serde_json::json!(text),
+            serde_json::json!(ms),
+            serde_json::json!(big),
+            serde_json::json!(float),
+        ] {
             let json = serde_json::json!({
                 "backoff": { "kind": "constant", "delay": value.clone() },
                 "max_delay": value,
