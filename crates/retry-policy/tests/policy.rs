@@ -367,7 +367,13 @@ fn decorrelated_jitter_golden_vectors() {
             .build()
             .unwrap()
     };
-    let cases: [(RetryPolicy, [(&str, [u64; 7]); 3], fn(u64) -> Duration); 4] = [
+    // (policy, per key the delays at the retry indices below, their unit)
+    type Case = (
+        RetryPolicy,
+        [(&'static str, [u64; 7]); 3],
+        fn(u64) -> Duration,
+    );
+    let cases: [Case; 4] = [
         (
             decorrelated(Backoff::constant(secs(1)), secs(1_000)),
             [
