@@ -153,7 +153,7 @@ fn bench(c: &mut Criterion) {
         .collect();
     let grpc = presets::grpc_connection();
     let explain_batch = attempts(&keys, now, 1..=12, ErrorClass::Transient);
-    let mut runs: Vec<(String, Box<dyn Fn() + '_>)> = vec![(
+    let mut runs: Vec<Run<'_>> = vec![(
         "decide/baseline_now_plus_fixed_delay".into(),
         Box::new(baseline),
     )];
@@ -182,9 +182,12 @@ fn bench(c: &mut Criterion) {
     fastest_batches(&runs);
 }
 
+/// A named case that decides one batch per call.
+type Run<'a> = (String, Box<dyn Fn() + 'a>);
+
 /// Runs every case in `PASSES` interleaved passes of `ROUNDS` batches and prints each one's
 /// fastest batch per decision, and its ratio to the baseline's (the first run).
-fn fastest_batches(runs: &[(String, Box<dyn Fn() + '_>)]) {
+fn fastest_batches(runs: &[Run<'_>]) {
     const PASSES: usize = 10;
     const ROUNDS: usize = 200;
     let mut best = vec![Duration::MAX; runs.len()];
