@@ -45,15 +45,19 @@ pub enum Backoff {
         /// Keep using the last entry once the list is exhausted.
         repeat_last: bool,
     },
-    /// `offset + unit·n^exponent`: Sidekiq's `15 + n^4` seconds is
-    /// `Polynomial { exponent: 4, unit: 1s, offset: 15s }`.
+    /// `offset + unit·(n + shift)^exponent`. Sidekiq's `15 + n^4` seconds is
+    /// `{ exponent: 4, unit: 1s, offset: 15s, shift: 0 }`; River's `attempt^4` seconds, which
+    /// counts the first retry as 1 (1 s, 16 s, 81 s, …), is `{ exponent: 4, unit: 1s, offset: 0s,
+    /// shift: 1 }`.
     Polynomial {
         /// The power `k`.
         exponent: u32,
-        /// What `n^k` counts: usually one second.
+        /// What `(n + shift)^k` counts: usually one second.
         unit: Duration,
         /// Added to every delay.
         offset: Duration,
+        /// Added to the retry index before the power: 1 makes the first retry count as 1.
+        shift: u32,
     },
 }
 
@@ -94,13 +98,36 @@ impl Backoff {
         }
     }
 
-    /// [`Backoff::Polynomial`]: `offset + unit·n^exponent`.
+    /// [`Backoff::Polynomial`] without a shift: `offset + unit·n^exponent`.
     #[must_use]
     pub const fn polynomial(exponent: u32, unit: Duration, offset: Duration) -> Self {
+        Self::polynomial_shifted(exponent, unit, offset, 0)
+    }
+
+    /// [`Backoff::Polynomial`]: `offset + unit·(n + shift)^exponent`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use retry_policy::{Backoff, RetryPolicy};
+    /// // River's default: attempt^4 seconds, where the first retry is attempt 1.
+    /// let river = Backoff::polynomial_shifted(4, Duration::from_secs(1), Duration::ZERO, 1);
+    /// let policy = RetryPolicy::builder().backoff(river).build()?;
+    /// let delays: Vec<u64> = (1..=4).map(|made| policy.base_delay(made).as_secs()).collect();
+    /// assert_eq!(delays, [1, 16, 81, 256]);
+    /// # Ok::<(), retry_policy::Error>(())
+    /// ```
+    #[must_use]
+    pub const fn polynomial_shifted(
+        exponent: u32,
+        unit: Duration,
+        offset: Duration,
+        shift: u32,
+    ) -> Self {
         Self::Polynomial {
             exponent,
             unit,
             offset,
+            shift,
         }
     }
 
@@ -117,7 +144,7 @@ impl Backoff {
     }
 
     /// The unclamped base delay for retry index `n`, in nanoseconds, saturated at the limit.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn base_nanos(&self, n: u32) -> u64 {
         let n64 = u64::from(n);
         match self {
@@ -139,8 +166,11 @@ impl Backoff {
                 exponent,
                 unit,
                 offset,
+                shift,
             } => {
-                let power = u128::from(n64).checked_pow(*exponent).unwrap_or(u128::MAX);
+                // n + shift <= 2·u32::MAX: no overflow in u64.
+                let x = u128::from(n64 + u64::from(*shift));
+                let power = x.checked_pow(*exponent).unwrap_or(u128::MAX);
                 let scaled = power.saturating_mul(u128::from(to_nanos(*unit)));
                 let total = scaled.saturating_add(u128::from(to_nanos(*offset)));
                 // min() keeps it in u64 range.
@@ -183,19 +213,29 @@ fn exponential_nanos(initial: u64, factor: f64, n: u32) -> u64 {
     if v >= LIMIT {
         LIMIT_NANOS
     } else {
-        // 0 <= v < LIMIT: the cast is exact after rounding and cannot saturate.
-        v.round() as u64
+        round_non_negative(v)
     }
+}
+
+/// `x.round() as u64` for `0 <= x < 2⁶⁴` (half away from zero), without the libm call that
+/// `f64::round` compiles to on baseline x86-64: the truncating cast is one instruction, and
+/// `x − trunc(x)` is exact in `f64` for non-negative `x`.
+#[inline]
+pub(crate) fn round_non_negative(x: f64) -> u64 {
+    let t = x as u64;
+    if x - t as f64 >= 0.5 { t + 1 } else { t }
 }
 
 /// How the base delay is spread so that records failing together do not retry together.
 ///
 /// Every kind draws from a stable hash of the record key and the retry index, so the same inputs
-/// always give the same delay (see `docs/retry-policy.md` for the formulas). A jittered delay is
+/// always give the same delay (see `docs/retry-policy.md` for the formulas). Each kind's range is
+/// first cut to the policy's `[min_delay, max_delay]` and the draw is made inside the cut range,
+/// so every delay respects the bounds without being clamped onto them: at the cap, keys stay
+/// spread below `max_delay` instead of all retrying at exactly `max_delay`. A jittered delay is
 /// a whole number of milliseconds whenever its range holds one (rounded down, or up when down
-/// would leave the range), so
-/// a retry time stored in a millisecond-precision column is recomputed exactly. Whatever the
-/// draw, the result is clamped to the policy's `[min_delay, max_delay]`.
+/// would leave the range), so a retry time stored in a millisecond-precision column is
+/// recomputed exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 #[non_exhaustive]
@@ -208,8 +248,11 @@ pub enum Jitter {
     /// Uniform in `[base/2, base]` (AWS "equal jitter").
     Equal,
     /// AWS "decorrelated jitter", made a pure function of (key, retry index): uniform in
-    /// `[base_n, 3·previous]`, where `previous` is this same formula for the retry before,
-    /// recomputed (not remembered).
+    /// `[b₀, min(max_delay, 3·previous)]`, where `b₀` is the first retry's base delay and
+    /// `previous` is this same formula for the retry before, recomputed (not remembered) over
+    /// at most 16 previous retries. Growth comes from the jitter itself: the backoff supplies
+    /// only `b₀` (AWS's `base`), so pair it with [`Backoff::Constant`]. `b₀` must be above zero
+    /// (after `min_delay`), else [`Error::ZeroDecorrelatedBase`](crate::Error::ZeroDecorrelatedBase).
     Decorrelated,
     /// Uniform in `[base·(1 − fraction), base·(1 + fraction)]`, e.g. gRPC's ±20 %.
     Proportional {
@@ -262,6 +305,35 @@ mod tests {
         let p = Backoff::polynomial(4, Duration::from_secs(1), Duration::from_secs(15));
         let got: Vec<u64> = (0..4).map(|n| p.base_nanos(n) / S).collect();
         assert_eq!(got, [15, 16, 31, 96]);
+
+        // River: attempt^4 seconds with the first retry counted as 1.
+        let r = Backoff::polynomial_shifted(4, Duration::from_secs(1), Duration::ZERO, 1);
+        let got: Vec<u64> = (0..5).map(|n| r.base_nanos(n) / S).collect();
+        assert_eq!(got, [1, 16, 81, 256, 625]);
+
+        // A shift applies before the power, the offset after it.
+        let q =
+            Backoff::polynomial_shifted(2, Duration::from_millis(10), Duration::from_secs(1), 3);
+        let got: Vec<u64> = (0..3).map(|n| q.base_nanos(n) / 1_000_000).collect();
+        assert_eq!(got, [1_090, 1_160, 1_250]);
+    }
+
+    #[test]
+    fn round_non_negative_is_f64_round() {
+        let mut xs = vec![
+            0.0,
+            0.49999999999999994,
+            0.5,
+            1.5,
+            2.5,
+            4_503_599_627_370_495.5,
+        ];
+        xs.extend((0..10_000).map(|i| f64::from(i) * 0.123_456_7));
+        xs.extend((0..200).map(|i| 1.6_f64.powi(i) * 1e9));
+        xs.extend((0..64).map(|i| 2_f64.powi(i) - 0.5));
+        for x in xs.into_iter().filter(|x| *x < 1.8e19) {
+            assert_eq!(round_non_negative(x), x.round() as u64, "{x}");
+        }
     }
 
     #[test]
@@ -273,6 +345,8 @@ mod tests {
             Backoff::exponential(Duration::from_nanos(1), 1e300), // unvalidated: saturates anyway
             Backoff::exponential(Duration::from_secs(1), 2.0),
             Backoff::polynomial(u32::MAX, huge, huge),
+            Backoff::polynomial_shifted(u32::MAX, huge, huge, u32::MAX),
+            Backoff::polynomial_shifted(2, Duration::from_nanos(1), Duration::ZERO, u32::MAX),
         ] {
             assert_eq!(b.base_nanos(u32::MAX), LIMIT_NANOS, "{b:?}");
         }

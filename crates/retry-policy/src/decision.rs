@@ -250,14 +250,17 @@ impl fmt::Display for GiveUpReason {
     }
 }
 
-/// Which bound changed the jittered delay.
+/// Which bound of `[min_delay, max_delay]` cut a jitter kind's range (see
+/// [`DelayBreakdown::clamp`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Clamp {
-    /// Raised to `min_delay`.
+    /// The range's low end was raised to `min_delay`.
     RaisedToMin,
-    /// Lowered to `max_delay`.
+    /// The range's high end was lowered to `max_delay`.
     LoweredToMax,
+    /// Both: the range was cut to `[min_delay, max_delay]`.
+    Both,
 }
 
 /// How the delay was built, step by step (see [`Explanation`]).
@@ -272,17 +275,25 @@ pub struct DelayBreakdown {
     pub clamped_base: Duration,
     /// The jitter kind.
     pub jitter: Jitter,
-    /// The 64-bit draw from hash(key, retry index); `None` without jitter.
+    /// Low end of the range the jittered delay was drawn from: the jitter kind's range cut to
+    /// `[min_delay, max_delay]`. Without jitter, `clamped_base`.
+    pub low: Duration,
+    /// High end of that range. Without jitter, `clamped_base`.
+    pub high: Duration,
+    /// Which bound, if any, cut the jitter kind's range to `[low, high]`. The draw is made
+    /// inside the cut range, so no bound ever moves the jittered delay itself (and keys do not
+    /// pile up on it).
+    pub clamp: Option<Clamp>,
+    /// The 64-bit draw from hash(key, retry index); `None` without jitter, or when
+    /// `low == high` (nothing to draw).
     pub draw: Option<u64>,
     /// Decorrelated jitter only: the recomputed delay of the retry before.
     pub previous: Option<Duration>,
-    /// After jitter, before the final clamp.
+    /// The jittered delay, in `[low, high]`.
     pub jittered: Duration,
-    /// Which bound, if any, changed `jittered`.
-    pub clamp: Option<Clamp>,
     /// Throttled errors only: the requested `retry_after` after capping by `max_retry_after`.
     pub retry_after: Option<Duration>,
-    /// The final delay: `max(clamped jittered, retry_after)`.
+    /// The final delay: `max(jittered, retry_after)`.
     pub delay: Duration,
 }
 
@@ -331,6 +342,21 @@ impl fmt::Display for Explanation {
                     if let Jitter::Proportional { fraction } = jitter {
                         write!(f, " ±{fraction}")?;
                     }
+                    if let Some(prev) = d.previous {
+                        write!(f, " from previous {}", fmt_duration(prev))?;
+                    }
+                    write!(
+                        f,
+                        " over [{}, {}]",
+                        fmt_duration(d.low),
+                        fmt_duration(d.high)
+                    )?;
+                    match d.clamp {
+                        Some(Clamp::RaisedToMin) => f.write_str(" (raised to min_delay)")?,
+                        Some(Clamp::LoweredToMax) => f.write_str(" (cut at max_delay)")?,
+                        Some(Clamp::Both) => f.write_str(" (cut to [min_delay, max_delay])")?,
+                        None => {}
+                    }
                     if let Some(draw) = d.draw {
                         // The draw as a fraction of 2^64, which is what scales the range.
                         write!(
@@ -339,16 +365,8 @@ impl fmt::Display for Explanation {
                             draw as f64 / 18_446_744_073_709_551_616.0
                         )?;
                     }
-                    if let Some(prev) = d.previous {
-                        write!(f, " from previous {}", fmt_duration(prev))?;
-                    }
                     write!(f, " → {}", fmt_duration(d.jittered))?;
                 }
-            }
-            match d.clamp {
-                Some(Clamp::RaisedToMin) => f.write_str(", raised to min_delay")?,
-                Some(Clamp::LoweredToMax) => f.write_str(", lowered to max_delay")?,
-                None => {}
             }
             if let Some(ra) = d.retry_after {
                 write!(f, ", retry-after {}", fmt_duration(ra))?;

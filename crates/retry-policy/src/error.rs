@@ -67,6 +67,15 @@ pub enum Error {
     #[error("exponential backoff needs an initial delay above zero (0 × factor^n is always 0)")]
     ZeroInitialDelay,
 
+    /// Decorrelated jitter would start from a delay of zero, and three times zero is zero: every
+    /// delay would be zero.
+    #[error(
+        "decorrelated jitter grows from the first retry's delay (the backoff at n = 0, raised to \
+         min_delay), which is zero here, so every delay would be zero; give the backoff a first \
+         delay above zero or set min_delay"
+    )]
+    ZeroDecorrelatedBase,
+
     /// The proportional jitter fraction is not a finite number in `[0, 1]`.
     #[error("proportional jitter fraction must be a finite number in [0, 1], got {fraction}")]
     InvalidJitterFraction {

@@ -37,12 +37,31 @@ pub(crate) fn key_hash(key: &[u8]) -> u64 {
     }
     let tail = words.remainder();
     if !tail.is_empty() {
-        let mut w = [0_u8; 8];
-        w[..tail.len()].copy_from_slice(tail);
-        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(P);
+        h = (h ^ tail_word(tail)).wrapping_mul(P);
         h ^= h >> 29;
     }
     mix(h)
+}
+
+/// The 1–7 bytes of `tail` as a little-endian word, zero-padded: the same as copying them into
+/// a zeroed `[u8; 8]`, without the `memcpy` call a variable-length copy compiles to. Four or
+/// more bytes are read as two overlapping 4-byte words; fewer as the first, middle and last
+/// byte (which cover every byte of 1, 2 or 3). Overlapping bytes are equal, so OR-ing is exact.
+#[inline]
+fn tail_word(tail: &[u8]) -> u64 {
+    let n = tail.len();
+    debug_assert!((1..8).contains(&n));
+    if n >= 4 {
+        let (mut first, mut last) = ([0_u8; 4], [0_u8; 4]);
+        first.copy_from_slice(&tail[..4]);
+        last.copy_from_slice(&tail[n - 4..]);
+        u64::from(u32::from_le_bytes(first))
+            | (u64::from(u32::from_le_bytes(last)) << (8 * (n - 4)))
+    } else {
+        u64::from(tail[0])
+            | (u64::from(tail[n / 2]) << (8 * (n / 2)))
+            | (u64::from(tail[n - 1]) << (8 * (n - 1)))
+    }
 }
 
 /// The uniform 64-bit draw for retry index `n` of the key whose hash is `key_hash`.
@@ -102,6 +121,19 @@ mod tests {
         assert_eq!(draw(0, 0), 0xe220_a839_7b1d_cdaf);
         assert_eq!(draw(0, 1), 0x6e78_9e6a_a1b9_65f4);
         assert_eq!(draw(0, 2), 0x06c4_5d18_8009_454f);
+    }
+
+    #[test]
+    fn tail_word_is_the_zero_padded_copy() {
+        let bytes: Vec<u8> = (1..=7).map(|i| i * 0x11).chain([0xff, 0x80]).collect();
+        for start in 0..bytes.len() {
+            for n in 1..8.min(bytes.len() - start + 1) {
+                let tail = &bytes[start..start + n];
+                let mut w = [0_u8; 8];
+                w[..n].copy_from_slice(tail);
+                assert_eq!(tail_word(tail), u64::from_le_bytes(w), "{tail:02x?}");
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::backoff::{Backoff, Jitter};
+use crate::backoff::{Backoff, Jitter, round_non_negative};
 use crate::decision::{
     Attempt, Clamp, Decision, DelayBreakdown, ErrorClass, Explanation, GiveUpReason,
 };
@@ -47,6 +47,21 @@ pub struct RetryPolicy {
     min_delay: Duration,
     max_delay: Duration,
     max_retry_after: Duration,
+    /// The same settings in nanoseconds, computed once instead of on every decision. A pure
+    /// function of the fields above, so the derived `PartialEq` stays exact.
+    nanos: Nanos,
+}
+
+/// A policy's settings in nanoseconds, as every decision uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Nanos {
+    min_delay: u64,
+    max_delay: u64,
+    max_retry_after: u64,
+    max_elapsed: Option<u64>,
+    /// The base delay of the first retry (`n = 0`) clamped to `[min_delay, max_delay]`:
+    /// decorrelated jitter's lower bound and starting point.
+    first_base: u64,
 }
 
 /// Builder for [`RetryPolicy`]; every setting is optional.
@@ -133,7 +148,8 @@ impl RetryPolicyBuilder {
     ///
     /// [`Error::ZeroAttempts`], [`Error::DurationTooLarge`], [`Error::InvalidFactor`],
     /// [`Error::ZeroInitialDelay`], [`Error::InvalidJitterFraction`], [`Error::EmptySchedule`],
-    /// [`Error::UnsortedSchedule`], [`Error::ScheduleTooShort`] or [`Error::InvalidBounds`].
+    /// [`Error::UnsortedSchedule`], [`Error::ScheduleTooShort`], [`Error::InvalidBounds`] or
+    /// [`Error::ZeroDecorrelatedBase`].
     pub fn build(self) -> Result<RetryPolicy> {
         fn limit(field: &'static str, d: Duration) -> Result<Duration> {
             if d.as_nanos() > u128::from(LIMIT_NANOS) {
@@ -236,7 +252,7 @@ impl RetryPolicyBuilder {
             });
         }
         let max_retry_after = limit("max_retry_after", self.max_retry_after.unwrap_or(max_delay))?;
-        Ok(RetryPolicy {
+        let policy = RetryPolicy::from_parts(
             backoff,
             jitter,
             max_attempts,
@@ -244,7 +260,11 @@ impl RetryPolicyBuilder {
             min_delay,
             max_delay,
             max_retry_after,
-        })
+        );
+        if policy.jitter == Jitter::Decorrelated && policy.nanos.first_base == 0 {
+            return Err(Error::ZeroDecorrelatedBase);
+        }
+        Ok(policy)
     }
 }
 
@@ -273,12 +293,38 @@ struct DelayTrace {
     n: u32,
     base: u64,
     clamped_base: u64,
-    draw: Option<u64>,
-    previous: Option<u64>,
-    jittered: u64,
-    clamp: Option<Clamp>,
+    jittered: Jittered,
     retry_after: Option<u64>,
     delay: u64,
+}
+
+/// A jittered delay and how it was drawn, in nanoseconds.
+struct Jittered {
+    /// The 64-bit draw; `None` without jitter or when the range holds a single value.
+    draw: Option<u64>,
+    /// Decorrelated jitter: the recomputed delay of the retry before.
+    previous: Option<u64>,
+    /// The range drawn from: the jitter kind's range cut to `[min_delay, max_delay]`.
+    low: u64,
+    high: u64,
+    /// Which bound cut the jitter kind's range.
+    cut: Option<Clamp>,
+    /// The jittered delay, in `[low, high]`.
+    value: u64,
+}
+
+impl Jittered {
+    /// No draw: the single value `v`.
+    const fn exactly(v: u64) -> Self {
+        Self {
+            draw: None,
+            previous: None,
+            low: v,
+            high: v,
+            cut: None,
+            value: v,
+        }
+    }
 }
 
 impl RetryPolicy {
@@ -294,14 +340,44 @@ impl RetryPolicy {
         max_attempts: Option<u32>,
         max_delay: Duration,
     ) -> Self {
+        Self::from_parts(
+            backoff,
+            jitter,
+            max_attempts,
+            None,
+            Duration::ZERO,
+            max_delay,
+            max_delay,
+        )
+    }
+
+    /// A policy from validated settings, with their nanoseconds computed once.
+    fn from_parts(
+        backoff: Backoff,
+        jitter: Jitter,
+        max_attempts: Option<u32>,
+        max_elapsed: Option<Duration>,
+        min_delay: Duration,
+        max_delay: Duration,
+        max_retry_after: Duration,
+    ) -> Self {
+        let (min, max) = (to_nanos(min_delay), to_nanos(max_delay));
+        let nanos = Nanos {
+            min_delay: min,
+            max_delay: max,
+            max_retry_after: to_nanos(max_retry_after),
+            max_elapsed: max_elapsed.map(to_nanos),
+            first_base: backoff.base_nanos(0).max(min).min(max),
+        };
         Self {
             backoff,
             jitter,
             max_attempts,
-            max_elapsed: None,
-            min_delay: Duration::ZERO,
+            max_elapsed,
+            min_delay,
             max_delay,
-            max_retry_after: max_delay,
+            max_retry_after,
+            nanos,
         }
     }
 
@@ -316,15 +392,16 @@ impl RetryPolicy {
     /// In order:
     /// 1. a [`Permanent`](ErrorClass::Permanent) error gives up;
     /// 2. `attempts_made >= max_attempts` gives up (`attempts_made` 0 counts as 1);
-    /// 3. the delay is built: backoff, clamp to `[min_delay, max_delay]`, jitter, clamp again,
-    ///    then for a throttled error `max(delay, min(retry_after, max_retry_after))`;
+    /// 3. the delay is built: backoff clamped to `[min_delay, max_delay]`, then jitter drawn
+    ///    from the jitter kind's range cut to `[min_delay, max_delay]`, then for a throttled
+    ///    error `max(delay, min(retry_after, max_retry_after))`;
     /// 4. a retry later than `first_failure_at + max_elapsed` gives up instead.
     pub fn decide(&self, attempt: &Attempt<'_>) -> Decision {
         self.trace(attempt).decision
     }
 
     /// The same decision as [`decide`](Self::decide), with how it was reached: base delay,
-    /// jitter draw, clamps, retry-after and deadline.
+    /// jitter range and draw, clamps, retry-after and deadline.
     pub fn explain(&self, attempt: &Attempt<'_>) -> Explanation {
         let t = self.trace(attempt);
         Explanation {
@@ -336,10 +413,12 @@ impl RetryPolicy {
                 base: from_nanos(d.base),
                 clamped_base: from_nanos(d.clamped_base),
                 jitter: self.jitter,
-                draw: d.draw,
-                previous: d.previous.map(from_nanos),
-                jittered: from_nanos(d.jittered),
-                clamp: d.clamp,
+                low: from_nanos(d.jittered.low),
+                high: from_nanos(d.jittered.high),
+                clamp: d.jittered.cut,
+                draw: d.jittered.draw,
+                previous: d.jittered.previous.map(from_nanos),
+                jittered: from_nanos(d.jittered.value),
                 retry_after: d.retry_after.map(from_nanos),
                 delay: from_nanos(d.delay),
             }),
@@ -353,7 +432,7 @@ impl RetryPolicy {
     #[must_use]
     pub fn base_delay(&self, attempts_made: u32) -> Duration {
         let n = attempts_made.max(1) - 1;
-        from_nanos(self.clamp(self.backoff.base_nanos(n)).0)
+        from_nanos(self.clamped_base(n))
     }
 
     /// Attempts after which the policy gives up, if limited. A non-repeating schedule of `k`
@@ -412,76 +491,105 @@ impl RetryPolicy {
         }
     }
 
-    /// `v` clamped to `[min_delay, max_delay]`, and which bound applied.
-    #[inline]
-    fn clamp(&self, v: u64) -> (u64, Option<Clamp>) {
-        let (lo, hi) = (to_nanos(self.min_delay), to_nanos(self.max_delay));
-        if v < lo {
-            (lo, Some(Clamp::RaisedToMin))
-        } else if v > hi {
-            (hi, Some(Clamp::LoweredToMax))
-        } else {
-            (v, None)
-        }
-    }
-
+    /// The base delay of retry index `n` clamped to `[min_delay, max_delay]`.
     #[inline]
     fn clamped_base(&self, n: u32) -> u64 {
-        self.clamp(self.backoff.base_nanos(n)).0
+        // max then min, not u64::clamp: min_delay <= max_delay is validated, but a panic here
+        // would be the worst possible failure.
+        self.backoff
+            .base_nanos(n)
+            .max(self.nanos.min_delay)
+            .min(self.nanos.max_delay)
     }
 
-    /// The jittered delay for retry index `n`, before the final clamp: (draw, previous, value).
+    /// The jittered delay of retry index `n` whose clamped base is `b`. Every kind draws from
+    /// its own range cut to `[min_delay, max_delay]` (which holds `b`, so never empty): a delay
+    /// never needs clamping afterwards, and keys do not pile up on a bound.
     #[inline]
-    fn jittered(&self, key: &str, n: u32, b: u64) -> (Option<u64>, Option<u64>, u64) {
-        let jitter = self.jitter;
-        if jitter == Jitter::None {
-            return (None, None, b);
+    fn jittered(&self, key: &str, n: u32, b: u64) -> Jittered {
+        let (low, high) = match self.jitter {
+            Jitter::None => return Jittered::exactly(b),
+            Jitter::Full => (0, b),
+            Jitter::Equal => (b - b / 2, b),
+            Jitter::Proportional { fraction } => {
+                // fraction ∈ [0, 1] (validated): spread ≤ b, so low never underflows.
+                let spread = round_non_negative(b as f64 * fraction).min(b);
+                (b - spread, b.saturating_add(spread))
+            }
+            Jitter::Decorrelated => return self.decorrelated(key, n),
+        };
+        let (lo, hi) = (self.nanos.min_delay, self.nanos.max_delay);
+        let cut = cut(low < lo, high > hi);
+        let (low, high) = (low.max(lo), high.min(hi));
+        if low == high {
+            // One possible value: no need to hash the key.
+            return Jittered {
+                cut,
+                ..Jittered::exactly(low)
+            };
+        }
+        let draw = hash::draw(hash::key_hash(key.as_bytes()), n);
+        Jittered {
+            draw: Some(draw),
+            previous: None,
+            low,
+            high,
+            cut,
+            value: in_range(draw, low, high),
+        }
+    }
+
+    /// AWS's decorrelated jitter as a pure function of (key, n):
+    /// `d_i = U(lo, min(max_delay, 3·d_{i−1}))` for `i` from `s = n − min(n, WINDOW)` to `n`,
+    /// starting from `d_{s−1} = lo`, where `lo` is the clamped base delay of the first retry.
+    /// Every step draws from `[lo, max_delay]`, so at the cap keys stay spread over that range.
+    fn decorrelated(&self, key: &str, n: u32) -> Jittered {
+        const MS: u64 = 1_000_000;
+        let (lo, max) = (self.nanos.first_base, self.nanos.max_delay);
+        if lo == max {
+            // Every step's range is [max, max].
+            return Jittered {
+                previous: Some(max),
+                cut: cut(false, max > 0),
+                ..Jittered::exactly(max)
+            };
         }
         let kh = hash::key_hash(key.as_bytes());
-        let draw = hash::draw(kh, n);
-        let value = match jitter {
-            Jitter::None => b,
-            Jitter::Full => in_range(draw, 0, b),
-            Jitter::Equal => in_range(draw, b - b / 2, b),
-            Jitter::Proportional { fraction } => {
-                // fraction ∈ [0, 1] (validated): spread ≤ b, so lo never underflows.
-                let spread = ((b as f64 * fraction).round() as u64).min(b);
-                in_range(draw, b - spread, b.saturating_add(spread))
-            }
-            Jitter::Decorrelated => {
-                let (previous, value) = self.decorrelated(kh, n);
-                return (Some(draw), Some(previous), value);
-            }
-        };
-        (Some(draw), None, value)
-    }
-
-    /// Decorrelated jitter as a pure function: `d_i = min(max, uniform[b_i, max(b_i, 3·d_{i−1})])`
-    /// for `i` from `s = n − min(n, WINDOW)` to `n`, starting from `d_{s−1} = b_s`, where `b_i`
-    /// is the clamped base delay. Returns (`d_{n−1}`, `d_n`).
-    fn decorrelated(&self, kh: u64, n: u32) -> (u64, u64) {
-        let hi_bound = to_nanos(self.max_delay);
         let start = n.saturating_sub(DECORRELATED_WINDOW);
-        let mut previous = self.clamped_base(start);
-        let mut current = previous;
-        for i in start..=n {
-            previous = current;
-            let lo = self.clamped_base(i);
-            if lo == hi_bound {
-                // The base reached max_delay: this step and every later one is exactly
-                // max_delay (their lower bound is max_delay too), so stop here.
-                if i < n {
-                    previous = hi_bound;
-                }
-                return (previous, hi_bound);
+        // The chain before step n. Each step's range starts at lo and ends at
+        // min(max, 3·previous) >= previous >= lo, so it is never empty.
+        let previous = if lo % MS == 0 && max % MS == 0 {
+            // Whole milliseconds throughout: the same values as `in_range`, computed in
+            // milliseconds without a division on the chain's critical path.
+            let (lo_ms, max_ms) = (lo / MS, max / MS);
+            let mut d = lo_ms;
+            for i in start..n {
+                d = lo_ms + uniform_ms(hash::draw(kh, i), max_ms.min(d * 3) - lo_ms);
             }
-            let hi = previous.saturating_mul(3).max(lo).min(hi_bound);
-            current = in_range(hash::draw(kh, i), lo, hi);
+            d * MS
+        } else {
+            let mut d = lo;
+            for i in start..n {
+                d = in_range(hash::draw(kh, i), lo, max.min(d.saturating_mul(3)));
+            }
+            d
+        };
+        let wide = previous.saturating_mul(3);
+        let high = max.min(wide);
+        let draw = hash::draw(kh, n);
+        Jittered {
+            draw: Some(draw),
+            previous: Some(previous),
+            low: lo,
+            high,
+            cut: cut(false, wide > max),
+            value: in_range(draw, lo, high),
         }
-        (previous, current)
     }
 
-    #[inline]
+    /// Everything `decide` and `explain` compute. Always inlined: `decide` then drops what only
+    /// `explain` needs instead of filling in a whole `Trace` through a call.
+    #[inline(always)]
     fn trace(&self, a: &Attempt<'_>) -> Trace {
         let give_up = |reason| Trace {
             delay: None,
@@ -503,12 +611,12 @@ impl RetryPolicy {
 
         let n = made - 1;
         let base = self.backoff.base_nanos(n);
-        let (clamped_base, _) = self.clamp(base);
-        let (draw, previous, jittered) = self.jittered(a.key, n, clamped_base);
-        let (mut delay, clamp) = self.clamp(jittered);
+        let clamped_base = base.max(self.nanos.min_delay).min(self.nanos.max_delay);
+        let jittered = self.jittered(a.key, n, clamped_base);
+        let mut delay = jittered.value;
         let retry_after = match a.error_class {
             ErrorClass::Throttled { retry_after } => {
-                let capped = to_nanos(retry_after).min(to_nanos(self.max_retry_after));
+                let capped = to_nanos(retry_after).min(self.nanos.max_retry_after);
                 delay = delay.max(capped);
                 Some(capped)
             }
@@ -518,19 +626,12 @@ impl RetryPolicy {
             n,
             base,
             clamped_base,
-            draw,
-            previous,
             jittered,
-            clamp,
             retry_after,
             delay,
         };
 
-        // delay <= LIMIT_NANOS < i64::MAX, so the conversion is exact.
-        let Some(retry_at) = a
-            .now
-            .checked_add_signed(TimeDelta::nanoseconds(delay as i64))
-        else {
+        let Some(retry_at) = a.now.checked_add_signed(time_delta(delay)) else {
             return Trace {
                 delay: Some(trace),
                 deadline: None,
@@ -538,10 +639,10 @@ impl RetryPolicy {
             };
         };
         // A deadline beyond the representable range can never be reached: no deadline.
-        let deadline = self.max_elapsed.and_then(|max| {
+        let deadline = self.nanos.max_elapsed.and_then(|max| {
             a.first_failure_at
                 .unwrap_or(a.now)
-                .checked_add_signed(TimeDelta::nanoseconds(to_nanos(max) as i64))
+                .checked_add_signed(time_delta(max))
         });
         let decision = match deadline {
             Some(deadline) if retry_at > deadline => Decision::GiveUp(GiveUpReason::Deadline {
@@ -555,6 +656,27 @@ impl RetryPolicy {
             deadline,
             decision,
         }
+    }
+}
+
+/// `nanos` (at most `LIMIT_NANOS`) as a `TimeDelta`, with unsigned arithmetic
+/// (`TimeDelta::nanoseconds` takes the slower signed, Euclidean route).
+#[inline]
+fn time_delta(nanos: u64) -> TimeDelta {
+    const NS: u64 = 1_000_000_000;
+    // secs <= LIMIT_NANOS / NS fits in i64 and the sub-second part is below 10⁹, so `new`
+    // always succeeds; the fallback is never taken.
+    TimeDelta::new((nanos / NS) as i64, (nanos % NS) as u32).unwrap_or(TimeDelta::MAX)
+}
+
+/// Which bounds of `[min_delay, max_delay]` cut a jitter range.
+#[inline]
+const fn cut(low: bool, high: bool) -> Option<Clamp> {
+    match (low, high) {
+        (false, false) => None,
+        (true, false) => Some(Clamp::RaisedToMin),
+        (false, true) => Some(Clamp::LoweredToMax),
+        (true, true) => Some(Clamp::Both),
     }
 }
 
@@ -578,16 +700,38 @@ fn in_range(draw: u64, lo: u64, hi: u64) -> u64 {
     }
 }
 
+/// `⌊uniform(draw, k·1 ms) / 1 ms⌋`: the whole milliseconds that `in_range` draws from a range
+/// `[lo, lo + k ms]` whose ends are whole milliseconds (there `in_range` returns
+/// `lo + floor_ms(uniform(draw, k ms))`, always ≥ `lo`).
+///
+/// With `draw·k = H·2⁶⁴ + L`: `draw·(k·10⁶ + 1) / (2⁶⁴·10⁶) = H + (L + draw/10⁶) / 2⁶⁴`, and
+/// the last term is below 2, so the floor is `H`, plus 1 when `L + ⌊draw/10⁶⌋` carries past
+/// 2⁶⁴ (L is an integer, so the fraction of `draw/10⁶` cannot decide it). Only a
+/// multiplication depends on `k`; the division depends on the draw alone and runs in parallel.
+#[inline]
+fn uniform_ms(draw: u64, k: u64) -> u64 {
+    let x = u128::from(draw) * u128::from(k);
+    let (high, low) = ((x >> 64) as u64, x as u64);
+    high + u64::from(low.overflowing_add(draw / 1_000_000).1)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Serialised form
 // ---------------------------------------------------------------------------------------------
 
 /// A duration as written in a serialised policy: text or integer milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+///
+/// Deserialising never fails here: a value that is not a duration is kept as `Bad`, so that
+/// [`parse`](Self::parse) can report it with the field's name (serde's untagged enums could only
+/// say "data did not match any variant").
+#[derive(Debug, Clone, PartialEq)]
 enum RawDuration {
-    Millis(i64),
+    Millis(u64),
     Text(String),
+    Bad {
+        why: crate::duration::ParseError,
+        input: String,
+    },
 }
 
 impl RawDuration {
@@ -597,36 +741,127 @@ impl RawDuration {
 
     fn parse(&self, field: &'static str) -> Result<Duration> {
         use crate::duration::ParseError;
-        match self {
-            Self::Millis(ms) => {
-                let input = format!("{ms}ms");
-                let ms = u64::try_from(*ms).map_err(|_| Error::NegativeDuration {
-                    field,
-                    input: input.clone(),
-                })?;
-                match ms.checked_mul(1_000_000) {
-                    Some(n) if n <= LIMIT_NANOS => Ok(from_nanos(n)),
-                    _ => Err(Error::DurationTooLarge { field, input }),
-                }
-            }
-            Self::Text(text) => match crate::duration::parse(text) {
-                Ok(n) => Ok(from_nanos(n)),
-                Err(ParseError::Negative) => Err(Error::NegativeDuration {
-                    field,
-                    input: text.clone(),
-                }),
-                Err(ParseError::TooLarge) => Err(Error::DurationTooLarge {
-                    field,
-                    input: text.clone(),
-                }),
-                Err(ParseError::Invalid(reason)) => Err(Error::InvalidDuration {
-                    field,
-                    input: text.clone(),
-                    reason,
-                }),
+        let refuse = |why: ParseError, input: &str| match why {
+            ParseError::Negative => Error::NegativeDuration {
+                field,
+                input: input.to_owned(),
             },
+            ParseError::TooLarge => Error::DurationTooLarge {
+                field,
+                input: input.to_owned(),
+            },
+            ParseError::Invalid(reason) => Error::InvalidDuration {
+                field,
+                input: input.to_owned(),
+                reason,
+            },
+        };
+        match self {
+            Self::Millis(ms) => match ms.checked_mul(1_000_000) {
+                Some(n) if n <= LIMIT_NANOS => Ok(from_nanos(n)),
+                _ => Err(refuse(ParseError::TooLarge, &format!("{ms}ms"))),
+            },
+            Self::Text(text) => crate::duration::parse(text)
+                .map(from_nanos)
+                .map_err(|why| refuse(why, text)),
+            Self::Bad { why, input } => Err(refuse(*why, input)),
         }
     }
+}
+
+impl Serialize for RawDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Millis(ms) => s.serialize_u64(*ms),
+            Self::Text(text) | Self::Bad { input: text, .. } => s.serialize_str(text),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(RawDurationVisitor)
+    }
+}
+
+struct RawDurationVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RawDurationVisitor {
+    type Value = RawDuration;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a duration as text (\"1.5s\") or integer milliseconds")
+    }
+
+    fn visit_u64<E>(self, ms: u64) -> std::result::Result<RawDuration, E> {
+        Ok(RawDuration::Millis(ms))
+    }
+
+    fn visit_i64<E>(self, ms: i64) -> std::result::Result<RawDuration, E> {
+        Ok(match u64::try_from(ms) {
+            Ok(ms) => RawDuration::Millis(ms),
+            Err(_) => bad(crate::duration::ParseError::Negative, format!("{ms}ms")),
+        })
+    }
+
+    /// Floats are never durations, but say why: negative, too large (JSON integers beyond
+    /// u64 arrive as floats), or not an integer.
+    fn visit_f64<E>(self, ms: f64) -> std::result::Result<RawDuration, E> {
+        use crate::duration::ParseError;
+        Ok(if ms < 0.0 {
+            bad(ParseError::Negative, format!("{ms}ms"))
+        } else if ms * 1e6 > LIMIT_NANOS as f64 {
+            bad(ParseError::TooLarge, format!("{ms}ms"))
+        } else {
+            bad(
+                ParseError::Invalid("a floating-point number; milliseconds must be an integer"),
+                ms.to_string(),
+            )
+        })
+    }
+
+    fn visit_str<E>(self, text: &str) -> std::result::Result<RawDuration, E> {
+        Ok(RawDuration::Text(text.to_owned()))
+    }
+
+    fn visit_string<E>(self, text: String) -> std::result::Result<RawDuration, E> {
+        Ok(RawDuration::Text(text))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<RawDuration, E> {
+        Ok(not_a_duration("a boolean", v.to_string()))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<RawDuration, E> {
+        Ok(not_a_duration("null", "null".to_owned()))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<RawDuration, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(not_a_duration("a list", "[…]".to_owned()))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<RawDuration, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(not_a_duration("an object", "{…}".to_owned()))
+    }
+}
+
+fn bad(why: crate::duration::ParseError, input: String) -> RawDuration {
+    RawDuration::Bad { why, input }
+}
+
+fn not_a_duration(what: &'static str, input: String) -> RawDuration {
+    bad(crate::duration::ParseError::Invalid(what), input)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -649,12 +884,46 @@ enum BackoffSpec {
         repeat_last: bool,
     },
     Polynomial {
+        #[serde(deserialize_with = "exponent")]
         exponent: u32,
         #[serde(default = "one_second")]
         unit: RawDuration,
         #[serde(default = "zero")]
         offset: RawDuration,
+        #[serde(default, deserialize_with = "shift")]
+        shift: u32,
     },
+}
+
+fn exponent<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
+    d.deserialize_any(WholeNumber("backoff.exponent"))
+}
+
+fn shift<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
+    d.deserialize_any(WholeNumber("backoff.shift"))
+}
+
+/// A `u32` setting whose errors name it: serde's own say only "expected u32".
+struct WholeNumber(&'static str);
+
+impl serde::de::Visitor<'_> for WholeNumber {
+    type Value = u32;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` as a whole number from 0 to {}", self.0, u32::MAX)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<u32, E> {
+        u32::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<u32, E> {
+        u32::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<u32, E> {
+        Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))
+    }
 }
 
 fn one_second() -> RawDuration {
@@ -707,10 +976,12 @@ impl From<RetryPolicy> for PolicySpec {
                 exponent,
                 unit,
                 offset,
+                shift,
             } => BackoffSpec::Polynomial {
                 exponent,
                 unit: d(unit),
                 offset: d(offset),
+                shift,
             },
         };
         Self {
@@ -755,10 +1026,12 @@ impl TryFrom<PolicySpec> for RetryPolicy {
                 exponent,
                 unit,
                 offset,
+                shift,
             } => Backoff::Polynomial {
                 exponent,
                 unit: unit.parse("backoff.unit")?,
                 offset: offset.parse("backoff.offset")?,
+                shift,
             },
         };
         let mut b = RetryPolicy::builder().backoff(backoff).jitter(s.jitter);
@@ -785,32 +1058,35 @@ impl TryFrom<PolicySpec> for RetryPolicy {
 mod tests {
     use super::*;
 
-    /// The decorrelated recurrence written out naively: no early exit.
-    fn naive_decorrelated(p: &RetryPolicy, kh: u64, n: u32) -> (u64, u64) {
-        let hi_bound = to_nanos(p.max_delay);
+    /// The decorrelated recurrence written out naively: every step through `in_range`, no
+    /// millisecond path, no shortcut when the first delay is already `max_delay`.
+    fn naive_decorrelated(p: &RetryPolicy, key: &str, n: u32) -> (u64, u64) {
+        let kh = hash::key_hash(key.as_bytes());
+        let lo = p.clamped_base(0);
         let start = n.saturating_sub(DECORRELATED_WINDOW);
-        let mut previous = p.clamped_base(start);
-        let mut current = previous;
+        let mut previous = lo;
+        let mut current = lo;
         for i in start..=n {
             previous = current;
-            let lo = p.clamped_base(i);
-            let hi = previous.saturating_mul(3).max(lo).min(hi_bound.max(lo));
+            let hi = p.nanos.max_delay.min(previous.saturating_mul(3));
             current = in_range(hash::draw(kh, i), lo, hi);
         }
         (previous, current)
     }
 
     #[test]
-    fn decorrelated_shortcut_matches_the_plain_recurrence() {
+    fn decorrelated_fast_paths_match_the_plain_recurrence() {
         let s = Duration::from_secs;
+        let ns = Duration::from_nanos;
         let policies = [
+            // whole milliseconds: the millisecond chain
             RetryPolicy::builder()
                 .backoff(Backoff::constant(s(1)))
                 .max_delay(s(30))
                 .build(),
             RetryPolicy::builder().max_delay(s(100)).build(),
             RetryPolicy::builder()
-                .backoff(Backoff::linear(s(1), s(1)))
+                .backoff(Backoff::linear(Duration::ZERO, s(1)))
                 .min_delay(s(2))
                 .max_delay(s(20))
                 .build(),
@@ -818,21 +1094,76 @@ mod tests {
                 .backoff(Backoff::schedule_repeating([1, 1, 5, 60].map(s)))
                 .max_delay(s(60))
                 .build(),
+            // not whole milliseconds: the nanosecond chain
+            RetryPolicy::builder()
+                .backoff(Backoff::constant(ns(1_234_567)))
+                .max_delay(ns(987_654_321))
+                .build(),
+            RetryPolicy::builder()
+                .backoff(Backoff::constant(ns(3)))
+                .max_delay(ns(2_000_000))
+                .build(),
+            // first delay at the cap: every delay is max_delay
+            RetryPolicy::builder()
+                .backoff(Backoff::constant(s(10)))
+                .max_delay(s(5))
+                .build(),
         ];
         for p in policies {
             let p = p
                 .expect("valid")
                 .to_builder()
                 .jitter(Jitter::Decorrelated)
-                .build();
-            let p = p.expect("valid");
+                .build()
+                .expect("valid");
             for key in ["a", "job-42", "message:0001"] {
-                let kh = hash::key_hash(key.as_bytes());
                 for n in (0..60).chain([1_000, u32::MAX]) {
+                    let j = p.decorrelated(key, n);
+                    let (previous, value) = naive_decorrelated(&p, key, n);
                     assert_eq!(
-                        p.decorrelated(kh, n),
-                        naive_decorrelated(&p, kh, n),
+                        (j.previous, j.value),
+                        (Some(previous), value),
                         "{p:?} {key} {n}"
+                    );
+                    assert!(j.low <= j.value && j.value <= j.high, "{p:?} {key} {n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn uniform_ms_is_in_range_on_whole_milliseconds() {
+        const MS: u64 = 1_000_000;
+        // Draws spread over the whole u64 range, plus the ends and values just around the
+        // points where the carry flips.
+        let mut draws: Vec<u64> = (0..2_000_u64)
+            .map(|i| hash::draw(hash::key_hash(&i.to_le_bytes()), 0))
+            .collect();
+        draws.extend([
+            0,
+            1,
+            MS - 1,
+            MS,
+            u64::MAX,
+            u64::MAX - 1,
+            1 << 63,
+            (1 << 63) - 1,
+        ]);
+        for k in [0_u64, 1, 2, 3, 7, 999, 1_000, 299_000, 3_153_600_000_000] {
+            // The draws where ⌊draw·(k ms + 1) / 2⁶⁴ / 1 ms⌋ steps from j − 1 to j: the carry.
+            let mut edges = draws.clone();
+            for j in 1..=k.min(20) {
+                let edge = ((u128::from(j) << 64) * u128::from(MS)) / (u128::from(k * MS) + 1);
+                let edge = u64::try_from(edge).unwrap_or(u64::MAX);
+                edges.extend((0..5).map(|t| edge.saturating_add(t).saturating_sub(2)));
+            }
+            for &d in &edges {
+                for lo_ms in [0, 1, 1_000] {
+                    let (lo, hi) = (lo_ms * MS, (lo_ms + k) * MS);
+                    assert_eq!(
+                        (lo_ms + uniform_ms(d, k)) * MS,
+                        in_range(d, lo, hi),
+                        "draw {d:#x}, k {k}, lo {lo_ms} ms"
                     );
                 }
             }

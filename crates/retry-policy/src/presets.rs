@@ -61,6 +61,27 @@ pub fn message_delivery() -> RetryPolicy {
 ///
 /// The dropped connection is the first attempt, so the five reconnections are five retries and
 /// `max_attempts` is 6: the sixth failure gives up.
+///
+/// A host that counts *reconnection attempts* from 0 after the drop must add 1: `attempts_made`
+/// counts the drop too. Passing the raw counter gives no error (0 is read as 1) but shifts the
+/// timeline by one: 1, 1, 2, 3, 4, 5 minutes and six reconnections.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use retry_policy::{presets, Attempt};
+/// let policy = presets::reconnect();
+/// let now = chrono::Utc::now();
+/// let wait = |attempts_made| policy.decide(&Attempt::new("session-1", attempts_made, now)).delay_after(now);
+/// let minutes = |m: u64| Some(Duration::from_secs(m * 60));
+///
+/// // Right: the counter of reconnections tried so far, plus the drop itself.
+/// let right: Vec<_> = (0..6).map(|reconnect_attempts| wait(reconnect_attempts + 1)).collect();
+/// assert_eq!(right, [minutes(1), minutes(2), minutes(3), minutes(4), minutes(5), None]);
+///
+/// // Wrong: the raw 0-based counter waits 1 minute twice and reconnects a sixth time.
+/// let wrong: Vec<_> = (0..7).map(|reconnect_attempts| wait(reconnect_attempts)).collect();
+/// assert_eq!(wrong, [minutes(1), minutes(1), minutes(2), minutes(3), minutes(4), minutes(5), None]);
+/// ```
 #[must_use]
 pub fn reconnect() -> RetryPolicy {
     RetryPolicy::preset(
@@ -110,7 +131,8 @@ pub fn aws_full_jitter() -> RetryPolicy {
 
 /// gRPC's connection backoff: 1 s, × 1.6 per retry, ±20 % jitter, at most 120 s, retrying for
 /// ever. Two deliberate differences from gRPC's reference algorithm: the first delay is
-/// jittered too, and the jittered delay never exceeds 120 s (gRPC lets it reach 144 s).
+/// jittered too, and the jittered delay never exceeds 120 s (gRPC lets it reach 144 s): once
+/// the base is capped, delays are drawn from [96 s, 120 s].
 #[must_use]
 pub fn grpc_connection() -> RetryPolicy {
     RetryPolicy::preset(

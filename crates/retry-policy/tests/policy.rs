@@ -243,13 +243,57 @@ fn min_and_max_delay_clamp_and_explain_says_so() {
     let late = p.explain(&Attempt::new("k", 10, t0())).delay.unwrap();
     assert_eq!((late.base, late.delay), (secs(512), secs(10)));
 
-    // Full jitter can draw below min_delay: the final clamp raises it.
+    // Full jitter's range [0, b] is cut to [min_delay, b] before drawing: no key lands below
+    // min_delay, and none is pushed onto it either.
     let full = p.to_builder().jitter(Jitter::Full).build().unwrap();
-    let raised = (0..200)
-        .map(|i| full.explain(&Attempt::new(&format!("key-{i}"), 1, t0())))
-        .find(|e| e.delay.as_ref().unwrap().clamp == Some(Clamp::RaisedToMin))
-        .expect("some draw falls under min_delay");
-    assert_eq!(raised.delay.unwrap().delay, secs(2));
+    let third: Vec<_> = (0..200)
+        .map(|i| {
+            full.explain(&Attempt::new(&format!("key-{i}"), 3, t0()))
+                .delay
+                .unwrap()
+        })
+        .collect();
+    for d in &third {
+        assert_eq!((d.clamped_base, d.low, d.high), (secs(4), secs(2), secs(4)));
+        assert_eq!(d.clamp, Some(Clamp::RaisedToMin));
+        assert!(d.delay >= secs(2) && d.delay <= secs(4), "{d:?}");
+    }
+    let at_min = third.iter().filter(|d| d.delay == secs(2)).count();
+    assert!(at_min <= 1, "{at_min} of 200 keys exactly at min_delay");
+}
+
+#[test]
+fn jitter_at_the_cap_draws_below_max_delay_instead_of_piling_onto_it() {
+    // gRPC's preset: base 1.6^n s capped at 120 s, ±20 %. The range [96 s, 144 s] is cut to
+    // [96 s, 120 s] before drawing; clamping afterwards put half of all keys on exactly 120 s.
+    let p = retry_policy::presets::grpc_connection();
+    let capped: Vec<_> = (0..1_000)
+        .map(|i| {
+            p.explain(&Attempt::new(&format!("conn-{i}"), 40, t0()))
+                .delay
+                .unwrap()
+        })
+        .collect();
+    for d in &capped {
+        assert_eq!((d.low, d.high), (secs(96), secs(120)));
+        assert_eq!(d.clamp, Some(Clamp::LoweredToMax));
+        assert!(d.delay >= secs(96) && d.delay <= secs(120));
+    }
+    let at_cap = capped.iter().filter(|d| d.delay == secs(120)).count();
+    assert!(at_cap <= 1, "{at_cap} of 1000 keys exactly at max_delay");
+    // Both bounds at once: ±100 % of a capped base, with a floor.
+    let both = RetryPolicy::builder()
+        .backoff(Backoff::constant(secs(100)))
+        .jitter(Jitter::Proportional { fraction: 1.0 })
+        .min_delay(secs(10))
+        .max_delay(secs(60))
+        .build()
+        .unwrap();
+    let d = both.explain(&Attempt::new("k", 1, t0())).delay.unwrap();
+    assert_eq!(
+        (d.low, d.high, d.clamp),
+        (secs(10), secs(60), Some(Clamp::Both))
+    );
 }
 
 #[test]
@@ -308,6 +352,108 @@ fn decorrelated_recomputes_the_previous_delay() {
 }
 
 #[test]
+fn decorrelated_jitter_golden_vectors() {
+    // Computed by an independent implementation of the documented formulas (hash, draw,
+    // d_i = U(b₀, min(max_delay, 3·d_(i−1))) over a window of 16 previous retries, millisecond
+    // rounding) written in Python. Retry indices n = 0, 1, 5, 15, 16 (first with a full
+    // window), 17 (first whose chain no longer starts at retry 0) and 40.
+    let ms = Duration::from_millis;
+    let ns = Duration::from_nanos;
+    let decorrelated = |backoff, max| {
+        RetryPolicy::builder()
+            .backoff(backoff)
+            .jitter(Jitter::Decorrelated)
+            .max_delay(max)
+            .build()
+            .unwrap()
+    };
+    // (policy, per key the delays at the retry indices below, their unit)
+    type Case = (
+        RetryPolicy,
+        [(&'static str, [u64; 7]); 3],
+        fn(u64) -> Duration,
+    );
+    let cases: [Case; 4] = [
+        (
+            decorrelated(Backoff::constant(secs(1)), secs(1_000)),
+            [
+                (
+                    "job-42",
+                    [2_393, 6_585, 75_878, 97_539, 41_410, 74_136, 10_452],
+                ),
+                (
+                    "msg-7",
+                    [1_317, 3_779, 22_586, 11_436, 31_527, 54_553, 92_058],
+                ),
+                (
+                    "conn-a",
+                    [1_084, 2_751, 91_647, 2_760, 5_689, 4_248, 57_294],
+                ),
+            ],
+            ms,
+        ),
+        (
+            // Only the first delay of the backoff (500 ms) matters: growth comes from the jitter.
+            decorrelated(Backoff::exponential(ms(500), 2.0), secs(60)),
+            [
+                ("job-42", [1_196, 3_291, 18_491, 6_442, 3_108, 5_737, 5_223]),
+                ("msg-7", [658, 1_888, 11_285, 2_816, 7_784, 14_140, 5_923]),
+                ("conn-a", [542, 1_375, 45_795, 781, 1_687, 1_422, 6_057]),
+            ],
+            ms,
+        ),
+        (
+            // Bounds that are not whole milliseconds: the nanosecond chain.
+            decorrelated(Backoff::constant(ns(1_234_567)), ns(987_654_321)),
+            [
+                ("job-42", [2, 5, 55, 96, 40, 71, 11]),
+                ("msg-7", [2, 5, 24, 9, 24, 43, 91]),
+                ("conn-a", [2, 4, 128, 2, 4, 3, 53]),
+            ],
+            ms,
+        ),
+        (
+            // Ranges without a whole millisecond inside stay in nanoseconds.
+            decorrelated(Backoff::constant(ns(3)), ms(2)),
+            [
+                ("job-42", [7, 20, 231, 21_458, 8_923, 7_796, 32]),
+                ("msg-7", [4, 12, 70, 31, 86, 155, 2_375]),
+                ("conn-a", [3, 8, 278, 11, 22, 15, 178]),
+            ],
+            ns,
+        ),
+    ];
+    for (p, golden, unit) in cases {
+        for (key, want) in golden {
+            let got: Vec<Duration> = [0, 1, 5, 15, 16, 17, 40]
+                .map(|n| delay(&p, &Attempt::new(key, n + 1, t0())).unwrap())
+                .to_vec();
+            assert_eq!(got, want.map(unit), "{key} {p:?}");
+        }
+    }
+}
+
+#[test]
+fn decorrelated_jitter_needs_a_first_delay_above_zero() {
+    let b = || RetryPolicy::builder().jitter(Jitter::Decorrelated);
+    for backoff in [
+        Backoff::constant(Duration::ZERO),
+        Backoff::linear(Duration::ZERO, secs(1)),
+        Backoff::polynomial(4, secs(1), Duration::ZERO),
+    ] {
+        assert_eq!(
+            b().backoff(backoff.clone()).build(),
+            Err(Error::ZeroDecorrelatedBase),
+            "{backoff:?}"
+        );
+        // A min_delay gives it somewhere to start.
+        let p = b().backoff(backoff).min_delay(secs(1)).build().unwrap();
+        let d = delay(&p, &Attempt::new("k", 3, t0())).unwrap();
+        assert!(d >= secs(1), "{d:?}");
+    }
+}
+
+#[test]
 fn explain_agrees_with_decide_and_reads_well() {
     let p = retry_policy::presets::grpc_connection();
     let a = Attempt::new("conn-1", 3, t0());
@@ -322,11 +468,89 @@ fn explain_agrees_with_decide_and_reads_well() {
         "attempts made 3",
         "retry #3",
         "base 2s560ms",
-        "proportional jitter ±0.2",
+        "proportional jitter ±0.2 over [2s48ms, 3s72ms]",
         "⇒ retry at 2024-01-24T12:00:0",
     ] {
         assert!(text.contains(part), "{part:?} missing from {text:?}");
     }
+}
+
+#[test]
+fn explain_at_the_cap_shows_the_cut_range() {
+    // Proportional: gRPC's preset long after the base reached 120 s.
+    let grpc = retry_policy::presets::grpc_connection();
+    let text = grpc.explain(&Attempt::new("job-42", 40, t0())).to_string();
+    assert!(
+        text.starts_with("attempts made 40, last error transient; retry #40: base "),
+        "{text}"
+    );
+    let want =
+        " clamped to 2m, proportional jitter ±0.2 over [1m36s, 2m] (cut at max_delay) (draw 0.";
+    assert!(text.contains(want), "{text}");
+    // 108106 ms is the golden vector of grpc_connection for this key and attempt.
+    assert!(
+        text.ends_with(") → 1m48s106ms; delay 1m48s106ms ⇒ retry at 2024-01-24T12:01:48.106Z"),
+        "{text}"
+    );
+
+    // Decorrelated: the range starts at the first delay and ends at 3 × previous or the cap.
+    let p = RetryPolicy::builder()
+        .backoff(Backoff::exponential(secs(1), 2.0))
+        .jitter(Jitter::Decorrelated)
+        .min_delay(secs(2))
+        .max_delay(secs(60))
+        .build()
+        .unwrap();
+    let mut saw_cut = false;
+    for i in 0..50 {
+        let key = format!("job-{i}");
+        let e = p.explain(&Attempt::new(&key, 30, t0()));
+        let d = e.delay.as_ref().unwrap();
+        let previous = d.previous.unwrap();
+        assert_eq!(d.clamped_base, secs(60), "the base itself is capped");
+        assert_eq!(
+            d.low,
+            secs(2),
+            "every step starts at the first delay, raised to min_delay"
+        );
+        assert_eq!(d.high, (previous * 3).min(secs(60)));
+        let text = e.to_string();
+        let head = format!(
+            "retry #30: base 149130h48m32s clamped to 1m, decorrelated jitter from previous {} over [2s, {}]",
+            fmt(previous),
+            fmt(d.high)
+        );
+        assert!(text.contains(&head), "{text}\n{head}");
+        if previous * 3 > secs(60) {
+            saw_cut = true;
+            assert_eq!(d.clamp, Some(Clamp::LoweredToMax));
+            assert!(text.contains(" (cut at max_delay) (draw 0."), "{text}");
+        } else {
+            assert_eq!(d.clamp, None);
+        }
+        assert!(
+            text.contains(&format!("→ {}; delay", fmt(d.delay))),
+            "{text}"
+        );
+    }
+    assert!(saw_cut, "some of 50 keys reach the cap");
+}
+
+/// The canonical text of a duration, as `Display` prints it (whole milliseconds here).
+fn fmt(d: Duration) -> String {
+    let ms = d.as_millis();
+    let (m, s, ms) = (ms / 60_000, ms / 1_000 % 60, ms % 1_000);
+    let mut out = String::new();
+    if m > 0 {
+        out += &format!("{m}m");
+    }
+    if s > 0 {
+        out += &format!("{s}s");
+    }
+    if ms > 0 {
+        out += &format!("{ms}ms");
+    }
+    if out.is_empty() { "0s".to_owned() } else { out }
 }
 
 // ----- validation -----------------------------------------------------------------------------
@@ -420,6 +644,100 @@ fn invalid_settings_are_refused_with_a_clear_error() {
     );
 }
 
+#[test]
+fn every_duration_setting_refuses_more_than_100_years_by_name() {
+    let over = RetryPolicy::DURATION_LIMIT + Duration::from_nanos(1);
+    let b = RetryPolicy::builder;
+    let cases: Vec<(&str, retry_policy::Result<RetryPolicy>)> = vec![
+        (
+            "backoff.delay",
+            b().backoff(Backoff::constant(over)).build(),
+        ),
+        (
+            "backoff.initial",
+            b().backoff(Backoff::linear(over, secs(1))).build(),
+        ),
+        (
+            "backoff.step",
+            b().backoff(Backoff::linear(secs(1), over)).build(),
+        ),
+        (
+            "backoff.initial",
+            b().backoff(Backoff::exponential(over, 2.0)).build(),
+        ),
+        (
+            "backoff.delays",
+            b().backoff(Backoff::schedule([secs(1), over])).build(),
+        ),
+        (
+            "backoff.unit",
+            b().backoff(Backoff::polynomial(2, over, secs(1))).build(),
+        ),
+        (
+            "backoff.offset",
+            b().backoff(Backoff::polynomial(2, secs(1), over)).build(),
+        ),
+        ("min_delay", b().min_delay(over).build()),
+        ("max_delay", b().max_delay(over).build()),
+        ("max_elapsed", b().max_elapsed(over).build()),
+        ("max_retry_after", b().max_retry_after(over).build()),
+    ];
+    for (field, got) in cases {
+        match got {
+            Err(Error::DurationTooLarge { field: f, input }) => {
+                assert_eq!(f, field);
+                assert_eq!(input, format!("{over:?}"));
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    // Exactly the limit is fine everywhere.
+    let limit = RetryPolicy::DURATION_LIMIT;
+    assert!(
+        b().backoff(Backoff::schedule([limit]))
+            .min_delay(limit)
+            .max_delay(limit)
+            .max_elapsed(limit)
+            .max_retry_after(limit)
+            .build()
+            .is_ok()
+    );
+}
+
+#[test]
+fn proportional_fraction_must_be_a_finite_number_in_zero_to_one() {
+    let build = |fraction| {
+        RetryPolicy::builder()
+            .jitter(Jitter::Proportional { fraction })
+            .build()
+    };
+    for bad in [
+        1.5,
+        -0.1,
+        -0.0 - f64::MIN_POSITIVE,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ] {
+        assert_eq!(
+            build(bad),
+            Err(Error::InvalidJitterFraction { fraction: bad }),
+            "{bad}"
+        );
+    }
+    // NaN never equals itself, so match on the variant.
+    assert!(matches!(
+        build(f64::NAN),
+        Err(Error::InvalidJitterFraction { fraction }) if fraction.is_nan()
+    ));
+    assert_eq!(
+        build(f64::NAN).unwrap_err().to_string(),
+        "proportional jitter fraction must be a finite number in [0, 1], got NaN"
+    );
+    for good in [0.0, 0.2, 1.0] {
+        assert!(build(good).is_ok(), "{good}");
+    }
+}
+
 // ----- serde ----------------------------------------------------------------------------------
 
 #[test]
@@ -481,6 +799,85 @@ fn deserialising_accepts_text_and_milliseconds_and_applies_defaults() {
 }
 
 #[test]
+fn polynomial_shift_expresses_rivers_curve_and_round_trips() {
+    // River's default retry policy: attempt^4 seconds, counting the first retry as attempt 1.
+    let river = RetryPolicy::builder()
+        .backoff(Backoff::polynomial_shifted(4, secs(1), Duration::ZERO, 1))
+        .max_attempts(5)
+        .build()
+        .unwrap();
+    let delays: Vec<_> = (1..=5)
+        .map(|made| delay(&river, &Attempt::new("job", made, t0())))
+        .collect();
+    assert_eq!(
+        delays,
+        [
+            Some(secs(1)),
+            Some(secs(16)),
+            Some(secs(81)),
+            Some(secs(256)),
+            None
+        ]
+    );
+    // Sidekiq's 15 + n^4 is the same kind without a shift.
+    let sidekiq = Backoff::polynomial(4, secs(1), secs(15));
+    assert_eq!(
+        sidekiq,
+        Backoff::polynomial_shifted(4, secs(1), secs(15), 0)
+    );
+
+    let json = serde_json::to_value(&river).unwrap();
+    assert_eq!(
+        json["backoff"],
+        serde_json::json!({ "kind": "polynomial", "exponent": 4, "unit": "1s", "offset": "0s", "shift": 1 })
+    );
+    let back: RetryPolicy = serde_json::from_value(json).unwrap();
+    assert_eq!(back, river);
+    // The shift defaults to 0 (stored policies written before it existed read back unchanged).
+    let old: RetryPolicy = serde_json::from_str(
+        r#"{ "backoff": { "kind": "polynomial", "exponent": 4, "offset": "15s" } }"#,
+    )
+    .unwrap();
+    assert_eq!(old.backoff(), &sidekiq);
+    let from_text: RetryPolicy = serde_json::from_str(
+        r#"{ "backoff": { "kind": "polynomial", "exponent": 4, "shift": 1 } }"#,
+    )
+    .unwrap();
+    assert_eq!(from_text.base_delay(3), secs(81));
+}
+
+#[test]
+fn polynomial_counts_that_are_not_whole_numbers_name_their_field() {
+    let err = |field: &str, value: &str| {
+        let other = if field == "shift" {
+            "exponent"
+        } else {
+            "shift"
+        };
+        let json = format!(
+            r#"{{ "backoff": {{ "kind": "polynomial", "{other}": 1, "{field}": {value} }} }}"#
+        );
+        serde_json::from_str::<RetryPolicy>(&json)
+            .unwrap_err()
+            .to_string()
+    };
+    for (field, value, want) in [
+        ("shift", "-1", "invalid value: integer `-1`"),
+        ("shift", "1.5", "invalid type: floating point `1.5`"),
+        ("shift", "4294967296", "invalid value: integer `4294967296`"),
+        ("shift", "\"1\"", "invalid type: string \"1\""),
+        ("exponent", "-4", "invalid value: integer `-4`"),
+    ] {
+        let got = err(field, value);
+        let named = format!("expected `backoff.{field}` as a whole number from 0 to 4294967295");
+        assert!(
+            got.contains(want) && got.contains(&named),
+            "{field} = {value}: {got}"
+        );
+    }
+}
+
+#[test]
 fn deserialising_validates_like_the_builder() {
     let err = |json: &str| {
         serde_json::from_str::<RetryPolicy>(json)
@@ -507,6 +904,39 @@ fn deserialising_validates_like_the_builder() {
         (
             r#"{ "backoff": { "kind": "constant", "delay": 9223372036854775807 } }"#,
             "`backoff.delay` is 9223372036854775807ms, more than the limit",
+        ),
+        // Beyond i64 and beyond u64 (serde_json reads the latter as a float).
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": 18446744073709551615 } }"#,
+            "`backoff.delay` is 18446744073709551615ms, more than the limit",
+        ),
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": "1s" }, "max_elapsed": 100000000000000000000000 }"#,
+            "`max_elapsed` is 100000000000000000000000ms, more than the limit",
+        ),
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": 1500.5 } }"#,
+            "`backoff.delay` is not a duration (\"1500.5\"): a floating-point number; milliseconds must be an integer",
+        ),
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": "1s" }, "min_delay": -1.5 }"#,
+            "`min_delay` is negative (-1.5ms)",
+        ),
+        (
+            r#"{ "backoff": { "kind": "schedule", "delays": ["1s", true] } }"#,
+            "`backoff.delays` is not a duration (\"true\"): a boolean",
+        ),
+        (
+            r#"{ "backoff": { "kind": "schedule", "delays": ["1s", null] } }"#,
+            "`backoff.delays` is not a duration (\"null\"): null",
+        ),
+        (
+            r#"{ "backoff": { "kind": "linear", "initial": "1s", "step": [1] } }"#,
+            "`backoff.step` is not a duration (\"[…]\"): a list",
+        ),
+        (
+            r#"{ "backoff": { "kind": "constant", "delay": "1s" }, "max_retry_after": { "s": 1 } }"#,
+            "`max_retry_after` is not a duration (\"{…}\"): an object",
         ),
         (
             r#"{ "backoff": { "kind": "exponential", "initial": "1s", "factor": 0.9 } }"#,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use proptest::prelude::*;
-use retry_policy::{Attempt, Backoff, Decision, ErrorClass, Jitter, RetryPolicy};
+use retry_policy::{Attempt, Backoff, Decision, Error, ErrorClass, Jitter, RetryPolicy};
 
 const LIMIT_NANOS: u64 = 100 * 365 * 86_400 * 1_000_000_000;
 
@@ -36,7 +36,13 @@ fn backoff() -> impl Strategy<Value = Backoff> {
                 repeat_last: repeat,
             }
         }),
-        (0_u32..12, duration(), duration()).prop_map(|(k, u, o)| Backoff::polynomial(k, u, o)),
+        (
+            0_u32..12,
+            duration(),
+            duration(),
+            prop_oneof![Just(0_u32), 0_u32..5, any::<u32>()]
+        )
+            .prop_map(|(k, u, o, s)| Backoff::polynomial_shifted(k, u, o, s)),
     ]
 }
 
@@ -83,7 +89,13 @@ prop_compose! {
         if let Some(r) = max_retry_after {
             builder = builder.max_retry_after(r);
         }
-        builder.build().expect("the strategy only builds valid policies")
+        match builder.clone().build() {
+            // Decorrelated jitter from a first delay of zero is refused (it would stay at
+            // zero); the same settings with full jitter instead.
+            Err(Error::ZeroDecorrelatedBase) => builder.jitter(Jitter::Full).build(),
+            other => other,
+        }
+        .expect("the strategy only builds valid policies")
     }
 }
 
@@ -256,22 +268,85 @@ proptest! {
         }
     }
 
+    /// Once the backoff is capped, jitter still spreads keys over a range: none piles up on
+    /// `max_delay` (or on `min_delay`), which would bring back the thundering herd.
     #[test]
-    fn jittered_delays_are_whole_milliseconds(p in policy(), f in facts()) {
+    fn keys_stay_spread_at_the_cap(
+        prefix in "[a-z]{0,12}",
+        made in prop_oneof![8_u32..40, Just(u32::MAX)],
+        jitter in prop_oneof![
+            Just(Jitter::Full),
+            Just(Jitter::Equal),
+            Just(Jitter::Decorrelated),
+            (0.2_f64..=1.0).prop_map(|fraction| Jitter::Proportional { fraction }),
+        ],
+        now in instant(),
+    ) {
+        let (min, max) = (Duration::from_secs(2), Duration::from_secs(60));
+        let p = RetryPolicy::builder()
+            .backoff(Backoff::exponential(Duration::from_secs(1), 2.0))
+            .jitter(jitter)
+            .min_delay(min)
+            .max_delay(max)
+            .build()
+            .unwrap();
+        prop_assert_eq!(p.base_delay(made), max, "the base is capped from the 7th attempt");
+        let delays: Vec<Duration> = (0..200)
+            .map(|i| {
+                let key = format!("{prefix}{i}");
+                p.decide(&Attempt::new(&key, made, now)).delay_after(now).unwrap()
+            })
+            .collect();
+        let distinct: HashSet<&Duration> = delays.iter().collect();
+        prop_assert!(distinct.len() >= 190, "{jitter:?}: {} distinct", distinct.len());
+        let on_a_bound = delays.iter().filter(|d| **d == max || **d == min).count();
+        prop_assert!(on_a_bound <= 2, "{jitter:?}: {on_a_bound} of 200 exactly on a bound");
+        // The middle half covers a good part of the range the kind draws from at the cap:
+        // [min, max] for full and decorrelated, [max/2, max] for equal, [max − f·max, max] for
+        // proportional (half of it for the uniform kinds, on average).
+        let low = match jitter {
+            Jitter::Equal => max / 2,
+            Jitter::Proportional { fraction } => max.mul_f64(1.0 - fraction).max(min),
+            _ => min,
+        };
+        let mut sorted = delays.clone();
+        sorted.sort();
+        let iqr = sorted[150] - sorted[50];
+        prop_assert!(iqr >= (max - low) / 6, "{jitter:?}: interquartile range {iqr:?}");
+    }
+
+    #[test]
+    fn jitter_draws_from_its_documented_range_in_whole_milliseconds(p in policy(), f in facts()) {
         let e = p.explain(&f.attempt());
         if let Some(d) = e.delay {
-            // whenever the jitter range holds a whole millisecond, the jittered delay is one
-            let (lo, hi) = jitter_range(&d);
+            // explain() reports the documented range, and the jittered delay lies inside it…
+            let (lo, hi) = jitter_range(&p, &d);
+            prop_assert_eq!((d.low.as_nanos(), d.high.as_nanos()), (lo, hi), "{:?}", d);
+            let j = d.jittered.as_nanos();
+            prop_assert!(lo <= j && j <= hi, "{:?}", d);
+            // …and is a whole millisecond whenever the range holds one.
             let whole_inside = lo.div_ceil(1_000_000) * 1_000_000 <= hi;
-            if d.jitter != Jitter::None && d.previous.is_none() && whole_inside {
-                prop_assert_eq!(d.jittered.subsec_nanos() % 1_000_000, 0, "{:?}", d);
+            if whole_inside {
+                prop_assert_eq!(j % 1_000_000, 0, "{:?}", d);
             }
+            // A draw is made exactly when there is a choice.
+            prop_assert_eq!(d.draw.is_some(), lo < hi, "{:?}", d);
         }
     }
 
     #[test]
-    fn no_panic_on_any_serialised_duration(text in "\\PC{0,24}", ms in any::<i64>()) {
-        for value in [serde_json::json!(text), serde_json::json!(ms)] {
+    fn no_panic_on_any_serialised_duration(
+        text in "\\PC{0,24}",
+        ms in any::<i64>(),
+        big in any::<u64>(),
+        float in any::<f64>(),
+    ) {
+        for value in [
+            serde_json::json!(text),
+            serde_json::json!(ms),
+            serde_json::json!(big),
+            serde_json::json!(float),
+        ] {
             let json = serde_json::json!({
                 "backoff": { "kind": "constant", "delay": value.clone() },
                 "max_delay": value,
@@ -338,17 +413,30 @@ fn extreme_inputs_do_not_panic() {
     assert_eq!(decided, 2 * 3 * 3 * 4 * 2);
 }
 
-/// The documented range each jitter kind draws from, in nanoseconds (decorrelated excluded):
-/// full `[0, b]`, equal `[b − ⌊b/2⌋, b]`, proportional `[b − s, b + s]` with `s = round(b·f)`.
-fn jitter_range(d: &retry_policy::DelayBreakdown) -> (u128, u128) {
+/// The documented range each jitter kind draws from, in nanoseconds: the kind's own range
+/// (full `[0, b]`, equal `[b − ⌊b/2⌋, b]`, proportional `[b − s, b + s]` with `s = round(b·f)`,
+/// decorrelated `[b₀, 3·previous]` with `b₀` the clamped base of the first retry) cut to
+/// `[min_delay, max_delay]`.
+fn jitter_range(p: &RetryPolicy, d: &retry_policy::DelayBreakdown) -> (u128, u128) {
     let b = d.clamped_base.as_nanos();
-    match d.jitter {
+    let (lo, hi) = match d.jitter {
         Jitter::Full => (0, b),
         Jitter::Equal => (b - b / 2, b),
         Jitter::Proportional { fraction } => {
             let s = ((b as f64 * fraction).round() as u128).min(b);
             (b - s, b + s)
         }
+        Jitter::Decorrelated => (
+            p.base_delay(1).as_nanos(),
+            d.previous
+                .expect("decorrelated reports its previous delay")
+                .as_nanos()
+                * 3,
+        ),
         _ => (b, b),
-    }
+    };
+    (
+        lo.max(p.min_delay().as_nanos()),
+        hi.min(p.max_delay().as_nanos()),
+    )
 }
