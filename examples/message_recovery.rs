@@ -28,7 +28,10 @@ use queue_rehydrate::{
 use recon::Runner;
 use recon_core::{Clock, ManualClock, SystemClock, TimeSource};
 use retry_policy::{Attempt, Decision, presets};
-use store_sqlx::{Db, Dialect, MessageTable, TableName};
+use store_sqlx::{Db, Dialect, MessageTable};
+
+#[path = "common/demo_tables.rs"]
+mod demo_tables;
 
 #[derive(Default)]
 struct Args {
@@ -84,7 +87,7 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     let db = Db::connect(&args.url).await?;
     // the demo's table is checked before anything is written, and created only if absent
-    let create = args.reset || demo::needs_creating(&db).await?;
+    let create = args.reset || demo_tables::needs_creating(&db, &[demo::TABLE], &[]).await?;
     db.migrate().await?;
     if create {
         demo::create(&db, now).await?;
@@ -235,96 +238,34 @@ mod demo {
         Option<&'static str>,
     );
 
-    /// The columns the example uses.
-    const COLUMNS: [&str; 8] = [
-        "id",
-        "status",
-        "session",
-        "attempts",
-        "last_attempt_at",
-        "next_attempt_at",
-        "failed_at",
-        "last_error",
-    ];
+    /// The demo's table and the columns the example uses.
+    pub(super) const TABLE: demo_tables::Table = (
+        "messages",
+        &[
+            "id",
+            "status",
+            "session",
+            "attempts",
+            "last_attempt_at",
+            "next_attempt_at",
+            "failed_at",
+            "last_error",
+        ],
+    );
 
-    /// Which tables a demo created (it never drops a table it did not create, except with
-    /// `--reset-demo`).
-    const MARKER: &str = "recon_demo_tables";
-
-    /// `true` when there is no `messages` table (create it); `false` when it is the one this
-    /// demo created (use it). A foreign or reshaped `messages` is an error that changes
-    /// nothing.
-    pub(super) async fn needs_creating(db: &Db) -> Result<bool, Box<dyn std::error::Error>> {
-        let Some(cols) = db
-            .columns(&TableName::new("messages", "demo table")?)
-            .await?
-        else {
-            return Ok(true);
-        };
-        let ours = created_by_demo(db).await?;
-        let why = if !ours.iter().any(|t| t == "messages") {
-            "it was not created by this demo".to_owned()
-        } else if let Some(c) = COLUMNS
-            .iter()
-            .find(|w| !cols.iter().any(|c| c.eq_ignore_ascii_case(w)))
-        {
-            format!("it has no column {c}")
-        } else {
-            return Ok(false);
-        };
-        Err(format!(
-            "messages exists but is not the demo's table ({why}); it was left untouched \
-             — use another database, or --reset-demo to drop and replace it"
-        )
-        .into())
-    }
-
-    /// The tables listed in the marker table (none if it does not exist).
-    async fn created_by_demo(db: &Db) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-        if db
-            .columns(&TableName::new(MARKER, "marker")?)
-            .await?
-            .is_none()
-        {
-            return Ok(Vec::new());
-        }
-        let sql = sqlx::AssertSqlSafe(format!("SELECT name FROM {MARKER}"));
-        Ok(match db.dialect() {
-            Dialect::Sqlite => {
-                sqlx::query_scalar(sql)
-                    .fetch_all(db.as_sqlite().unwrap())
-                    .await?
-            }
-            #[cfg(feature = "postgres")]
-            Dialect::Postgres => {
-                sqlx::query_scalar(sql)
-                    .fetch_all(db.as_postgres().unwrap())
-                    .await?
-            }
-            #[cfg(feature = "mysql")]
-            Dialect::MySql => {
-                sqlx::query_scalar(sql)
-                    .fetch_all(db.as_mysql().unwrap())
-                    .await?
-            }
-            #[allow(unreachable_patterns)]
-            d => return Err(format!("{} support is not compiled in", d.name()).into()),
-        })
-    }
-
-    /// Drop (only here: after the check above, or on --reset-demo) and create the demo's
-    /// table, and record it as the demo's.
-    pub(super) async fn create(db: &Db, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    /// Drop (only here: after [`demo_tables::needs_creating`], or on --reset-demo) and
+    /// create the demo's table, and record it as the demo's.
+    pub(super) async fn create(
+        db: &Db,
+        now: DateTime<Utc>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let (ts, text) = match db.dialect() {
             Dialect::Postgres => ("TIMESTAMPTZ", "TEXT"),
             Dialect::MySql => ("DATETIME(6)", "VARCHAR(255)"),
             _ => ("TEXT", "TEXT"),
         };
+        demo_tables::replace(db, &[TABLE], &[]).await?;
         let ddl = [
-            format!("CREATE TABLE IF NOT EXISTS {MARKER} (name VARCHAR(64) PRIMARY KEY)"),
-            format!("DELETE FROM {MARKER} WHERE name = 'messages'"),
-            format!("INSERT INTO {MARKER} (name) VALUES ('messages')"),
-            "DROP TABLE IF EXISTS messages".to_owned(),
             format!(
                 "CREATE TABLE messages (id BIGINT PRIMARY KEY, status {text} NOT NULL, session {text}, \
                  attempts INTEGER NOT NULL DEFAULT 0, last_attempt_at {ts}, next_attempt_at {ts}, \

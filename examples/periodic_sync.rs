@@ -35,7 +35,14 @@
 //! | 6+      | nothing new |
 //!
 //! The demo keeps the story's start in the table `sync_demo`, so a second run continues the
-//! same story from the stored watermark; `--reset-demo` starts it again.
+//! same story from the stored watermark (at the same `--interval-ms`); `--reset-demo` starts
+//! it again.
+//!
+//! The demo's tables (`reservations`, `sync_demo`) are created only where neither exists, and
+//! recorded in `recon_demo_tables`. If one exists that this demo did not create, or that lacks
+//! a column, or recon's tables already hold the demo's queue, fingerprints or watermark while
+//! its tables do not exist, the example prints one `error:` line and stops without touching
+//! anything; only `--reset-demo` drops and recreates them.
 //!
 //! The pieces are the library's: lineage-checksum's [`SyncReconciler`] (watermark, overlap,
 //! fingerprints, retries), store-sqlx's SQL stores (`recon_watermarks`, `recon_fingerprints`,
@@ -65,6 +72,9 @@ use retry_policy::{Attempt, presets};
 use serde_json::json;
 use store_sqlx::{Db, Dialect, SqlJobQueue, SqlRunLog, SqlWatermarkStore};
 use tokio::sync::{mpsc, oneshot};
+
+#[path = "common/demo_tables.rs"]
+mod demo_tables;
 
 /// The sync step; also the name of its watermark and fingerprint namespace.
 const SYNC: &str = "stays-sync";
@@ -195,8 +205,11 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         interval_ms: args.interval_ms,
     };
 
-    // 1. The host's database: recon's own tables come from its migrations.
+    // 1. The host's database: the demo's tables (checked before anything is written, and
+    //    created only where they are absent), then recon's own tables from its migrations.
     let db = Db::connect(&args.url).await?;
+    let create =
+        args.reset || demo_tables::needs_creating(&db, &demo::TABLES, &demo::RECON_ROWS).await?;
     db.migrate().await?;
     let reservations = reservations_table()?;
     let source = db.source_store();
@@ -212,35 +225,30 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         None => Arc::new(SystemClock),
     };
 
-    // 2. The demo's state: made on the first run, with --reset-demo, or when the stored story
-    //    ran at another speed.
-    let stored = if args.reset || source.verify(&reservations).await.is_err() {
-        None
+    // 2. The demo's state: made on the first run or with --reset-demo; otherwise the stored
+    //    story goes on.
+    let (story_start, intro) = if create {
+        demo::create(&db, &queue, start, args.interval_ms).await?;
+        let intro = "Created the demo: an empty `reservations` table, and 2 PIN jobs left in the \
+                     queue by stay-901, deleted before the demo.";
+        (start, intro.to_owned())
     } else {
-        sql::story(&db).await.ok().flatten()
-    };
-    let (story_start, intro) = match stored {
-        Some((t, ms)) if ms == args.interval_ms => (
-            t,
-            format!(
-                "Continuing the story that started at {} (--reset-demo starts it again).",
-                fmt_full(t)
-            ),
-        ),
-        other => {
-            demo::create(&db, &queue, start, args.interval_ms).await?;
-            let why = match other {
-                Some((_, ms)) => format!(" (the stored one ran at --interval-ms {ms})"),
-                None => String::new(),
-            };
-            (
-                start,
-                format!(
-                    "Created the demo{why}: an empty `reservations` table, and 2 PIN jobs left \
-                     in the queue by stay-901, deleted before the demo."
-                ),
+        let (t, ms) = sql::story(&db)
+            .await?
+            .ok_or("sync_demo holds no story; --reset-demo starts it again")?;
+        if ms != args.interval_ms {
+            return Err(format!(
+                "the stored story runs at --interval-ms {ms}: give --interval-ms {ms} to \
+                 continue it, or --reset-demo to start it again at {}",
+                args.interval_ms
             )
+            .into());
         }
+        let intro = format!(
+            "Continuing the story that started at {} (--reset-demo starts it again).",
+            fmt_full(t)
+        );
+        (t, intro)
     };
     source.verify(&reservations).await?;
 
@@ -1009,8 +1017,25 @@ mod demo {
     use super::*;
     use sql::{Arg, exec};
 
-    /// (Re)create the demo: an empty `reservations` table, the story's start, recon's state
-    /// of this demo cleared, and the 2 PIN jobs of `stay-901` (deleted before the demo).
+    /// The demo's tables and the columns the example uses.
+    pub(super) const TABLES: [demo_tables::Table; 2] = [
+        ("reservations", &sql::RESERVATION_COLUMNS),
+        ("sync_demo", &["story_start", "interval_ms"]),
+    ];
+
+    /// The demo's state in recon's own tables, which may hold a host's state too. Resetting
+    /// the demo deletes only these rows — the jobs of the demo's queue, the fingerprints of
+    /// its namespace, its watermark — never another queue's, namespace's or watermark; a first
+    /// run finds none of them (or stops). The run log (`recon_runs`) is kept.
+    pub(super) const RECON_ROWS: [demo_tables::Rows; 3] = [
+        ("recon_queued_jobs", "queue", PIN_JOBS),
+        ("recon_fingerprints", "namespace", SYNC),
+        ("recon_watermarks", "name", SYNC),
+    ];
+
+    /// Create the demo (only after [`demo_tables::needs_creating`], or on --reset-demo): an
+    /// empty `reservations` table, the story's start, recon's state of this demo cleared, and
+    /// the 2 PIN jobs of `stay-901` (deleted before the demo).
     pub(super) async fn create(
         db: &Db,
         queue: &SqlJobQueue,
@@ -1022,14 +1047,13 @@ mod demo {
             Dialect::MySql => ("DATETIME(6)", "VARCHAR(255)", "VARCHAR(64)"),
             _ => ("TEXT", "TEXT", "TEXT"),
         };
+        demo_tables::replace(db, &TABLES, &RECON_ROWS).await?;
         let ddl = [
-            "DROP TABLE IF EXISTS reservations".to_owned(),
             format!(
                 "CREATE TABLE reservations (id {key} PRIMARY KEY, accommodation_id {text} NOT NULL, \
                  lock_id {text} NOT NULL, guest_name {text} NOT NULL, status {text} NOT NULL, \
                  check_in {ts} NOT NULL, check_out {ts} NOT NULL, synced_at {ts} NOT NULL)"
             ),
-            "DROP TABLE IF EXISTS sync_demo".to_owned(),
             format!(
                 "CREATE TABLE sync_demo (story_start {ts} NOT NULL, interval_ms BIGINT NOT NULL)"
             ),
@@ -1043,14 +1067,6 @@ mod demo {
             vec![Arg::Time(start), Arg::Int(interval_ms as i64)],
         )
         .await?;
-        // this demo's state in recon's own tables
-        for (s, v) in [
-            ("DELETE FROM recon_queued_jobs WHERE queue = ?", PIN_JOBS),
-            ("DELETE FROM recon_fingerprints WHERE namespace = ?", SYNC),
-            ("DELETE FROM recon_watermarks WHERE name = ?", SYNC),
-        ] {
-            exec(db, s, vec![Arg::Text(v.to_owned())]).await?;
-        }
         let check_in = start + TimeDelta::days(1);
         let leftovers = [
             (
@@ -1153,22 +1169,25 @@ mod sql {
         Ok(row.map(|(t, ms)| (t, u64::try_from(ms).unwrap_or(0))))
     }
 
+    /// The columns of `reservations`, the key first.
+    pub(super) const RESERVATION_COLUMNS: [&str; 8] = [
+        "id",
+        "accommodation_id",
+        "lock_id",
+        "guest_name",
+        "status",
+        "check_in",
+        "check_out",
+        "synced_at",
+    ];
+
     /// One multi-row upsert of the page's reservations.
     pub(super) async fn upsert_reservations(
         db: &Db,
         rows: &[&UpstreamRecord<Reservation>],
         now: DateTime<Utc>,
     ) -> Result<u64, sqlx::Error> {
-        const COLS: [&str; 8] = [
-            "id",
-            "accommodation_id",
-            "lock_id",
-            "guest_name",
-            "status",
-            "check_in",
-            "check_out",
-            "synced_at",
-        ];
+        const COLS: [&str; 8] = RESERVATION_COLUMNS;
         let tuple = format!("({})", vec!["?"; COLS.len()].join(", "));
         let values = vec![tuple; rows.len()].join(", ");
         let set = |f: &dyn Fn(&str) -> String| {

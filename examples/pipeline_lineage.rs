@@ -19,6 +19,12 @@
 //! Flags: `--database-url URL` (default `sqlite:recon-pipeline.sqlite`), `--reset-demo`,
 //! `--json`, `--now RFC3339` (a frozen clock for reproducible runs, to the second).
 //!
+//! The demo's staging table `sfdc_cases` is created only if it does not exist, and recorded in
+//! `recon_demo_tables`. If an `sfdc_cases` exists that this demo did not create, or that lacks
+//! a column, or recon's tables already hold the demo's pipeline or fingerprint namespace while
+//! `sfdc_cases` does not exist, the example prints one `error:` line and stops without
+//! touching anything; only `--reset-demo` drops and recreates it.
+//!
 //! **No waiting.** Seed 003 retries PII removal after 1 s, 2 s, 4 s and the load after 2 s,
 //! 4 s, 8 s. A host keeps `RecoverySettings::inline_retry_limit` at its default (10 s) and one
 //! run sleeps those seconds in place. Here the run's clock is a `ManualClock` and the inline
@@ -51,6 +57,9 @@ use recon::{RunContext, RunReport, RunStatus, Runner, async_trait};
 use recon_core::{Clock, ManualClock, RunLog, SystemClock};
 use retry_policy::presets;
 use store_sqlx::Db;
+
+#[path = "common/demo_tables.rs"]
+mod demo_tables;
 
 /// The pipeline's name in `recon_lineage` and `recon_failed_records`.
 const PIPELINE: &str = "cases";
@@ -139,6 +148,9 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
     let clock = ManualClock::at(now);
 
     let db = Db::connect(&args.url).await?;
+    // the demo's table is checked before anything is written, and created only if absent
+    let create =
+        args.reset || demo_tables::needs_creating(&db, &[demo::TABLE], &demo::RECON_ROWS).await?;
     db.migrate().await?;
     let failures: Arc<dyn FailedRecordStore> = Arc::new(db.failed_records());
     let runs: Arc<dyn RunLog> = Arc::new(db.run_log());
@@ -147,7 +159,7 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
     let classifier = Classifier::new(Arc::new(db.fingerprints()), NAMESPACE)?;
     let schema = case_schema()?;
 
-    if args.reset || demo::source_count(&db).await.is_err() {
+    if create {
         let created = demo::create(&db, &schema, &classifier, &tracker, &*failures, now).await?;
         if !args.json {
             println!(
@@ -756,6 +768,31 @@ mod demo {
     };
     use store_sqlx::Dialect;
 
+    /// The staging table, and the columns the example uses.
+    pub(super) const TABLE: demo_tables::Table = (
+        "sfdc_cases",
+        &[
+            "id",
+            "n",
+            "last_modified",
+            "subject",
+            "description",
+            "resolution",
+            "status",
+        ],
+    );
+
+    /// The demo's state in recon's own tables, which may hold a host's pipelines too.
+    /// Resetting the demo deletes only these rows — the lineage and failed records of the
+    /// demo's pipeline, the fingerprints of its namespace — never another pipeline's or
+    /// namespace's (lineage is never pruned by the library, so the reset deletes it here); a
+    /// first run finds none of them (or stops). The run log (`recon_runs`) is kept.
+    pub(super) const RECON_ROWS: [demo_tables::Rows; 3] = [
+        ("recon_lineage", "pipeline", PIPELINE),
+        ("recon_failed_records", "pipeline", PIPELINE),
+        ("recon_fingerprints", "namespace", NAMESPACE),
+    ];
+
     /// Cases at the source.
     pub(super) const SOURCE: u64 = 10_000;
     /// Cases with a lineage row (the last 50 extracted were never tracked).
@@ -1076,21 +1113,9 @@ mod demo {
             Dialect::MySql => ("DATETIME(6)", "TEXT", "VARCHAR(255)"),
             _ => ("TEXT", "TEXT", "TEXT"),
         };
-        // The demo owns these rows: its staging table, and its pipeline's rows in recon's
-        // tables (lineage is never pruned by the library, so the reset deletes it here).
-        exec(db, "DROP TABLE IF EXISTS sfdc_cases", vec![]).await?;
-        for sql in [
-            "DELETE FROM recon_lineage WHERE pipeline = ?",
-            "DELETE FROM recon_failed_records WHERE pipeline = ?",
-        ] {
-            exec(db, sql, vec![Arg::Text(Some(PIPELINE.into()))]).await?;
-        }
-        exec(
-            db,
-            "DELETE FROM recon_fingerprints WHERE namespace = ?",
-            vec![Arg::Text(Some(NAMESPACE.into()))],
-        )
-        .await?;
+        // Only here (after `demo_tables::needs_creating`, or on --reset-demo): the staging
+        // table is dropped and the demo's rows in recon's tables deleted ([`RECON_ROWS`]).
+        demo_tables::replace(db, &[TABLE], &RECON_ROWS).await?;
         exec(
             db,
             &format!(

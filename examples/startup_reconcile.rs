@@ -31,7 +31,10 @@ use queue_rehydrate::{
 };
 use recon::{RunOptions, Runner};
 use recon_core::{Clock, ManualClock, SystemClock, TimeSource};
-use store_sqlx::{Db, Dialect, JobTable, Metrics, TableName};
+use store_sqlx::{Db, Dialect, JobTable, Metrics};
+
+#[path = "common/demo_tables.rs"]
+mod demo_tables;
 
 #[derive(Debug, Default)]
 struct Args {
@@ -92,7 +95,7 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
     // 1. The host's database: the demo's tables (checked before anything is written, and
     // created only where they are absent), then recon's own tables from its migrations.
     let db = Db::connect(&args.url).await?;
-    let created = args.reset || demo::needs_creating(&db).await?;
+    let created = args.reset || demo_tables::needs_creating(&db, &demo::TABLES, &[]).await?;
     db.migrate().await?;
     if created {
         demo::create(&db, now).await?;
@@ -284,7 +287,7 @@ mod demo {
     }
 
     /// The demo's tables and the columns the example uses.
-    const TABLES: [(&str, &[&str]); 3] = [
+    pub(super) const TABLES: [demo_tables::Table; 3] = [
         (
             "processing_jobs",
             &[
@@ -312,115 +315,18 @@ mod demo {
         ("orders", &["id", "processing_status", "total_amount"]),
     ];
 
-    /// Which tables this demo created (it never drops a table it did not create, except
-    /// with `--reset-demo`).
-    const MARKER: &str = "recon_demo_tables";
-
-    /// `true` when none of the demo's tables exists (create them); `false` when all exist as
-    /// this demo created them (use them). Any other case is an error that names the table and
-    /// changes nothing.
-    pub(super) async fn needs_creating(db: &Db) -> Result<bool, Box<dyn std::error::Error>> {
-        let ours = created_by_demo(db).await?;
-        let mut absent = Vec::new();
-        for (table, wanted) in TABLES {
-            let Some(cols) = db.columns(&TableName::new(table, "demo table")?).await? else {
-                absent.push(table);
-                continue;
-            };
-            let why = if !ours.iter().any(|t| t == table) {
-                "it was not created by this demo".to_owned()
-            } else if let Some(c) = wanted
-                .iter()
-                .find(|w| !cols.iter().any(|c| c.eq_ignore_ascii_case(w)))
-            {
-                format!("it has no column {c}")
-            } else {
-                continue;
-            };
-            return Err(format!(
-                "{table} exists but is not the demo's table ({why}); it was left untouched \
-                 — use another database, or --reset-demo to drop and replace the demo's tables"
-            )
-            .into());
-        }
-        match absent.len() {
-            0 => Ok(false),
-            n if n == TABLES.len() => Ok(true),
-            _ => Err(format!(
-                "the demo's tables are incomplete (missing: {}); --reset-demo recreates them",
-                absent.join(", ")
-            )
-            .into()),
-        }
-    }
-
-    /// The tables listed in the marker table (none if it does not exist).
-    async fn created_by_demo(db: &Db) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-        if db
-            .columns(&TableName::new(MARKER, "marker")?)
-            .await?
-            .is_none()
-        {
-            return Ok(Vec::new());
-        }
-        let sql = sqlx::AssertSqlSafe(format!("SELECT name FROM {MARKER}"));
-        Ok(match db.dialect() {
-            Dialect::Sqlite => {
-                sqlx::query_scalar(sql)
-                    .fetch_all(db.as_sqlite().unwrap())
-                    .await?
-            }
-            #[cfg(feature = "postgres")]
-            Dialect::Postgres => {
-                sqlx::query_scalar(sql)
-                    .fetch_all(db.as_postgres().unwrap())
-                    .await?
-            }
-            #[cfg(feature = "mysql")]
-            Dialect::MySql => {
-                sqlx::query_scalar(sql)
-                    .fetch_all(db.as_mysql().unwrap())
-                    .await?
-            }
-            #[allow(unreachable_patterns)]
-            d => return Err(format!("{} support is not compiled in", d.name()).into()),
-        })
-    }
-
-    /// Drop (only here: after the checks above, or on --reset-demo) and create the demo's
-    /// tables, and record them as the demo's.
-    pub(super) async fn create(db: &Db, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    /// Drop (only here: after [`demo_tables::needs_creating`], or on --reset-demo) and
+    /// create the demo's tables, and record them as the demo's.
+    pub(super) async fn create(
+        db: &Db,
+        now: DateTime<Utc>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let (ts, text, key) = match db.dialect() {
             Dialect::Postgres => ("TIMESTAMPTZ", "TEXT", "VARCHAR(32)"),
             Dialect::MySql => ("DATETIME(6)", "VARCHAR(255)", "VARCHAR(32)"),
             _ => ("TEXT", "TEXT", "TEXT"),
         };
-        exec(
-            db,
-            "CREATE TABLE IF NOT EXISTS recon_demo_tables (name VARCHAR(64) PRIMARY KEY)",
-            vec![],
-        )
-        .await?;
-        for t in ["processing_jobs", "user_sessions", "orders"] {
-            let drop_sql: &'static str = match t {
-                "processing_jobs" => "DROP TABLE IF EXISTS processing_jobs",
-                "user_sessions" => "DROP TABLE IF EXISTS user_sessions",
-                _ => "DROP TABLE IF EXISTS orders",
-            };
-            exec(db, drop_sql, vec![]).await?;
-            exec(
-                db,
-                "DELETE FROM recon_demo_tables WHERE name = ?",
-                vec![Arg::Text(Some(t))],
-            )
-            .await?;
-            exec(
-                db,
-                "INSERT INTO recon_demo_tables (name) VALUES (?)",
-                vec![Arg::Text(Some(t))],
-            )
-            .await?;
-        }
+        demo_tables::replace(db, &TABLES, &[]).await?;
         let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
         exec(
             db,

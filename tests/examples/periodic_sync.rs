@@ -2,10 +2,20 @@
 //! (standing for 30 min, so one scenario minute is 2 ms) on a frozen clock, with the exact
 //! figures of every cycle; then a restart that continues from the stored watermark.
 
+use std::process::Output;
+use std::sync::Arc;
+
 use chrono::{DateTime, TimeDelta, Utc};
+use lineage_checksum::{
+    FailedRecordStore, Fingerprint, FingerprintEntry, FingerprintStore, LineageStatus,
+    LineageTracker, LineageUpdate, NewFailure, RecordBatch, Stages,
+};
+use queue_rehydrate::{DesiredJob, JobQueue};
+use recon_core::WatermarkStore;
 use serde_json::Value;
 
-use super::{NOW, json, results, run};
+use super::common::TestDb;
+use super::{NOW, columns, json, results, rows, run};
 
 const INTERVAL_MS: &str = "60";
 
@@ -291,5 +301,299 @@ fn periodic_sync_bad_input_is_one_clear_line() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("error: "), "{err}");
         assert!(!err.contains("secret"), "a password was printed: {err}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The host's data in the database the example is pointed at
+// ---------------------------------------------------------------------------------------------
+
+/// The name of the host's own state in recon's tables (not a demo's).
+const HOST: &str = "host";
+
+/// The host's own state in recon's tables, next to a demo's: a watermark, a queued job, a
+/// fingerprint, a lineage row and a failed record, each under the name [`HOST`].
+pub(super) async fn seed_host_state(t: &TestDb) {
+    let at: DateTime<Utc> = NOW.parse().unwrap();
+    t.db.watermarks().advance(HOST, at).await.unwrap();
+    let job = DesiredJob {
+        id: "host-job".into(),
+        kind: "email".into(),
+        entity_key: "1".into(),
+        run_at: at,
+        payload: serde_json::json!({}),
+    };
+    t.db.job_queue(HOST).unwrap().enqueue(&[job]).await.unwrap();
+    let batch = RecordBatch {
+        run: "host-run".into(),
+        at,
+        upserts: vec![FingerprintEntry {
+            key: "host-1".into(),
+            fingerprint: Fingerprint::from_hex(&"ab".repeat(32)).unwrap(),
+            group: None,
+        }],
+        seen: vec![],
+    };
+    t.db.fingerprints().record(HOST, &batch).await.unwrap();
+    let stages = Stages::new(["extracted", "loaded"]).unwrap();
+    LineageTracker::new(Arc::new(t.db.lineage()), HOST, stages)
+        .unwrap()
+        .record(&[LineageUpdate::new(
+            "host-1",
+            "extracted",
+            LineageStatus::Completed,
+            at,
+        )])
+        .await
+        .unwrap();
+    let failure = NewFailure {
+        key: "host-1".into(),
+        stage: "loaded".into(),
+        error_type: "HostError".into(),
+        message: "the host's own failure".into(),
+        payload: serde_json::json!({}),
+        at,
+    };
+    t.db.failed_records()
+        .record(HOST, &[failure])
+        .await
+        .unwrap();
+}
+
+/// The rows of the host's state (see [`seed_host_state`]) in each of recon's tables.
+pub(super) async fn host_state(t: &TestDb) -> Vec<(&'static str, i64)> {
+    let mut counts = Vec::new();
+    for (table, column) in [
+        ("recon_watermarks", "name"),
+        ("recon_queued_jobs", "queue"),
+        ("recon_fingerprints", "namespace"),
+        ("recon_lineage", "pipeline"),
+        ("recon_failed_records", "pipeline"),
+    ] {
+        counts.push((
+            table,
+            rows(t, &format!("{table} WHERE {column} = '{HOST}'")).await,
+        ));
+    }
+    counts
+}
+
+/// What [`host_state`] counts right after [`seed_host_state`].
+pub(super) const HOST_STATE: [(&str, i64); 5] = [
+    ("recon_watermarks", 1),
+    ("recon_queued_jobs", 1),
+    ("recon_fingerprints", 1),
+    ("recon_lineage", 1),
+    ("recon_failed_records", 1),
+];
+
+/// The URL an example is given for the test's database.
+pub(super) fn example_url(t: &TestDb) -> String {
+    if let Some(path) = t.sqlite_path() {
+        return format!("sqlite:{}", path.display());
+    }
+    match t.db.dialect() {
+        store_sqlx::Dialect::Postgres => {
+            let base = std::env::var("RECON_TEST_POSTGRES_URL").unwrap();
+            let sep = if base.contains('?') { '&' } else { '?' };
+            format!(
+                "{base}{sep}options=-c%20search_path%3D{}",
+                t.namespace().unwrap()
+            )
+        }
+        _ => {
+            let base = std::env::var("RECON_TEST_MYSQL_URL").unwrap();
+            let root = base.rsplit_once('/').map(|(b, _)| b).unwrap();
+            format!("{root}/{}", t.namespace().unwrap())
+        }
+    }
+}
+
+/// Run an example off the test's runtime.
+pub(super) async fn run_example(name: &'static str, args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(name, &args)
+    })
+    .await
+    .unwrap()
+}
+
+/// The example stopped with exit code 1 and one line, `error: <start>…`, that points to
+/// `--reset-demo`, and printed nothing else.
+pub(super) fn refused(out: &Output, start: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with(&format!("error: {start}")), "{err}");
+    assert!(err.contains("--reset-demo"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Run `sql` over a new connection (a pooled SQLite connection of the test may still hold the
+/// schema from before an example changed it).
+pub(super) async fn exec_on_new_connection(url: &str, sql: &'static str) {
+    let db = store_sqlx::Db::connect(url).await.unwrap();
+    let sql = sqlx::AssertSqlSafe(sql);
+    match db.dialect() {
+        #[cfg(feature = "postgres")]
+        store_sqlx::Dialect::Postgres => sqlx::raw_sql(sql)
+            .execute(db.as_postgres().unwrap())
+            .await
+            .map(drop),
+        #[cfg(feature = "mysql")]
+        store_sqlx::Dialect::MySql => sqlx::raw_sql(sql)
+            .execute(db.as_mysql().unwrap())
+            .await
+            .map(drop),
+        _ => sqlx::raw_sql(sql)
+            .execute(db.as_sqlite().unwrap())
+            .await
+            .map(drop),
+    }
+    .unwrap();
+    db.close().await;
+}
+
+/// periodic_sync pointed at a database with the host's data: recon state under the demo's
+/// names, its own `reservations`, another example's table, other queues and pipelines. Each
+/// time the example stops with one clear line and touches nothing; only `--reset-demo`
+/// replaces the demo's tables and state, and nothing else.
+async fn sync_never_touches_the_hosts(t: &TestDb) {
+    let url = example_url(t);
+    let name = t.db.dialect().name();
+    let sync = |extra: &[&str]| {
+        let mut a = vec!["--database-url", &url, "--now", NOW, "--interval-ms", "60"];
+        a.extend_from_slice(extra);
+        a.push("--json");
+        run_example("periodic_sync", a.into_iter().map(str::to_owned).collect())
+    };
+    let demo_tables = ["reservations", "sync_demo", "recon_demo_tables"];
+    seed_host_state(t).await;
+
+    // 1. A watermark under the demo's name while the demo's tables do not exist: the host's.
+    let host_mark = at(-5000);
+    t.db.watermarks()
+        .advance("stays-sync", host_mark)
+        .await
+        .unwrap();
+    let out = sync(&["--cycles", "1"]).await;
+    refused(&out, "recon_watermarks holds rows of name \"stays-sync\"");
+    assert_eq!(
+        t.db.watermarks().get("stays-sync").await.unwrap(),
+        Some(host_mark),
+        "{name}"
+    );
+    for table in demo_tables {
+        assert_eq!(columns(t, table).await, None, "{name}: {table} was created");
+    }
+
+    // 2. The host's own `reservations`, and a table of another example's name.
+    t.exec("CREATE TABLE reservations (id INTEGER PRIMARY KEY, guest VARCHAR(40))")
+        .await;
+    t.exec("INSERT INTO reservations (id, guest) VALUES (1, 'acme')")
+        .await;
+    t.exec("CREATE TABLE sfdc_cases (id INTEGER PRIMARY KEY, subject VARCHAR(40))")
+        .await;
+    t.exec("INSERT INTO sfdc_cases (id, subject) VALUES (1, 'the host''s case')")
+        .await;
+    let out = sync(&["--cycles", "1"]).await;
+    refused(
+        &out,
+        "reservations exists but is not the demo's table (it was not created by this demo)",
+    );
+    assert_eq!(
+        columns(t, "reservations").await,
+        Some(vec!["id".into(), "guest".into()]),
+        "{name}"
+    );
+    assert_eq!(rows(t, "reservations").await, 1, "{name}");
+    for table in ["sync_demo", "recon_demo_tables"] {
+        assert_eq!(columns(t, table).await, None, "{name}: {table} was created");
+    }
+
+    // 3. --reset-demo replaces the demo's tables and its state in recon's tables (the first
+    //    cycle's figures are those of a new story: the host's watermark under the demo's name
+    //    is gone) and nothing else: not another queue, namespace, watermark or pipeline, not
+    //    another example's table.
+    let first = json(&sync(&["--cycles", "1", "--reset-demo"]).await);
+    let c1 = &first["cycles"][0];
+    assert_eq!(c1["status"], "success", "{name}: {c1}");
+    assert_eq!(results(c1, &COUNTS), [4, 4, 0, 0, 2], "{name}: {c1}");
+    assert_eq!(watermark(c1), at(-10), "{name}");
+    assert_eq!(
+        rows(t, "reservations").await,
+        4,
+        "{name}: the demo's reservations"
+    );
+    assert_eq!(
+        host_state(t).await,
+        HOST_STATE,
+        "{name}: the host's state in recon's tables"
+    );
+    assert_eq!(
+        columns(t, "sfdc_cases").await,
+        Some(vec!["id".into(), "subject".into()]),
+        "{name}"
+    );
+    assert_eq!(
+        rows(t, "sfdc_cases").await,
+        1,
+        "{name}: another example's table"
+    );
+
+    // 4. The next run uses the demo's tables: the story goes on from the stored watermark.
+    let again = json(&sync(&["--cycles", "1"]).await);
+    let c = &again["cycles"][0];
+    assert_eq!(c["status"], "success", "{name}: {c}");
+    assert_eq!(results(c, &COUNTS), [1, 0, 0, 1, 0], "{name}: {c}");
+    // Another speed would be another story: refused, not replaced.
+    let out = run_example(
+        "periodic_sync",
+        ["--database-url", &url, "--interval-ms", "80", "--json"]
+            .map(str::to_owned)
+            .to_vec(),
+    )
+    .await;
+    refused(&out, "the stored story runs at --interval-ms 60");
+    assert_eq!(rows(t, "reservations").await, 4, "{name}");
+
+    // 5. A demo table that lost a column is refused the same way.
+    exec_on_new_connection(&url, "ALTER TABLE reservations DROP COLUMN synced_at").await;
+    let out = sync(&["--cycles", "1"]).await;
+    refused(
+        &out,
+        "reservations exists but is not the demo's table (it has no column synced_at)",
+    );
+    assert_eq!(rows(t, "reservations").await, 4, "{name}: left as it was");
+    assert_eq!(host_state(t).await, HOST_STATE, "{name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_sync_never_touches_the_hosts_sqlite() {
+    let t = super::common::sqlite().await;
+    sync_never_touches_the_hosts(&t).await;
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_sync_never_touches_the_hosts_postgres() {
+    #[cfg(feature = "postgres")]
+    if let Some(t) = super::common::postgres().await {
+        sync_never_touches_the_hosts(&t).await;
+        t.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_sync_never_touches_the_hosts_mysql() {
+    #[cfg(feature = "mysql")]
+    if let Some(t) = super::common::mysql().await {
+        sync_never_touches_the_hosts(&t).await;
+        t.finish().await;
     }
 }

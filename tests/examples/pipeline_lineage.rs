@@ -2,9 +2,17 @@
 //! the stage policies and the Nomic fallback, coverage and alerts, day 2's 50 updated / 9,950
 //! unchanged, and a second run that has nothing left to recover.
 
+use std::sync::Arc;
+
+use lineage_checksum::{LineageStatus, LineageTracker, LineageUpdate, Stages};
 use serde_json::Value;
 
-use super::{NOW, json, results, run};
+use super::common::TestDb;
+use super::periodic_sync::{
+    HOST_STATE, example_url, exec_on_new_connection, host_state, refused, run_example,
+    seed_host_state,
+};
+use super::{NOW, columns, json, results, rows, run};
 
 const HEADLINE: [&str; 11] = [
     "sourceCount",
@@ -305,5 +313,144 @@ fn pipeline_lineage_bad_input_is_one_clear_line() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("error: "), "{err}");
         assert!(!err.contains("secret"), "a password was printed: {err}");
+    }
+}
+
+/// pipeline_lineage pointed at a database with the host's data: lineage under the demo's
+/// pipeline name, its own `sfdc_cases`, another example's table, other pipelines and
+/// namespaces. Each time the example stops with one clear line and touches nothing; only
+/// `--reset-demo` replaces the demo's table and state, and nothing else.
+async fn pipeline_never_touches_the_hosts(t: &TestDb) {
+    let url = example_url(t);
+    let name = t.db.dialect().name();
+    let pipeline = |extra: &[&str]| {
+        let mut a = vec!["--database-url", &url, "--now", NOW, "--json"];
+        a.extend_from_slice(extra);
+        run_example(
+            "pipeline_lineage",
+            a.into_iter().map(str::to_owned).collect(),
+        )
+    };
+    seed_host_state(t).await;
+
+    // 1. Lineage under the demo's pipeline name while `sfdc_cases` does not exist: the host's.
+    let stages = Stages::new(["extracted", "loaded"]).unwrap();
+    LineageTracker::new(Arc::new(t.db.lineage()), "cases", stages)
+        .unwrap()
+        .record(&[LineageUpdate::new(
+            "host-1",
+            "extracted",
+            LineageStatus::Completed,
+            NOW.parse().unwrap(),
+        )])
+        .await
+        .unwrap();
+    let hosts_cases = "recon_lineage WHERE pipeline = 'cases' AND record_key = 'host-1'";
+    let out = pipeline(&[]).await;
+    refused(&out, "recon_lineage holds rows of pipeline \"cases\"");
+    assert_eq!(rows(t, hosts_cases).await, 1, "{name}");
+    for table in ["sfdc_cases", "recon_demo_tables"] {
+        assert_eq!(columns(t, table).await, None, "{name}: {table} was created");
+    }
+
+    // 2. The host's own `sfdc_cases`, and a table of another example's name.
+    t.exec("CREATE TABLE sfdc_cases (id INTEGER PRIMARY KEY, subject VARCHAR(40))")
+        .await;
+    t.exec("INSERT INTO sfdc_cases (id, subject) VALUES (1, 'the host''s case')")
+        .await;
+    t.exec("CREATE TABLE reservations (id INTEGER PRIMARY KEY, guest VARCHAR(40))")
+        .await;
+    t.exec("INSERT INTO reservations (id, guest) VALUES (1, 'acme')")
+        .await;
+    let out = pipeline(&[]).await;
+    refused(
+        &out,
+        "sfdc_cases exists but is not the demo's table (it was not created by this demo)",
+    );
+    assert_eq!(
+        columns(t, "sfdc_cases").await,
+        Some(vec!["id".into(), "subject".into()]),
+        "{name}"
+    );
+    assert_eq!(rows(t, "sfdc_cases").await, 1, "{name}");
+    assert_eq!(columns(t, "recon_demo_tables").await, None, "{name}");
+
+    // 3. --reset-demo replaces the demo's table and its state in recon's tables (9,950 tracked:
+    //    the host's lineage row under the demo's name is gone) and nothing else: not another
+    //    pipeline, namespace, queue or watermark, not another example's table.
+    let first = json(&pipeline(&["--reset-demo"]).await);
+    assert_eq!(
+        results(
+            &first,
+            &[
+                "sourceCount",
+                "tracked",
+                "failedRecords",
+                "due",
+                "recovered"
+            ]
+        ),
+        [10_000, 9_950, 50, 50, 45],
+        "{name}: {first}"
+    );
+    assert_eq!(rows(t, hosts_cases).await, 0, "{name}");
+    assert_eq!(
+        rows(t, "sfdc_cases").await,
+        10_000,
+        "{name}: the demo's cases"
+    );
+    assert_eq!(
+        host_state(t).await,
+        HOST_STATE,
+        "{name}: the host's state in recon's tables"
+    );
+    assert_eq!(
+        columns(t, "reservations").await,
+        Some(vec!["id".into(), "guest".into()]),
+        "{name}"
+    );
+    assert_eq!(
+        rows(t, "reservations").await,
+        1,
+        "{name}: another example's table"
+    );
+
+    // 4. A demo table that lost a column is refused the same way.
+    exec_on_new_connection(&url, "ALTER TABLE sfdc_cases DROP COLUMN resolution").await;
+    let out = pipeline(&[]).await;
+    refused(
+        &out,
+        "sfdc_cases exists but is not the demo's table (it has no column resolution)",
+    );
+    assert_eq!(
+        rows(t, "sfdc_cases").await,
+        10_000,
+        "{name}: left as it was"
+    );
+    assert_eq!(host_state(t).await, HOST_STATE, "{name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_lineage_never_touches_the_hosts_sqlite() {
+    let t = super::common::sqlite().await;
+    pipeline_never_touches_the_hosts(&t).await;
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_lineage_never_touches_the_hosts_postgres() {
+    #[cfg(feature = "postgres")]
+    if let Some(t) = super::common::postgres().await {
+        pipeline_never_touches_the_hosts(&t).await;
+        t.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_lineage_never_touches_the_hosts_mysql() {
+    #[cfg(feature = "mysql")]
+    if let Some(t) = super::common::mysql().await {
+        pipeline_never_touches_the_hosts(&t).await;
+        t.finish().await;
     }
 }
