@@ -57,9 +57,18 @@ impl ManualClock {
     }
 
     /// Move the time by `by` (negative moves it backwards).
+    ///
+    /// A move past the range chrono can represent stops at its end
+    /// (`DateTime::<Utc>::MAX_UTC` or `MIN_UTC`) instead of panicking.
     pub fn advance(&self, by: chrono::Duration) {
         let mut now = self.now.lock().unwrap_or_else(PoisonError::into_inner);
-        *now += by;
+        *now = now
+            .checked_add_signed(by)
+            .unwrap_or(if by < chrono::Duration::zero() {
+                DateTime::<Utc>::MIN_UTC
+            } else {
+                DateTime::<Utc>::MAX_UTC
+            });
     }
 }
 
@@ -98,5 +107,19 @@ mod tests {
         assert_eq!(a.now(), t0 - chrono::Duration::hours(1));
         let source: Arc<dyn TimeSource> = Arc::new(a.clone());
         assert_eq!(source.fetch_now().await.unwrap(), a.now());
+    }
+
+    #[test]
+    fn advancing_past_the_representable_range_saturates_instead_of_panicking() {
+        let t0: DateTime<Utc> = "9999-12-31T00:00:00Z".parse().unwrap();
+        let clock = ManualClock::at(t0);
+        clock.advance(chrono::Duration::MAX);
+        assert_eq!(clock.now(), DateTime::<Utc>::MAX_UTC);
+        clock.advance(chrono::Duration::MIN);
+        clock.advance(chrono::Duration::MIN);
+        assert_eq!(clock.now(), DateTime::<Utc>::MIN_UTC);
+        clock.set(t0);
+        clock.advance(chrono::Duration::days(1));
+        assert_eq!(clock.now(), t0 + chrono::Duration::days(1));
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 /// Identifier of one run: the run's start time and a short unique suffix,
-/// e.g. `20240124T120000Z-3f9a1c0b`.
+/// e.g. `20240124T120000Z-3f9a1c0b27d4e815`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RunId(String);
@@ -25,9 +25,9 @@ impl RunId {
         COUNTER.fetch_add(1, Ordering::Relaxed).hash(&mut h);
         std::time::SystemTime::now().hash(&mut h);
         Self(format!(
-            "{}-{:08x}",
+            "{}-{:016x}",
             now.format("%Y%m%dT%H%M%SZ"),
-            h.finish() as u32
+            h.finish()
         ))
     }
 
@@ -201,6 +201,14 @@ mod tests {
         let b = RunId::generate(now);
         assert_ne!(a, b);
         assert!(a.as_str().starts_with("20240124T120000Z-"), "{a}");
+        // a 64-bit suffix: many instances starting in the same second must not collide
+        // on recon_runs' unique run_id
+        let suffix = &a.as_str()["20240124T120000Z-".len()..];
+        assert_eq!(suffix.len(), 16, "{a}");
+        assert!(suffix.bytes().all(|b| b.is_ascii_hexdigit()), "{a}");
+        let many: std::collections::HashSet<_> =
+            (0..10_000).map(|_| RunId::generate(now)).collect();
+        assert_eq!(many.len(), 10_000);
     }
 
     #[tokio::test(start_paused = true)]
