@@ -130,6 +130,33 @@ where
     }
 }
 
+/// What an [`OrphanSweeper`] did (in a dry run: would have done).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepCounts {
+    /// Waiting jobs with an entity key it examined.
+    pub checked: u64,
+    /// Waiting jobs whose entity does not exist: removed (dry run: to be removed).
+    pub orphaned: u64,
+    /// Batches (statements or transactions) it took.
+    pub batches: u64,
+}
+
+/// Removes the **waiting** jobs whose entity no longer exists, set-based, inside the store
+/// that holds both the queue and the entities — the orphan part of [`QueueDiffReconciler`]
+/// without carrying every job and entity key through the application
+/// (`store_sqlx::SqlJobQueue::orphan_sweeper`, [`MemoryOrphanSweeper`](crate::memory::MemoryOrphanSweeper)).
+///
+/// Contract: keys compare exactly, as [`EntitySource::get_many`] does; a job without an entity
+/// key, or with a key of the other type, is left alone (the reconciler reports it); running
+/// and finished jobs are never touched; two sweeps at once never remove a job twice (the
+/// counts add up). A dry run counts and changes nothing.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait OrphanSweeper: Send + Sync {
+    /// Sweep, in batches of about `batch_size` jobs.
+    async fn sweep_orphans(&self, batch_size: usize, dry_run: bool) -> Result<SweepCounts>;
+}
+
 /// The plan of an entity's jobs, checked: ids and kinds non-empty, unique, and referring to
 /// the entity they were planned for.
 pub fn plan_entity(
@@ -306,16 +333,25 @@ pub fn plan_queued_batch(
 /// 2. **truth → queue**: page through the entities (keyset by key); for each page, the plans,
 ///    one [`JobQueue::existing`] of the wanted ids, one [`JobQueue::enqueue`] of the missing.
 ///
+/// With an [`OrphanSweeper`] ([`with_orphan_sweeper`](Self::with_orphan_sweeper): the queue
+/// and the entities live in the same database), the orphans are removed set-based first
+/// (counted as `orphaned`, its figures in the detail `orphan_sweep`); then pass 1 runs as
+/// above if obsolete jobs are removed or drifted ones rescheduled (their lookups now find
+/// every entity), and otherwise reads **only the queue** — no entity lookup — to report the
+/// jobs that cannot be judged.
+///
 /// A queued job without an entity key, or with a key of the wrong type, is an item error
 /// (reported with the job id) and left alone. A plan error is an item error for the entity
 /// (pass 2) and its jobs are left alone. A store error ends the step with that error.
 /// Dry run: both passes read and decide; nothing is removed, moved or enqueued, and the
-/// counters say what would have been.
+/// counters say what would have been (an orphan counted by the sweep is not counted again
+/// by pass 1).
 pub struct QueueDiffReconciler {
     name: String,
     queue: Arc<dyn JobQueue>,
     entities: Arc<dyn EntitySource>,
     plan: Arc<dyn JobPlan>,
+    sweeper: Option<Arc<dyn OrphanSweeper>>,
     settings: DiffSettings,
 }
 
@@ -324,6 +360,7 @@ impl fmt::Debug for QueueDiffReconciler {
         f.debug_struct("QueueDiffReconciler")
             .field("name", &self.name)
             .field("settings", &self.settings)
+            .field("orphan_sweeper", &self.sweeper.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -341,8 +378,18 @@ impl QueueDiffReconciler {
             queue,
             entities,
             plan,
+            sweeper: None,
             settings: DiffSettings::default(),
         }
+    }
+
+    /// Remove orphans with `sweeper` (set-based, in the store) instead of finding them with
+    /// per-page entity lookups. The sweeper must cover the same queue and entities as this
+    /// reconciler's [`JobQueue`] and [`EntitySource`].
+    #[must_use]
+    pub fn with_orphan_sweeper(mut self, sweeper: Arc<dyn OrphanSweeper>) -> Self {
+        self.sweeper = Some(sweeper);
+        self
     }
 
     /// Use `settings`. Errors: a batch size of 0 or above [`MAX_BATCH_SIZE`], a negative
@@ -395,6 +442,9 @@ impl QueueDiffReconciler {
     async fn queue_to_truth(&self, ctx: &RunContext, report: &mut StepReport) -> Result<bool> {
         let (now, dry) = (ctx.now(), ctx.is_dry_run());
         let key_type = self.entities.key_type();
+        let swept = self.sweeper.is_some();
+        // after a sweep, entities are looked up only to judge obsolete and drifted jobs
+        let look_up = !swept || self.settings.remove_obsolete || self.settings.reschedule_drifted;
         let mut after: Option<String> = None;
         let mut checked = 0_u64;
         loop {
@@ -421,6 +471,20 @@ impl QueueDiffReconciler {
             report.add(JOBS_CHECKED, jobs.len() as u64);
             checked += jobs.len() as u64;
 
+            if !look_up {
+                for j in &jobs {
+                    if let Err(reason) = Key::from_value(&j.entity_key, key_type) {
+                        report.push_error(format!("job {}", j.id), reason);
+                    }
+                }
+                ctx.report_progress(checked, None);
+                after = Some(last);
+                if jobs.len() < self.settings.batch_size {
+                    break;
+                }
+                continue;
+            }
+
             let keys: BTreeSet<Key> = jobs
                 .iter()
                 .filter_map(|j| Key::from_value(&j.entity_key, key_type).ok())
@@ -439,7 +503,10 @@ impl QueueDiffReconciler {
             for (id, reason) in plan.invalid {
                 report.push_error(format!("job {id}"), reason);
             }
-            self.remove(&plan.orphaned, ORPHANED, dry, report).await?;
+            // in a dry run the sweep already counted these orphans (nothing was removed)
+            if !(swept && dry) {
+                self.remove(&plan.orphaned, ORPHANED, dry, report).await?;
+            }
             self.remove(&plan.obsolete, OBSOLETE, dry, report).await?;
             if !plan.reschedule.is_empty() {
                 let want = plan.reschedule.len() as u64;
@@ -548,6 +615,17 @@ impl Reconciler for QueueDiffReconciler {
         let mut report = StepReport::new(self.name.clone());
         for c in [ORPHANED, OBSOLETE, RESCHEDULED, ENQUEUED, BATCHES] {
             report.add(c, 0);
+        }
+        if let Some(sweeper) = &self.sweeper {
+            let swept = sweeper
+                .sweep_orphans(self.settings.batch_size, ctx.is_dry_run())
+                .await?;
+            report.add(ORPHANED, swept.orphaned);
+            report.add(BATCHES, swept.batches);
+            report.detail(
+                "orphan_sweep",
+                serde_json::to_value(swept).unwrap_or(serde_json::Value::Null),
+            );
         }
         let finished = self.queue_to_truth(ctx, &mut report).await?;
         if finished && self.settings.enqueue_missing {

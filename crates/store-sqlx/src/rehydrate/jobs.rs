@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use async_trait::async_trait;
 use chrono::Utc;
 use queue_rehydrate::{
-    DesiredJob, JobQueue, Key, KeyType, QueuedJob, Reschedule, Result as QResult, TableMapping,
+    DesiredJob, JobQueue, Key, KeyType, OrphanSweeper, QueuedJob, Reschedule, Result as QResult,
+    SweepCounts, TableMapping,
 };
 
 use super::{Mapped, QError, count_of, limit_value, mysql_bytes, store_err};
@@ -72,6 +73,35 @@ pub struct OrphanSweep {
     pub orphaned: u64,
     /// Batches (transactions).
     pub batches: u64,
+}
+
+/// [`OrphanSweeper`] of a [`SqlJobQueue`] over a host entity table in the same database
+/// ([`SqlJobQueue::orphan_sweeper`]): [`SqlJobQueue::sweep_orphans`] behind the trait, so a
+/// [`QueueDiffReconciler`](queue_rehydrate::QueueDiffReconciler) removes orphans set-based.
+#[derive(Clone, Debug)]
+pub struct SqlOrphanSweeper {
+    queue: SqlJobQueue,
+    entities: TableMapping,
+}
+
+#[async_trait]
+impl OrphanSweeper for SqlOrphanSweeper {
+    async fn sweep_orphans(&self, batch_size: usize, dry_run: bool) -> QResult<SweepCounts> {
+        let s = self
+            .queue
+            .sweep_orphans(&self.entities, batch_size, dry_run)
+            .await
+            .map_err(store_err(format!(
+                "sweep orphans of queue {} against {}",
+                self.queue.queue,
+                self.entities.qualified_name()
+            )))?;
+        Ok(SweepCounts {
+            checked: s.checked,
+            orphaned: s.orphaned,
+            batches: s.batches,
+        })
+    }
 }
 
 /// [`JobQueue`] on recon's own table `recon_queued_jobs` (migration `0002_queue`), one named
@@ -152,6 +182,24 @@ impl SqlJobQueue {
     /// The queue's name.
     pub fn name(&self) -> &str {
         &self.queue
+    }
+
+    /// The [`OrphanSweeper`] of this queue over `entities`, a host table in the same
+    /// database (the table and its key column are checked here; their existence by
+    /// [`SqlEntitySource::verify`](crate::SqlEntitySource::verify)). Give it to
+    /// [`QueueDiffReconciler::with_orphan_sweeper`](queue_rehydrate::QueueDiffReconciler::with_orphan_sweeper)
+    /// together with this queue and `db.source_store().entities(entities)`.
+    pub fn orphan_sweeper(&self, entities: TableMapping) -> Result<SqlOrphanSweeper> {
+        Mapped::new(
+            self.db.dialect(),
+            &entities,
+            TimestampFormat::default(),
+            &Default::default(),
+        )?;
+        Ok(SqlOrphanSweeper {
+            queue: self.clone(),
+            entities,
+        })
     }
 
     /// Check that `recon_queued_jobs` exists with its columns (run [`Db::migrate`] first).
