@@ -1053,8 +1053,8 @@ pub async fn queued_job_without_entity_key(
 }
 
 /// A queued job whose entity key has the wrong type (an integer where keys are text) is
-/// reported with its id and left alone. A store whose schema cannot hold such a key (a typed
-/// column) may skip this test.
+/// reported with its id and left alone. Every store of this workspace runs it (memory, and
+/// `recon_queued_jobs`, which keeps each key's type next to it).
 pub async fn queued_job_with_wrong_key_type(
     queue: Arc<dyn JobQueue>,
     queue_fixture: &dyn JobQueueFixture,
