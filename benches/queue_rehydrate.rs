@@ -297,8 +297,9 @@ const DIFF_RUNS: usize = 3;
 
 /// The orphan part of the diff as a host would run it through [`QueueDiffReconciler`]:
 /// obsolete removal, rescheduling and enqueuing off (the bench's jobs are all wanted), batch
-/// 10,000; with `sweep`, the orphans are swept set-based and the queue is read only to report
-/// jobs without a usable key; without, every page of jobs costs one `get_many` of its keys.
+/// 10,000; with `sweep`, the orphans are swept set-based and the sweeper lists the jobs it
+/// skipped (none here: one statement); without, every page of jobs costs one `get_many` of
+/// its keys.
 fn orphan_diff_step(db: &Db, queue: &SqlJobQueue, sweep: bool) -> QueueDiffReconciler {
     let plan = |e: &Row, _: DateTime<Utc>| -> QResult<Vec<DesiredJob>> {
         let id = e.key().to_string();

@@ -1097,6 +1097,16 @@ async fn orphan_sweep_removes_exactly_the_orphans(t: &TestDb) {
         .map(|j| j.id)
         .collect();
     assert_eq!(ids, ["ship-1", "ship-2", "ship-6", "ship-text"]);
+    // what the sweep skipped, as its OrphanSweeper lists it: the text-typed key
+    let unjudged = queue
+        .orphan_sweeper(orders)
+        .unwrap()
+        .unjudged(None, 10)
+        .await
+        .unwrap()
+        .expect("the SQL sweeper lists the jobs it skips");
+    let ids: Vec<&str> = unjudged.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["ship-text"]);
 }
 
 /// Maintenance runs in bounded, keyset batches: every matched row is counted once, rows that

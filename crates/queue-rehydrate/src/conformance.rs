@@ -889,11 +889,59 @@ impl EntitySource for CountingEntities {
     }
 }
 
+/// A [`JobQueue`] that counts the `page` calls made to another one.
+pub struct CountingQueue {
+    inner: Arc<dyn JobQueue>,
+    pages: std::sync::atomic::AtomicU64,
+}
+
+impl CountingQueue {
+    /// Count the pages read from `inner`.
+    pub fn new(inner: Arc<dyn JobQueue>) -> Self {
+        Self {
+            inner,
+            pages: Default::default(),
+        }
+    }
+
+    /// `page` calls so far.
+    pub fn pages(&self) -> u64 {
+        self.pages.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+impl JobQueue for CountingQueue {
+    async fn page(&self, after: Option<String>, limit: usize) -> Result<Vec<QueuedJob>> {
+        self.pages
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.page(after, limit).await
+    }
+
+    async fn existing(&self, ids: &[String]) -> Result<Vec<String>> {
+        self.inner.existing(ids).await
+    }
+
+    async fn remove(&self, ids: &[String]) -> Result<u64> {
+        self.inner.remove(ids).await
+    }
+
+    async fn enqueue(&self, jobs: &[DesiredJob]) -> Result<u64> {
+        self.inner.enqueue(jobs).await
+    }
+
+    async fn reschedule(&self, changes: &[crate::Reschedule]) -> Result<u64> {
+        self.inner.reschedule(changes).await
+    }
+}
+
 /// Scenario B through [`QueueDiffReconciler::with_orphan_sweeper`]: the sweep removes the 2
 /// orphans among 270 jobs (a dry run counts them once and changes nothing), the 28 missing
 /// jobs are enqueued, the queue ends as the desired set. With obsolete removal and
-/// rescheduling off, the diff makes **no** entity lookup: the orphans are swept, a job
-/// without an entity key is still reported and left alone, a drifted job is left alone.
+/// rescheduling off, the diff makes **no** entity lookup and reads no page of the queue: the
+/// orphans are swept, the jobs without an entity key or with a key of the other type are
+/// listed by the sweeper (pages of 2 here), reported and left alone, a drifted job is left
+/// alone.
 pub async fn scenario_b_with_orphan_sweeper(
     queue: Arc<dyn JobQueue>,
     queue_fixture: &dyn JobQueueFixture,
@@ -951,27 +999,63 @@ pub async fn scenario_b_with_orphan_sweeper(
         run_at: now(),
     };
     seeded.push(no_key.clone());
+    for (id, key) in [
+        ("gen-int-key-1", Value::Int(1)),
+        ("gen-int-key-2", Value::Int(2)),
+        ("gen-zz-no-key", Value::Null),
+    ] {
+        seeded.push(QueuedJob {
+            id: id.into(),
+            entity_key: key,
+            ..no_key.clone()
+        });
+    }
     queue_fixture
         .reset_jobs(&seeded, &[])
         .await
         .expect("seed jobs");
     let counting = Arc::new(CountingEntities::new(entities));
-    let step = QueueDiffReconciler::new("pin-jobs", queue, counting.clone(), Arc::new(pin_plan))
-        .with_settings(
-            DiffSettings::new()
-                .batch_size(50)
-                .remove_obsolete(false)
-                .reschedule_drifted(false),
-        )
-        .expect("valid settings")
-        .with_orphan_sweeper(sweeper);
+    let pages = Arc::new(CountingQueue::new(queue));
+    let step = QueueDiffReconciler::new(
+        "pin-jobs",
+        pages.clone(),
+        counting.clone(),
+        Arc::new(pin_plan),
+    )
+    .with_settings(
+        DiffSettings::new()
+            .batch_size(2)
+            .remove_obsolete(false)
+            .reschedule_drifted(false),
+    )
+    .expect("valid settings")
+    .with_orphan_sweeper(sweeper);
     let report = run(&step, &ctx()).await;
     assert_eq!(count(&report, "orphaned"), 2, "{report:?}");
     assert_eq!(count(&report, "enqueued"), 28, "{report:?}");
     assert_eq!(count(&report, "rescheduled"), 0, "{report:?}");
-    assert_eq!(report.item_error_count(), 1, "{:?}", report.item_errors());
-    assert_eq!(report.item_errors()[0].key, "job gen-no-key");
+    let errors: Vec<&str> = report
+        .item_errors()
+        .iter()
+        .map(|e| e.key.as_str())
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "job gen-int-key-1",
+            "job gen-int-key-2",
+            "job gen-no-key",
+            "job gen-zz-no-key"
+        ],
+        "{:?}",
+        report.item_errors()
+    );
     assert_eq!(counting.calls().1, 0, "no get_many after a sweep");
+    assert_eq!(
+        pages.pages(),
+        0,
+        "the sweeper listed the unjudged jobs: no queue page read"
+    );
     let after = sorted(queue_fixture.waiting_jobs().await.expect("read jobs"));
     let gone: BTreeSet<&str> = ["gen-res-149", "gen-res-150"].into();
     for j in seeded.iter().filter(|j| !gone.contains(j.id.as_str())) {

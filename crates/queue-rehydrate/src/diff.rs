@@ -155,6 +155,19 @@ pub struct SweepCounts {
 pub trait OrphanSweeper: Send + Sync {
     /// Sweep, in batches of about `batch_size` jobs.
     async fn sweep_orphans(&self, batch_size: usize, dry_run: bool) -> Result<SweepCounts>;
+
+    /// Up to `limit` waiting jobs with an id greater than `after`, ascending id, among those
+    /// the sweep leaves alone because they cannot be judged (no entity key, an empty key, a
+    /// key of the other type) — it may return more candidates than that, never fewer; the
+    /// reconciler checks each. `Ok(None)` (the default): this sweeper cannot list them, and
+    /// the reconciler reads the whole queue to find them.
+    async fn unjudged(
+        &self,
+        _after: Option<String>,
+        _limit: usize,
+    ) -> Result<Option<Vec<QueuedJob>>> {
+        Ok(None)
+    }
 }
 
 /// The plan of an entity's jobs, checked: ids and kinds non-empty, unique, and referring to
@@ -337,8 +350,9 @@ pub fn plan_queued_batch(
 /// and the entities live in the same database), the orphans are removed set-based first
 /// (counted as `orphaned`, its figures in the detail `orphan_sweep`); then pass 1 runs as
 /// above if obsolete jobs are removed or drifted ones rescheduled (their lookups now find
-/// every entity), and otherwise reads **only the queue** — no entity lookup — to report the
-/// jobs that cannot be judged.
+/// every entity); otherwise there is no entity lookup at all: the jobs that cannot be judged
+/// are listed by [`OrphanSweeper::unjudged`] (or, if the sweeper cannot list them, found by
+/// reading the queue) and reported.
 ///
 /// A queued job without an entity key, or with a key of the wrong type, is an item error
 /// (reported with the job id) and left alone. A plan error is an item error for the entity
@@ -438,6 +452,48 @@ impl QueueDiffReconciler {
         Ok(())
     }
 
+    /// After a sweep, with obsolete removal and rescheduling off: report the jobs that cannot
+    /// be judged as the sweeper lists them. Returns `None` if it cannot list them.
+    async fn report_unjudged(
+        &self,
+        sweeper: &dyn OrphanSweeper,
+        ctx: &RunContext,
+        report: &mut StepReport,
+    ) -> Result<Option<bool>> {
+        let key_type = self.entities.key_type();
+        let mut after: Option<String> = None;
+        loop {
+            if ctx.deadline_passed() {
+                report.note("stopped at the deadline while listing jobs that cannot be judged");
+                return Ok(Some(false));
+            }
+            let limit = self.settings.batch_size;
+            let Some(jobs) = sweeper.unjudged(after.clone(), limit).await? else {
+                return Ok(None);
+            };
+            let Some(last) = jobs.last().map(|j| j.id.clone()) else {
+                break;
+            };
+            if after.as_ref().is_some_and(|a| a >= &last) {
+                return Err(Error::permanent(
+                    "list jobs that cannot be judged",
+                    format!("the sweeper returned job `{last}` again: keyset pagination is broken"),
+                ));
+            }
+            report.add(BATCHES, 1);
+            for j in &jobs {
+                if let Err(reason) = Key::from_value(&j.entity_key, key_type) {
+                    report.push_error(format!("job {}", j.id), reason);
+                }
+            }
+            after = Some(last);
+            if jobs.len() < limit {
+                break;
+            }
+        }
+        Ok(Some(true))
+    }
+
     /// Pass 1. Returns whether it finished.
     async fn queue_to_truth(&self, ctx: &RunContext, report: &mut StepReport) -> Result<bool> {
         let (now, dry) = (ctx.now(), ctx.is_dry_run());
@@ -445,6 +501,11 @@ impl QueueDiffReconciler {
         let swept = self.sweeper.is_some();
         // after a sweep, entities are looked up only to judge obsolete and drifted jobs
         let look_up = !swept || self.settings.remove_obsolete || self.settings.reschedule_drifted;
+        if let (Some(sweeper), false) = (&self.sweeper, look_up)
+            && let Some(finished) = self.report_unjudged(sweeper.as_ref(), ctx, report).await?
+        {
+            return Ok(finished);
+        }
         let mut after: Option<String> = None;
         let mut checked = 0_u64;
         loop {

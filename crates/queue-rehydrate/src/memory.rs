@@ -550,6 +550,26 @@ impl OrphanSweeper for MemoryOrphanSweeper {
         }
         Ok(out)
     }
+
+    async fn unjudged(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Option<Vec<QueuedJob>>> {
+        self.queue.called("unjudged");
+        let key_type = self.entities.table().key_type();
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(Some(
+            lock(&self.queue.jobs)
+                .range::<String, _>((lower, Bound::Unbounded))
+                .map(|(_, j)| j)
+                .filter(|j| j.state == JobState::Waiting)
+                .filter(|j| Key::from_value(&j.job.entity_key, key_type).is_err())
+                .take(limit)
+                .map(|j| j.job.clone())
+                .collect(),
+        ))
+    }
 }
 
 /// A message queue in memory: [`MessageStore`] and [`FailedMessageStore`].

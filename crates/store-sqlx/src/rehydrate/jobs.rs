@@ -102,6 +102,83 @@ impl OrphanSweeper for SqlOrphanSweeper {
             batches: s.batches,
         })
     }
+
+    /// One statement: the waiting jobs after `after` whose key is NULL or empty, whose key
+    /// type is not the entity table's, or (integer keys) whose key is not an integer as the
+    /// sweep reads it — the jobs the sweep skips — in id order.
+    async fn unjudged(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> QResult<Option<Vec<QueuedJob>>> {
+        let q = &self.queue;
+        if limit == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let d = q.db.dialect();
+        let m = Mapped::new(
+            d,
+            &self.entities,
+            TimestampFormat::default(),
+            &Default::default(),
+        )
+        .map_err(QError::from)?;
+        let key = q.c("entity_key");
+        let kt = q.c("entity_key_type");
+        let id = q.c("id");
+        // the sweep's own test of a well-formed integer key, negated
+        let (guard, _) = q.key_match(&m, "e", key);
+        let not_integer = guard
+            .strip_prefix(" AND ")
+            .map(|g| format!(" OR NOT ({g})"))
+            .unwrap_or_default();
+        let mut b = Binds::new(d);
+        let queue = b.push(q.queue_value());
+        let st = b.push(SqlJobQueue::state_value(JobState::Waiting));
+        let after_sql = match after {
+            Some(a) => format!(" AND {id} > {}", b.push(Value::Text(Some(a)))),
+            None => String::new(),
+        };
+        let ty = b.push(Value::Text(Some(
+            match m.key_type {
+                KeyType::Integer => "integer",
+                KeyType::Text => "text",
+            }
+            .into(),
+        )));
+        let lim = b.push(limit_value(limit));
+        let sql = format!(
+            "SELECT {id}, {kind}, {key}, {kt}, {run} FROM {t} WHERE {qc} = {queue} AND {s} = {st}\
+             {after_sql} AND ({key} IS NULL OR length({key}) = 0 OR {kt} IS NULL OR {kt} <> {ty}\
+             {not_integer}) ORDER BY {id} LIMIT {lim}",
+            kind = q.c("kind"),
+            run = q.c("run_at"),
+            t = q.table,
+            qc = q.c("queue"),
+            s = q.c("state"),
+        );
+        let rows =
+            q.db.fetch(
+                &sql,
+                &b.values,
+                &[
+                    Kind::Text,
+                    Kind::Text,
+                    Kind::Text,
+                    Kind::Text,
+                    Kind::Ts(TimestampFormat::Rfc3339),
+                ],
+            )
+            .await
+            .map_err(store_err(format!(
+                "list jobs of queue {} that cannot be judged",
+                q.queue
+            )))?;
+        rows.into_iter()
+            .map(|r| q.decode(r).map_err(QError::from))
+            .collect::<QResult<Vec<_>>>()
+            .map(Some)
+    }
 }
 
 /// [`JobQueue`] on recon's own table `recon_queued_jobs` (migration `0002_queue`), one named
