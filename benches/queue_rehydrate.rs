@@ -14,6 +14,11 @@
 //! extrapolated linearly to 1,000,000 (it would take minutes per sample otherwise). Between
 //! iterations the orphans are put back, untimed.
 //!
+//! (a') **The orphan part through `QueueDiffReconciler`**, same data: obsolete removal,
+//! rescheduling and enqueuing off, batch 10,000, once with one `get_many` per page of jobs
+//! (the generic path) and once with [`SqlJobQueue::orphan_sweeper`]; single timed runs
+//! (median of 3), orphans put back between runs, untimed.
+//!
 //! (b) **Rebuild**: 1,000,000 `user_sessions`, 10 % eligible after maintenance (1 % of the
 //! rows have an expired cooldown the maintenance rule clears, restored untimed between
 //! iterations): [`RehydrateReconciler`] with the rule and the eligibility predicate, streaming
@@ -32,8 +37,8 @@ use chrono::{DateTime, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use queue_rehydrate::memory::MemoryDerivedQueue;
 use queue_rehydrate::{
-    ColumnType, DerivedQueue, KeyType, Maintenance, Operand, Predicate, RehydrateReconciler,
-    Result as QResult, Row, SetValue, TableMapping,
+    ColumnType, DerivedQueue, DesiredJob, DiffSettings, KeyType, Maintenance, Operand, Predicate,
+    QueueDiffReconciler, RehydrateReconciler, Result as QResult, Row, SetValue, TableMapping,
 };
 use recon_core::{Reconciler, RunContext, async_trait};
 use store_sqlx::{Db, Dialect, SqlJobQueue};
@@ -286,6 +291,47 @@ async fn sample_keys(db: &Db) -> Vec<String> {
     }
 }
 
+/// Timed runs of each reconciler variant (single runs, not criterion samples: one takes
+/// seconds to tens of seconds at 1,000,000 jobs).
+const DIFF_RUNS: usize = 3;
+
+/// The orphan part of the diff as a host would run it through [`QueueDiffReconciler`]:
+/// obsolete removal, rescheduling and enqueuing off (the bench's jobs are all wanted), batch
+/// 10,000; with `sweep`, the orphans are swept set-based and the sweeper lists the jobs it
+/// skipped (none here: one statement); without, every page of jobs costs one `get_many` of
+/// its keys.
+fn orphan_diff_step(db: &Db, queue: &SqlJobQueue, sweep: bool) -> QueueDiffReconciler {
+    let plan = |e: &Row, _: DateTime<Utc>| -> QResult<Vec<DesiredJob>> {
+        let id = e.key().to_string();
+        Ok(vec![DesiredJob {
+            id: format!("gen-{}", id.trim_start_matches("res-")),
+            kind: "generatePin".into(),
+            entity_key: e.key().clone(),
+            run_at: "2024-02-05T08:00:00Z".parse().unwrap(),
+            payload: serde_json::Value::Null,
+        }])
+    };
+    let step = QueueDiffReconciler::new(
+        "pin-jobs",
+        Arc::new(queue.clone()),
+        Arc::new(db.source_store().entities(reservations())),
+        Arc::new(plan),
+    )
+    .with_settings(
+        DiffSettings::new()
+            .batch_size(SWEEP_BATCH)
+            .remove_obsolete(false)
+            .reschedule_drifted(false)
+            .enqueue_missing(false),
+    )
+    .unwrap();
+    if sweep {
+        step.with_orphan_sweeper(Arc::new(queue.orphan_sweeper(reservations()).unwrap()))
+    } else {
+        step
+    }
+}
+
 /// A sink that keeps only counts: the candidates themselves are the host's business.
 #[derive(Default)]
 struct CountingSink {
@@ -413,6 +459,43 @@ fn bench_backend(c: &mut Criterion, rt: &Runtime, db: &Db, db_url: &str) {
             ""
         },
     );
+
+    // (a') the orphan part through QueueDiffReconciler: generic lookups vs the sweeper
+    for sweep in [false, true] {
+        let step = orphan_diff_step(db, &queue, sweep);
+        let mut times = Vec::new();
+        let mut last = None;
+        for _ in 0..DIFF_RUNS {
+            let t0 = Instant::now();
+            let report = rt
+                .block_on(step.reconcile(&RunContext::new(now())))
+                .unwrap();
+            times.push(t0.elapsed());
+            assert_eq!(report.get("orphaned"), Some(orphans), "{report:?}");
+            assert_eq!(report.item_error_count(), 0, "{report:?}");
+            rt.block_on(restore_orphans(db, n));
+            last = Some(report);
+        }
+        let report = last.unwrap();
+        println!(
+            "RESULT orphan_diff_reconciler {name}: QueueDiffReconciler {} over {n} jobs, batch \
+             {SWEEP_BATCH} = {:.3} s (median of {DIFF_RUNS}; runs {}); jobs_checked {}, \
+             batches {}",
+            if sweep {
+                "with SqlJobQueue::orphan_sweeper"
+            } else {
+                "with get_many per page (no sweeper)"
+            },
+            median(times.clone()).as_secs_f64(),
+            times
+                .iter()
+                .map(|t| format!("{:.2} s", t.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            report.get("jobs_checked").unwrap_or(0),
+            report.get("batches").unwrap_or(0),
+        );
+    }
 
     // (b) rebuild
     let mut group = c.benchmark_group(format!("rebuild/{name}"));

@@ -9,11 +9,12 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use queue_rehydrate::conformance::{
     self, JobQueueFixture, MemoryHarness, MessageFixture, SourceFixture,
 };
+use queue_rehydrate::memory::MemoryOrphanSweeper;
 use queue_rehydrate::{
     ColumnType, DesiredJob, EntitySource, Error as QError, FailedMessageStore, JobQueue, Key,
-    KeyType, Maintenance, Message, MessageRecovery, MessageStatus, MessageStore, Predicate,
-    QueuedJob, RecoverySettings, Result as QResult, Row, SetValue, SourceStore, TableMapping,
-    Value,
+    KeyType, Maintenance, Message, MessageRecovery, MessageStatus, MessageStore, OrphanSweeper,
+    Predicate, QueuedJob, RecoverySettings, Result as QResult, Row, SetValue, SourceStore,
+    TableMapping, Value,
 };
 use recon_core::async_trait;
 use recon_core::{Reconciler, RunContext};
@@ -405,6 +406,8 @@ struct World<'a> {
     entities: Arc<dyn EntitySource>,
     messages: Arc<dyn MessageStore>,
     failed: Arc<dyn FailedMessageStore>,
+    /// Orphans of `queue` against `entities` (the reservations), swept in the store.
+    sweeper: Arc<dyn OrphanSweeper>,
     fx: Fx<'a>,
 }
 
@@ -413,10 +416,12 @@ impl<'a> World<'a> {
         match be {
             Backend::Memory => {
                 let h = MemoryHarness::new();
+                let entities = h.reservations();
                 World {
                     source: Arc::new(h.source.clone()),
                     queue: h.queue.clone(),
-                    entities: h.reservations(),
+                    sweeper: Arc::new(MemoryOrphanSweeper::new(h.queue.clone(), entities.clone())),
+                    entities,
                     messages: h.messages.clone(),
                     failed: h.messages.clone(),
                     fx: Fx::Memory(h),
@@ -430,6 +435,7 @@ impl<'a> World<'a> {
                 let messages = Arc::new(t.db.message_store(message_table()));
                 messages.verify().await.expect("messages table verifies");
                 World {
+                    sweeper: Arc::new(queue.orphan_sweeper(conformance::reservations()).unwrap()),
                     entities: Arc::new(source.entities(conformance::reservations())),
                     source: Arc::new(source),
                     queue: Arc::new(queue),
@@ -503,6 +509,19 @@ async fn scenario_b_orphans(be: &Backend<'_>) {
         w.queue.clone(),
         w.queue_fx(),
         w.entities.clone(),
+        &conformance::reservations(),
+        w.source_fx(),
+    )
+    .await;
+}
+
+async fn scenario_b_with_orphan_sweeper(be: &Backend<'_>) {
+    let w = World::new(be).await;
+    conformance::scenario_b_with_orphan_sweeper(
+        w.queue.clone(),
+        w.queue_fx(),
+        w.entities.clone(),
+        w.sweeper.clone(),
         &conformance::reservations(),
         w.source_fx(),
     )
@@ -700,80 +719,235 @@ async fn concurrent_release_stuck_releases_each_message_once(be: &Backend<'_>) {
     );
 }
 
-/// Keys of the wrong type and malformed jobs are clear errors that change nothing.
+/// Keys of the wrong type and malformed jobs are clear errors that change nothing — on every
+/// backend, memory included: every table and queue is read back and compared.
 async fn bad_keys_and_jobs_are_errors(be: &Backend<'_>) {
     let w = World::new(be).await;
+    let name = be.name();
     let sessions = conformance::user_sessions();
     w.source_fx()
         .reset_table(&sessions, &conformance::user_session_rows())
         .await
         .unwrap();
-    let before = w.source_fx().table_rows(&sessions).await.unwrap();
+    let (res, jobs) = conformance::scenario_b_data();
+    let reservations = conformance::reservations();
+    w.source_fx()
+        .reset_table(&reservations, &res[..5])
+        .await
+        .unwrap();
+    w.queue_fx().reset_jobs(&jobs[..6], &[]).await.unwrap();
+    let messages = conformance::scenario_d_messages();
+    w.message_fx().reset_messages(&messages).await.unwrap();
+    let before_sessions = w.source_fx().table_rows(&sessions).await.unwrap();
+    let before_res = w.source_fx().table_rows(&reservations).await.unwrap();
+    let before_jobs = w.queue_fx().waiting_jobs().await.unwrap();
+
+    let mismatch = |what: &str, r: QResult<u64>, column: &str| match r {
+        Err(QError::TypeMismatch { column: c, .. }) if c == column => {}
+        other => panic!("{name}: {what}: expected a type mismatch on `{column}`, got {other:?}"),
+    };
     // an integer key where the table's keys are text
     let r = w
         .source
         .read_matching(&sessions, &Predicate::All, now(), Some(Key::Int(5)), 10)
-        .await;
-    if !matches!(be, Backend::Memory) {
-        let e = r.unwrap_err();
-        assert!(
-            matches!(&e, QError::TypeMismatch { column, .. } if column == "phone"),
-            "{}: {e}",
-            be.name()
-        );
-        let e = w.entities.get_many(&[Key::Int(1)]).await.unwrap_err();
-        assert!(matches!(e, QError::TypeMismatch { .. }), "{e}");
-        let e = w
-            .failed
-            .retry_failed(&[Key::from("7")], now())
-            .await
-            .unwrap_err();
-        assert!(matches!(e, QError::TypeMismatch { .. }), "{e}");
-    }
+        .await
+        .map(|rows| rows.len() as u64);
+    mismatch("read_matching after an integer key", r, "phone");
+    let r = w
+        .entities
+        .get_many(&[Key::from("res-001"), Key::Int(1)])
+        .await
+        .map(|rows| rows.len() as u64);
+    mismatch("get_many with an integer key", r, "id");
+    let r = w
+        .entities
+        .page(Some(Key::Int(1)), 10)
+        .await
+        .map(|rows| rows.len() as u64);
+    mismatch("entity page after an integer key", r, "id");
+    // a text id where message ids are integers: no operator operation touches anything
+    let (five, seven) = (Key::Int(5), Key::from("7"));
+    mismatch(
+        "retry_failed",
+        w.failed
+            .retry_failed(&[five.clone(), seven.clone()], now())
+            .await,
+        "id",
+    );
+    mismatch(
+        "delete_failed",
+        w.failed.delete_failed(&[five.clone(), seven.clone()]).await,
+        "id",
+    );
+    mismatch(
+        "archive_failed",
+        w.failed.archive_failed(&[five, seven.clone()], now()).await,
+        "id",
+    );
+    let r = w
+        .failed
+        .list_failed(Some(seven), 10)
+        .await
+        .map(|m| m.len() as u64);
+    mismatch("list_failed after a text id", r, "id");
+    assert_eq!(
+        w.message_fx().all_messages().await.unwrap(),
+        messages,
+        "{name}: a refused operator operation changed messages"
+    );
+
     // a maintenance rule with no assignment
     let e = w
         .source
         .apply_maintenance(&sessions, &Maintenance::new("x", Predicate::All), now())
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("assigns no column"), "{e}");
-    assert_eq!(w.source_fx().table_rows(&sessions).await.unwrap(), before);
+    assert!(e.to_string().contains("assigns no column"), "{name}: {e}");
+    assert_eq!(
+        w.source_fx().table_rows(&sessions).await.unwrap(),
+        before_sessions,
+        "{name}"
+    );
 
-    // a job the queue cannot hold: refused, nothing enqueued
-    w.queue_fx().reset_jobs(&[], &[]).await.unwrap();
-    let job = |id: &str| DesiredJob {
+    // a job no queue can hold (empty id or kind): the whole batch is refused
+    let job = |id: &str, kind: &str| DesiredJob {
         id: id.into(),
-        kind: "generatePin".into(),
+        kind: kind.into(),
         entity_key: Key::from("res-001"),
         run_at: now(),
         payload: serde_json::json!({"lockId": "lock-1"}),
     };
-    if !matches!(be, Backend::Memory) {
-        let long = "x".repeat(300);
+    for bad in [job("", "generatePin"), job("gen-x", "")] {
         let e = w
             .queue
-            .enqueue(&[job("gen-ok"), job(&long)])
+            .enqueue(&[job("gen-ok", "generatePin"), bad])
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("longer than"), "{e}");
-        assert!(w.queue_fx().waiting_jobs().await.unwrap().is_empty());
+        assert!(
+            e.to_string().contains("non-empty id and kind"),
+            "{name}: {e}"
+        );
     }
-    // enqueue is idempotent
     assert_eq!(
-        w.queue
-            .enqueue(&[job("gen-a"), job("gen-b")])
-            .await
-            .unwrap(),
+        w.queue_fx().waiting_jobs().await.unwrap(),
+        before_jobs,
+        "{name}: a refused enqueue changed the queue"
+    );
+    assert_eq!(
+        w.source_fx().table_rows(&reservations).await.unwrap(),
+        before_res,
+        "{name}"
+    );
+
+    // enqueue is idempotent
+    w.queue_fx().reset_jobs(&[], &[]).await.unwrap();
+    let ok = |id: &str| job(id, "generatePin");
+    assert_eq!(
+        w.queue.enqueue(&[ok("gen-a"), ok("gen-b")]).await.unwrap(),
         2
     );
     assert_eq!(
-        w.queue
-            .enqueue(&[job("gen-a"), job("gen-c")])
-            .await
-            .unwrap(),
+        w.queue.enqueue(&[ok("gen-a"), ok("gen-c")]).await.unwrap(),
         1
     );
     assert_eq!(w.queue_fx().waiting_jobs().await.unwrap().len(), 3);
+}
+
+/// A bad predicate or a bad queued job makes the *reconcilers* report a clear error and change
+/// nothing: the rebuild refuses to be built (no table touched, nothing pushed); the diff
+/// reports a job without an entity key, or with a key of the wrong type, and leaves that job
+/// — and, in a queue holding nothing else, everything — as it was.
+async fn bad_inputs_leave_every_table_unchanged(be: &Backend<'_>) {
+    use queue_rehydrate::memory::MemoryDerivedQueue;
+    use queue_rehydrate::{DiffSettings, QueueDiffReconciler, RehydrateReconciler};
+    let w = World::new(be).await;
+    let name = be.name();
+    let sessions = conformance::user_sessions();
+    w.source_fx()
+        .reset_table(&sessions, &conformance::user_session_rows())
+        .await
+        .unwrap();
+    let before = w.source_fx().table_rows(&sessions).await.unwrap();
+    let bad = [
+        (Predicate::eq("contact_state", "ACTIVE"), "`contact_state`"),
+        (
+            Predicate::is_in("contact_status", Vec::<Value>::new()),
+            "contact_status",
+        ),
+        (
+            Predicate::lt("follow_up_attempts", "3"),
+            "follow_up_attempts",
+        ),
+    ];
+    for (p, says) in bad {
+        let derived = Arc::new(MemoryDerivedQueue::new());
+        let built = RehydrateReconciler::builder("q", w.source.clone(), sessions.clone())
+            .maintenance(conformance::clear_expired_cooldowns())
+            .candidates(p.clone(), derived.clone())
+            .build();
+        let e = built.expect_err("a bad predicate must be refused");
+        assert!(e.to_string().contains(says), "{name}: {p:?}: {e}");
+        // and a maintenance rule with the bad predicate, run directly
+        let rule = Maintenance::new("x", p.clone()).set("follow_up_attempts", SetValue::Int(0));
+        let e = w
+            .source
+            .apply_maintenance(&sessions, &rule, now())
+            .await
+            .expect_err("must refuse");
+        assert!(e.to_string().contains(says), "{name}: {p:?}: {e}");
+        assert!(derived.is_empty());
+        assert_eq!(
+            w.source_fx().table_rows(&sessions).await.unwrap(),
+            before,
+            "{name}: {p:?} changed user_sessions"
+        );
+    }
+
+    // queued jobs that cannot be judged, alone in the queue: reported, nothing changes
+    let reservations = conformance::reservations();
+    let rows = vec![conformance::reservation(1)];
+    w.source_fx()
+        .reset_table(&reservations, &rows)
+        .await
+        .unwrap();
+    let odd = |id: &str, key: Value| QueuedJob {
+        id: id.into(),
+        kind: "generatePin".into(),
+        entity_key: key,
+        run_at: now(),
+    };
+    let jobs = vec![
+        odd("gen-int-key", Value::Int(1)),
+        odd("gen-no-key", Value::Null),
+    ];
+    w.queue_fx().reset_jobs(&jobs, &[]).await.unwrap();
+    let plan: Arc<dyn queue_rehydrate::JobPlan> = Arc::new(conformance::pin_plan);
+    let step = QueueDiffReconciler::new("pin-jobs", w.queue.clone(), w.entities.clone(), plan)
+        .with_settings(DiffSettings::new().batch_size(10).enqueue_missing(false))
+        .unwrap();
+    let report = step.reconcile(&RunContext::new(now())).await.unwrap();
+    let errors: Vec<(String, String)> = report
+        .item_errors()
+        .iter()
+        .map(|e| (e.key.clone(), e.reason.clone()))
+        .collect();
+    assert_eq!(errors.len(), 2, "{name}: {errors:?}");
+    assert_eq!(errors[0].0, "job gen-int-key");
+    assert!(
+        errors[0].1.contains("is integer, but keys are text"),
+        "{name}: {errors:?}"
+    );
+    assert_eq!(errors[1].0, "job gen-no-key");
+    assert!(errors[1].1.contains("no entity key"), "{name}: {errors:?}");
+    for c in ["orphaned", "obsolete", "rescheduled", "enqueued"] {
+        assert_eq!(report.get(c), Some(0), "{name}: {c}: {report:?}");
+    }
+    assert_eq!(w.queue_fx().waiting_jobs().await.unwrap(), jobs, "{name}");
+    assert_eq!(
+        w.source_fx().table_rows(&reservations).await.unwrap(),
+        rows,
+        "{name}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -923,6 +1097,16 @@ async fn orphan_sweep_removes_exactly_the_orphans(t: &TestDb) {
         .map(|j| j.id)
         .collect();
     assert_eq!(ids, ["ship-1", "ship-2", "ship-6", "ship-text"]);
+    // what the sweep skipped, as its OrphanSweeper lists it: the text-typed key
+    let unjudged = queue
+        .orphan_sweeper(orders)
+        .unwrap()
+        .unjudged(None, 10)
+        .await
+        .unwrap()
+        .expect("the SQL sweeper lists the jobs it skips");
+    let ids: Vec<&str> = unjudged.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["ship-text"]);
 }
 
 /// Maintenance runs in bounded, keyset batches: every matched row is counted once, rows that
@@ -970,6 +1154,152 @@ async fn maintenance_runs_in_keyset_batches(t: &TestDb) {
         rule.apply(r, now());
     }
     assert_eq!(after, expected);
+}
+
+/// Two `QueueDiffReconciler`s over the same SQL queue at once (two host instances starting
+/// together): every orphaned or obsolete job is removed once, every drifted job moved once,
+/// every missing job enqueued once — the counters of both runs add up to exactly what one run
+/// would do — and the queue ends as the desired set. Three rounds with fresh data and pages
+/// of different sizes so the two runs interleave differently; in the second round both use
+/// the set-based orphan sweep.
+async fn concurrent_diffs_never_double_count(t: &TestDb) {
+    use queue_rehydrate::{DiffSettings, JobPlan, QueueDiffReconciler};
+    use std::collections::{BTreeSet, HashMap};
+    let w = World::new(&Backend::Sql(t)).await;
+    let name = d(t).name();
+    let reservations = conformance::reservations();
+    for round in 0..3_u32 {
+        // 600 reservations exist; 601–640 were deleted (their jobs are orphans); every
+        // 50th from 7 is cancelled (its jobs are obsolete); gen jobs of every 10th drifted by
+        // 3 h; rev jobs only for the first 400 (the rest are missing)
+        let rows: Vec<Row> = (1..=600)
+            .map(|n| {
+                let mut r = conformance::reservation(n);
+                if n % 50 == 7 {
+                    r.set("status", "cancelled".into());
+                }
+                r
+            })
+            .collect();
+        let mut jobs = Vec::new();
+        for n in 1..=640 {
+            let confirmed = conformance::reservation(n);
+            let plan = conformance::pin_plan(&confirmed, now()).unwrap();
+            let mut gen_job = conformance::queued(&plan[0]);
+            if n % 10 == 0 {
+                gen_job.run_at += TimeDelta::hours(3);
+            }
+            jobs.push(gen_job);
+            if n <= 400 || n > 600 {
+                jobs.push(conformance::queued(&plan[1]));
+            }
+        }
+        // what one run must do
+        let wanted: HashMap<String, DesiredJob> = rows
+            .iter()
+            .flat_map(|r| conformance::pin_plan(r, now()).unwrap())
+            .map(|d| (d.id.clone(), d))
+            .collect();
+        let exists: BTreeSet<&Key> = rows.iter().map(Row::key).collect();
+        let key_of = |j: &QueuedJob| Key::from_value(&j.entity_key, KeyType::Text).unwrap();
+        let orphaned = jobs.iter().filter(|j| !exists.contains(&key_of(j))).count() as u64;
+        let obsolete = jobs
+            .iter()
+            .filter(|j| exists.contains(&key_of(j)) && !wanted.contains_key(&j.id))
+            .count() as u64;
+        let rescheduled = jobs
+            .iter()
+            .filter(|j| wanted.get(&j.id).is_some_and(|d| d.run_at != j.run_at))
+            .count() as u64;
+        let queued_ids: BTreeSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        let enqueued = wanted
+            .keys()
+            .filter(|id| !queued_ids.contains(id.as_str()))
+            .count() as u64;
+        assert_eq!(
+            (orphaned, obsolete, rescheduled, enqueued),
+            (80, 20, 60, 196),
+            "the fixture"
+        );
+        w.source_fx()
+            .reset_table(&reservations, &rows)
+            .await
+            .unwrap();
+        w.queue_fx().reset_jobs(&jobs, &[]).await.unwrap();
+
+        let plan: Arc<dyn JobPlan> = Arc::new(conformance::pin_plan);
+        let mut tasks = Vec::new();
+        for batch in [37 + round as usize, 53 - round as usize] {
+            // each instance with its own stores over the same tables, as two processes have
+            let queue = Arc::new(t.db.job_queue(QUEUE).unwrap());
+            let entities = Arc::new(t.db.source_store().entities(reservations.clone()));
+            let mut step =
+                QueueDiffReconciler::new("pin-jobs", queue.clone(), entities, plan.clone())
+                    .with_settings(DiffSettings::new().batch_size(batch))
+                    .unwrap();
+            if round == 1 {
+                // the set-based orphan sweep, twice at once
+                step = step.with_orphan_sweeper(Arc::new(
+                    queue.orphan_sweeper(reservations.clone()).unwrap(),
+                ));
+            }
+            tasks.push(tokio::spawn(async move {
+                step.reconcile(&RunContext::new(now())).await.unwrap()
+            }));
+        }
+        let mut sum: BTreeMap<&str, u64> = BTreeMap::new();
+        for task in tasks {
+            let report = task.await.unwrap();
+            assert_eq!(report.item_error_count(), 0, "{name}: {report:?}");
+            for c in ["orphaned", "obsolete", "rescheduled", "enqueued"] {
+                *sum.entry(c).or_default() += report.get(c).unwrap();
+            }
+        }
+        let want: BTreeMap<&str, u64> = [
+            ("orphaned", orphaned),
+            ("obsolete", obsolete),
+            ("rescheduled", rescheduled),
+            ("enqueued", enqueued),
+        ]
+        .into();
+        assert_eq!(sum, want, "{name} round {round}: both runs together");
+
+        let after = w.queue_fx().waiting_jobs().await.unwrap();
+        let mut desired: Vec<QueuedJob> = wanted.values().map(conformance::queued).collect();
+        desired.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(
+            after, desired,
+            "{name} round {round}: the queue is the desired set"
+        );
+    }
+}
+
+/// recon_queued_jobs' columns hold 191 characters: a longer id, kind or key is refused before
+/// anything is written (the in-memory queue has no such limit, so this case is SQL-only).
+async fn over_long_jobs_are_refused(t: &TestDb) {
+    let w = World::new(&Backend::Sql(t)).await;
+    let (_, jobs) = conformance::scenario_b_data();
+    w.queue_fx().reset_jobs(&jobs[..3], &[]).await.unwrap();
+    let before = w.queue_fx().waiting_jobs().await.unwrap();
+    let job = |id: &str, key: &str| DesiredJob {
+        id: id.into(),
+        kind: "generatePin".into(),
+        entity_key: Key::from(key),
+        run_at: now(),
+        payload: serde_json::Value::Null,
+    };
+    let long = "x".repeat(192);
+    for bad in [job(&long, "res-001"), job("gen-long-key", &long)] {
+        let e = w
+            .queue
+            .enqueue(&[job("gen-ok", "res-001"), bad])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("longer than 191"), "{e}");
+    }
+    assert_eq!(w.queue_fx().waiting_jobs().await.unwrap(), before);
+    let fits = "y".repeat(191);
+    assert_eq!(w.queue.enqueue(&[job(&fits, "res-001")]).await.unwrap(), 1);
 }
 
 /// A host worker's states: running and finished jobs are not listed, not removed, and count
@@ -1047,6 +1377,7 @@ crate::conformance!(
     bad_predicates_change_nothing,
     maintenance_counts_matched_rows,
     scenario_b_orphans,
+    scenario_b_with_orphan_sweeper,
     drift_obsolete_and_running_jobs,
     queued_job_without_entity_key,
     queued_job_with_wrong_key_type,
@@ -1056,6 +1387,7 @@ crate::conformance!(
     text_compares_exactly,
     concurrent_release_stuck_releases_each_message_once,
     bad_keys_and_jobs_are_errors,
+    bad_inputs_leave_every_table_unchanged,
 );
 
 sql_conformance!(
@@ -1063,4 +1395,6 @@ sql_conformance!(
     orphan_sweep_removes_exactly_the_orphans,
     maintenance_runs_in_keyset_batches,
     job_states_guard_removal,
+    over_long_jobs_are_refused,
+    concurrent_diffs_never_double_count,
 );

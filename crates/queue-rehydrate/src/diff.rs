@@ -130,6 +130,46 @@ where
     }
 }
 
+/// What an [`OrphanSweeper`] did (in a dry run: would have done).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepCounts {
+    /// Waiting jobs with an entity key it examined.
+    pub checked: u64,
+    /// Waiting jobs whose entity does not exist: removed (dry run: to be removed).
+    pub orphaned: u64,
+    /// Batches (statements or transactions) it took.
+    pub batches: u64,
+}
+
+/// Removes the **waiting** jobs whose entity no longer exists, set-based, inside the store
+/// that holds both the queue and the entities — the orphan part of [`QueueDiffReconciler`]
+/// without carrying every job and entity key through the application
+/// (`store_sqlx::SqlJobQueue::orphan_sweeper`, [`MemoryOrphanSweeper`](crate::memory::MemoryOrphanSweeper)).
+///
+/// Contract: keys compare exactly, as [`EntitySource::get_many`] does; a job without an entity
+/// key, or with a key of the other type, is left alone (the reconciler reports it); running
+/// and finished jobs are never touched; two sweeps at once never remove a job twice (the
+/// counts add up). A dry run counts and changes nothing.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait OrphanSweeper: Send + Sync {
+    /// Sweep, in batches of about `batch_size` jobs.
+    async fn sweep_orphans(&self, batch_size: usize, dry_run: bool) -> Result<SweepCounts>;
+
+    /// Up to `limit` waiting jobs with an id greater than `after`, ascending id, among those
+    /// the sweep leaves alone because they cannot be judged (no entity key, an empty key, a
+    /// key of the other type) — it may return more candidates than that, never fewer; the
+    /// reconciler checks each. `Ok(None)` (the default): this sweeper cannot list them, and
+    /// the reconciler reads the whole queue to find them.
+    async fn unjudged(
+        &self,
+        _after: Option<String>,
+        _limit: usize,
+    ) -> Result<Option<Vec<QueuedJob>>> {
+        Ok(None)
+    }
+}
+
 /// The plan of an entity's jobs, checked: ids and kinds non-empty, unique, and referring to
 /// the entity they were planned for.
 pub fn plan_entity(
@@ -306,16 +346,26 @@ pub fn plan_queued_batch(
 /// 2. **truth → queue**: page through the entities (keyset by key); for each page, the plans,
 ///    one [`JobQueue::existing`] of the wanted ids, one [`JobQueue::enqueue`] of the missing.
 ///
+/// With an [`OrphanSweeper`] ([`with_orphan_sweeper`](Self::with_orphan_sweeper): the queue
+/// and the entities live in the same database), the orphans are removed set-based first
+/// (counted as `orphaned`, its figures in the detail `orphan_sweep`); then pass 1 runs as
+/// above if obsolete jobs are removed or drifted ones rescheduled (their lookups now find
+/// every entity); otherwise there is no entity lookup at all: the jobs that cannot be judged
+/// are listed by [`OrphanSweeper::unjudged`] (or, if the sweeper cannot list them, found by
+/// reading the queue) and reported.
+///
 /// A queued job without an entity key, or with a key of the wrong type, is an item error
 /// (reported with the job id) and left alone. A plan error is an item error for the entity
 /// (pass 2) and its jobs are left alone. A store error ends the step with that error.
 /// Dry run: both passes read and decide; nothing is removed, moved or enqueued, and the
-/// counters say what would have been.
+/// counters say what would have been (an orphan counted by the sweep is not counted again
+/// by pass 1).
 pub struct QueueDiffReconciler {
     name: String,
     queue: Arc<dyn JobQueue>,
     entities: Arc<dyn EntitySource>,
     plan: Arc<dyn JobPlan>,
+    sweeper: Option<Arc<dyn OrphanSweeper>>,
     settings: DiffSettings,
 }
 
@@ -324,6 +374,7 @@ impl fmt::Debug for QueueDiffReconciler {
         f.debug_struct("QueueDiffReconciler")
             .field("name", &self.name)
             .field("settings", &self.settings)
+            .field("orphan_sweeper", &self.sweeper.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -341,8 +392,18 @@ impl QueueDiffReconciler {
             queue,
             entities,
             plan,
+            sweeper: None,
             settings: DiffSettings::default(),
         }
+    }
+
+    /// Remove orphans with `sweeper` (set-based, in the store) instead of finding them with
+    /// per-page entity lookups. The sweeper must cover the same queue and entities as this
+    /// reconciler's [`JobQueue`] and [`EntitySource`].
+    #[must_use]
+    pub fn with_orphan_sweeper(mut self, sweeper: Arc<dyn OrphanSweeper>) -> Self {
+        self.sweeper = Some(sweeper);
+        self
     }
 
     /// Use `settings`. Errors: a batch size of 0 or above [`MAX_BATCH_SIZE`], a negative
@@ -391,10 +452,60 @@ impl QueueDiffReconciler {
         Ok(())
     }
 
+    /// After a sweep, with obsolete removal and rescheduling off: report the jobs that cannot
+    /// be judged as the sweeper lists them. Returns `None` if it cannot list them.
+    async fn report_unjudged(
+        &self,
+        sweeper: &dyn OrphanSweeper,
+        ctx: &RunContext,
+        report: &mut StepReport,
+    ) -> Result<Option<bool>> {
+        let key_type = self.entities.key_type();
+        let mut after: Option<String> = None;
+        loop {
+            if ctx.deadline_passed() {
+                report.note("stopped at the deadline while listing jobs that cannot be judged");
+                return Ok(Some(false));
+            }
+            let limit = self.settings.batch_size;
+            let Some(jobs) = sweeper.unjudged(after.clone(), limit).await? else {
+                return Ok(None);
+            };
+            let Some(last) = jobs.last().map(|j| j.id.clone()) else {
+                break;
+            };
+            if after.as_ref().is_some_and(|a| a >= &last) {
+                return Err(Error::permanent(
+                    "list jobs that cannot be judged",
+                    format!("the sweeper returned job `{last}` again: keyset pagination is broken"),
+                ));
+            }
+            report.add(BATCHES, 1);
+            for j in &jobs {
+                if let Err(reason) = Key::from_value(&j.entity_key, key_type) {
+                    report.push_error(format!("job {}", j.id), reason);
+                }
+            }
+            after = Some(last);
+            if jobs.len() < limit {
+                break;
+            }
+        }
+        Ok(Some(true))
+    }
+
     /// Pass 1. Returns whether it finished.
     async fn queue_to_truth(&self, ctx: &RunContext, report: &mut StepReport) -> Result<bool> {
         let (now, dry) = (ctx.now(), ctx.is_dry_run());
         let key_type = self.entities.key_type();
+        let swept = self.sweeper.is_some();
+        // after a sweep, entities are looked up only to judge obsolete and drifted jobs
+        let look_up = !swept || self.settings.remove_obsolete || self.settings.reschedule_drifted;
+        if let (Some(sweeper), false) = (&self.sweeper, look_up)
+            && let Some(finished) = self.report_unjudged(sweeper.as_ref(), ctx, report).await?
+        {
+            return Ok(finished);
+        }
         let mut after: Option<String> = None;
         let mut checked = 0_u64;
         loop {
@@ -421,6 +532,20 @@ impl QueueDiffReconciler {
             report.add(JOBS_CHECKED, jobs.len() as u64);
             checked += jobs.len() as u64;
 
+            if !look_up {
+                for j in &jobs {
+                    if let Err(reason) = Key::from_value(&j.entity_key, key_type) {
+                        report.push_error(format!("job {}", j.id), reason);
+                    }
+                }
+                ctx.report_progress(checked, None);
+                after = Some(last);
+                if jobs.len() < self.settings.batch_size {
+                    break;
+                }
+                continue;
+            }
+
             let keys: BTreeSet<Key> = jobs
                 .iter()
                 .filter_map(|j| Key::from_value(&j.entity_key, key_type).ok())
@@ -439,7 +564,10 @@ impl QueueDiffReconciler {
             for (id, reason) in plan.invalid {
                 report.push_error(format!("job {id}"), reason);
             }
-            self.remove(&plan.orphaned, ORPHANED, dry, report).await?;
+            // in a dry run the sweep already counted these orphans (nothing was removed)
+            if !(swept && dry) {
+                self.remove(&plan.orphaned, ORPHANED, dry, report).await?;
+            }
             self.remove(&plan.obsolete, OBSOLETE, dry, report).await?;
             if !plan.reschedule.is_empty() {
                 let want = plan.reschedule.len() as u64;
@@ -548,6 +676,17 @@ impl Reconciler for QueueDiffReconciler {
         let mut report = StepReport::new(self.name.clone());
         for c in [ORPHANED, OBSOLETE, RESCHEDULED, ENQUEUED, BATCHES] {
             report.add(c, 0);
+        }
+        if let Some(sweeper) = &self.sweeper {
+            let swept = sweeper
+                .sweep_orphans(self.settings.batch_size, ctx.is_dry_run())
+                .await?;
+            report.add(ORPHANED, swept.orphaned);
+            report.add(BATCHES, swept.batches);
+            report.detail(
+                "orphan_sweep",
+                serde_json::to_value(swept).unwrap_or(serde_json::Value::Null),
+            );
         }
         let finished = self.queue_to_truth(ctx, &mut report).await?;
         if finished && self.settings.enqueue_missing {

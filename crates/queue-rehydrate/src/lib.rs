@@ -17,8 +17,8 @@ mod orchestration_tests;
 
 pub use diff::{
     BATCHES, BatchPlan, DesiredJob, DiffSettings, ENQUEUED, ENTITIES_CHECKED, EntitySource,
-    JOBS_CHECKED, JobPlan, JobQueue, OBSOLETE, ORPHANED, QueueDiffReconciler, QueuedJob,
-    RESCHEDULED, Reschedule, plan_entity, plan_queued_batch,
+    JOBS_CHECKED, JobPlan, JobQueue, OBSOLETE, ORPHANED, OrphanSweeper, QueueDiffReconciler,
+    QueuedJob, RESCHEDULED, Reschedule, SweepCounts, plan_entity, plan_queued_batch,
 };
 pub use error::{BoxError, Error, Result};
 pub use maintenance::{Maintenance, SetValue, validate_counter_name};
@@ -54,6 +54,7 @@ mod tests {
         Box<dyn JobQueue>,
         Box<dyn EntitySource>,
         Box<dyn JobPlan>,
+        Box<dyn OrphanSweeper>,
         Box<dyn MessageStore>,
         Box<dyn FailedMessageStore>,
         Box<dyn RetrySchedule>,

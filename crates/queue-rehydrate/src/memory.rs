@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     DerivedQueue, DesiredJob, EntitySource, Error, FailedMessageStore, JobQueue, Key, KeyType,
-    Maintenance, Message, MessageStatus, MessageStore, Predicate, QueuedJob, Reschedule, Result,
-    Row, SourceStore, StatusCounts, TableMapping, Value,
+    Maintenance, Message, MessageStatus, MessageStore, OrphanSweeper, Predicate, QueuedJob,
+    Reschedule, Result, Row, SourceStore, StatusCounts, SweepCounts, TableMapping, Value,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -37,6 +37,19 @@ pub fn check_row(table: &TableMapping, row: &Row) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// `key` as a key of a column of type `expected`, or [`Error::TypeMismatch`] naming the
+/// column — what the SQL stores answer when a key of the other type would be bound.
+fn check_key(column: &str, expected: KeyType, key: &Key) -> Result<()> {
+    if key.key_type() == expected {
+        return Ok(());
+    }
+    Err(Error::TypeMismatch {
+        column: column.to_owned(),
+        expected: expected.column_type(),
+        found: format!("the {} key {key}", key.key_type()),
+    })
 }
 
 type Tables = HashMap<String, BTreeMap<Key, Row>>;
@@ -141,6 +154,9 @@ impl SourceStore for MemorySourceStore {
         limit: usize,
     ) -> Result<Vec<Row>> {
         predicate.validate(table)?;
+        if let Some(k) = &after {
+            check_key(table.key_column(), table.key_type(), k)?;
+        }
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(self.with_table(table, |rows| {
             rows.range((lower, Bound::Unbounded))
@@ -283,6 +299,9 @@ impl EntitySource for MemoryEntitySource {
 
     async fn page(&self, after: Option<Key>, limit: usize) -> Result<Vec<Row>> {
         self.pages.fetch_add(1, Ordering::Relaxed);
+        if let Some(k) = &after {
+            check_key(self.table.key_column(), self.table.key_type(), k)?;
+        }
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(self.store.with_table(&self.table, |rows| {
             rows.range((lower, Bound::Unbounded))
@@ -294,6 +313,9 @@ impl EntitySource for MemoryEntitySource {
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Row>> {
         self.lookups.fetch_add(1, Ordering::Relaxed);
+        for k in keys {
+            check_key(self.table.key_column(), self.table.key_type(), k)?;
+        }
         Ok(self.store.with_table(&self.table, |rows| {
             keys.iter().filter_map(|k| rows.get(k).cloned()).collect()
         }))
@@ -434,6 +456,10 @@ impl JobQueue for MemoryJobQueue {
 
     async fn enqueue(&self, new: &[DesiredJob]) -> Result<u64> {
         self.called("enqueue");
+        // the whole batch is refused, as the SQL queue refuses it before its first statement
+        if new.iter().any(|d| d.id.is_empty() || d.kind.is_empty()) {
+            return Err(Error::config("a job needs a non-empty id and kind"));
+        }
         let mut jobs = lock(&self.jobs);
         let mut n = 0;
         for d in new {
@@ -474,16 +500,120 @@ impl JobQueue for MemoryJobQueue {
     }
 }
 
+/// The [`OrphanSweeper`] of a [`MemoryJobQueue`] over a [`MemoryEntitySource`]: removes, under
+/// the queue's lock, the waiting jobs with a key of the entity type whose entity is absent.
+#[derive(Debug)]
+pub struct MemoryOrphanSweeper {
+    queue: Arc<MemoryJobQueue>,
+    entities: Arc<MemoryEntitySource>,
+}
+
+impl MemoryOrphanSweeper {
+    /// Sweep `queue` against `entities`.
+    pub fn new(queue: Arc<MemoryJobQueue>, entities: Arc<MemoryEntitySource>) -> Self {
+        Self { queue, entities }
+    }
+}
+
+#[async_trait]
+impl OrphanSweeper for MemoryOrphanSweeper {
+    async fn sweep_orphans(&self, batch_size: usize, dry_run: bool) -> Result<SweepCounts> {
+        self.queue.called("sweep_orphans");
+        let table = self.entities.table();
+        let existing: std::collections::BTreeSet<Key> = self
+            .entities
+            .store()
+            .rows(table)
+            .into_iter()
+            .map(|r| r.key().clone())
+            .collect();
+        let mut jobs = lock(&self.queue.jobs);
+        let mut out = SweepCounts::default();
+        let mut orphans = Vec::new();
+        for (id, j) in jobs.iter() {
+            if j.state != JobState::Waiting || j.job.entity_key.is_null() {
+                continue;
+            }
+            out.checked += 1;
+            if let Ok(k) = Key::from_value(&j.job.entity_key, table.key_type())
+                && !existing.contains(&k)
+            {
+                orphans.push(id.clone());
+            }
+        }
+        out.batches = out.checked.div_ceil(batch_size.max(1) as u64);
+        out.orphaned = orphans.len() as u64;
+        if !dry_run {
+            for id in orphans {
+                jobs.remove(&id);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn unjudged(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Option<Vec<QueuedJob>>> {
+        self.queue.called("unjudged");
+        let key_type = self.entities.table().key_type();
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(Some(
+            lock(&self.queue.jobs)
+                .range::<String, _>((lower, Bound::Unbounded))
+                .map(|(_, j)| j)
+                .filter(|j| j.state == JobState::Waiting)
+                .filter(|j| Key::from_value(&j.job.entity_key, key_type).is_err())
+                .take(limit)
+                .map(|j| j.job.clone())
+                .collect(),
+        ))
+    }
+}
+
 /// A message queue in memory: [`MessageStore`] and [`FailedMessageStore`].
-#[derive(Debug, Default)]
+///
+/// Message ids are integers unless [`with_key_type`](Self::with_key_type) says otherwise (as
+/// `store_sqlx::MessageTable`'s default `id` column); an operator operation given an id of
+/// the other type is [`Error::TypeMismatch`] and changes nothing.
+#[derive(Debug)]
 pub struct MemoryMessageStore {
     messages: Mutex<BTreeMap<Key, Message>>,
+    key_type: KeyType,
+}
+
+impl Default for MemoryMessageStore {
+    fn default() -> Self {
+        Self {
+            messages: Mutex::default(),
+            key_type: KeyType::Integer,
+        }
+    }
 }
 
 impl MemoryMessageStore {
-    /// No messages.
+    /// No messages; integer ids.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// No messages; ids of type `key_type`.
+    pub fn with_key_type(key_type: KeyType) -> Self {
+        Self {
+            key_type,
+            ..Self::default()
+        }
+    }
+
+    /// The type of message ids.
+    pub fn key_type(&self) -> KeyType {
+        self.key_type
+    }
+
+    fn check_ids<'a>(&self, ids: impl IntoIterator<Item = &'a Key>) -> Result<()> {
+        ids.into_iter()
+            .try_for_each(|k| check_key("id", self.key_type, k))
     }
 
     /// Add or replace messages.
@@ -610,6 +740,7 @@ impl MessageStore for MemoryMessageStore {
 #[async_trait]
 impl FailedMessageStore for MemoryMessageStore {
     async fn list_failed(&self, after: Option<Key>, limit: usize) -> Result<Vec<Message>> {
+        self.check_ids(&after)?;
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(lock(&self.messages)
             .range((lower, Bound::Unbounded))
@@ -621,6 +752,7 @@ impl FailedMessageStore for MemoryMessageStore {
     }
 
     async fn retry_failed(&self, ids: &[Key], _now: DateTime<Utc>) -> Result<u64> {
+        self.check_ids(ids)?;
         Ok(self.update_failed(ids, |m| {
             m.status = MessageStatus::Pending;
             m.attempts = 0;
@@ -631,6 +763,7 @@ impl FailedMessageStore for MemoryMessageStore {
     }
 
     async fn delete_failed(&self, ids: &[Key]) -> Result<u64> {
+        self.check_ids(ids)?;
         let mut map = lock(&self.messages);
         let mut n = 0;
         for id in ids {
@@ -646,6 +779,7 @@ impl FailedMessageStore for MemoryMessageStore {
     }
 
     async fn archive_failed(&self, ids: &[Key], _now: DateTime<Utc>) -> Result<u64> {
+        self.check_ids(ids)?;
         Ok(self.update_failed(ids, |m| m.status = MessageStatus::Archived))
     }
 }

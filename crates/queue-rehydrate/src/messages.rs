@@ -188,6 +188,9 @@ pub enum HealthLevel {
 }
 
 impl HealthLevel {
+    /// Every level, best first.
+    pub const ALL: [Self; 4] = [Self::Healthy, Self::Degraded, Self::Warning, Self::Critical];
+
     /// Lower-case name, as in seed 004's `overall`.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -236,6 +239,35 @@ impl Thresholds {
         }
     }
 
+    /// Check that the thresholds that are set rise: `degraded ≤ warning ≤ critical` (a
+    /// threshold of 0 would make an empty queue unhealthy, so each is at least 1). `figure`
+    /// names them in the error.
+    pub fn validate(&self, figure: &str) -> Result<()> {
+        let set = [
+            ("degraded", self.degraded),
+            ("warning", self.warning),
+            ("critical", self.critical),
+        ];
+        let mut below: Option<(&str, u64)> = None;
+        for (name, t) in set {
+            let Some(t) = t else { continue };
+            if t == 0 {
+                return Err(Error::config(format!(
+                    "the {figure} {name} threshold is 0: an empty queue would be {name}"
+                )));
+            }
+            if let Some((lower, l)) = below
+                && t < l
+            {
+                return Err(Error::config(format!(
+                    "the {figure} thresholds must rise: {name} {t} is below {lower} {l}"
+                )));
+            }
+            below = Some((name, t));
+        }
+        Ok(())
+    }
+
     /// The level of `value`.
     pub fn level(&self, value: u64) -> HealthLevel {
         let at = |t: Option<u64>| t.is_some_and(|t| value >= t);
@@ -268,6 +300,15 @@ pub struct HealthThresholds {
     pub processing: Thresholds,
     /// Failed messages waiting for an operator.
     pub failed: Thresholds,
+}
+
+impl HealthThresholds {
+    /// Check each figure's thresholds ([`Thresholds::validate`]).
+    pub fn validate(&self) -> Result<()> {
+        self.pending.validate("pending")?;
+        self.processing.validate("processing")?;
+        self.failed.validate("failed")
+    }
 }
 
 impl Default for HealthThresholds {
@@ -531,7 +572,8 @@ impl MessageRecovery {
     }
 
     /// Use `settings`. Errors: a batch size of 0 or above [`MAX_BATCH_SIZE`], a negative
-    /// `stuck_after`, an archive age above 36,600 days.
+    /// `stuck_after`, an archive age above 36,600 days, health thresholds that do not rise
+    /// ([`HealthThresholds::validate`]).
     pub fn with_settings(mut self, settings: RecoverySettings) -> Result<Self> {
         if settings.batch_size == 0 || settings.batch_size > MAX_BATCH_SIZE {
             return Err(Error::config(format!(
@@ -545,6 +587,7 @@ impl MessageRecovery {
         if settings.archive_after_days.is_some_and(|d| d > 36_600) {
             return Err(Error::config("archive_after_days is above 36,600"));
         }
+        settings.thresholds.validate()?;
         self.settings = settings;
         Ok(self)
     }
@@ -834,6 +877,131 @@ mod tests {
         let json = serde_json::to_value(QueueHealth::assess(seed, &t)).unwrap();
         assert_eq!(json["overall"], "healthy");
         assert_eq!(json["pending"], 5);
+    }
+
+    /// The documented defaults, figure by figure.
+    #[test]
+    fn default_thresholds_are_the_documented_ones() {
+        let t = HealthThresholds::default();
+        assert_eq!(t.pending, Thresholds::new(100, 500, 1000));
+        assert_eq!(t.processing, Thresholds::off());
+        assert_eq!(t.failed, Thresholds::new(10, 50, 100));
+        t.validate().unwrap();
+        assert_eq!(RecoverySettings::default().thresholds, t);
+    }
+
+    /// Each figure, each level: one below the threshold keeps the level under it, the
+    /// threshold itself and one above reach it; the other figures stay at 0. Defaults and a
+    /// configured set (processing included), so nothing depends on the default numbers.
+    #[test]
+    fn every_threshold_boundary_of_every_figure() {
+        use HealthLevel::*;
+        let configured = HealthThresholds {
+            pending: Thresholds::new(3, 7, 20),
+            processing: Thresholds::new(1, 2, 5),
+            failed: Thresholds::new(4, 6, 8),
+        };
+        for thresholds in [HealthThresholds::default(), configured] {
+            type Slot = fn(&mut StatusCounts) -> &mut u64;
+            let figures: [(&str, Thresholds, Slot); 3] = [
+                ("pending", thresholds.pending, |c| &mut c.pending),
+                ("processing", thresholds.processing, |c| &mut c.processing),
+                ("failed", thresholds.failed, |c| &mut c.failed),
+            ];
+            for (figure, t, slot) in figures {
+                let overall = |v: u64| {
+                    let mut c = StatusCounts {
+                        sent: 1_000_000,
+                        archived: 1_000_000,
+                        ..StatusCounts::default()
+                    };
+                    *slot(&mut c) = v;
+                    QueueHealth::assess(c, &thresholds).overall
+                };
+                assert_eq!(overall(0), Healthy, "{figure} 0");
+                // (threshold, the level just below it, its level, the next threshold)
+                let levels = [
+                    (t.degraded, Healthy, Degraded, t.warning),
+                    (t.warning, Degraded, Warning, t.critical),
+                    (t.critical, Warning, Critical, None),
+                ];
+                for (at, below, level, next) in levels {
+                    let Some(at) = at else {
+                        // a level that is off: even the largest value does not reach it
+                        assert!(overall(u64::MAX) < level, "{figure}: {level} is off");
+                        continue;
+                    };
+                    assert_eq!(overall(at - 1), below, "{figure} {} (just below)", at - 1);
+                    assert_eq!(overall(at), level, "{figure} {at} (at the threshold)");
+                    // one above stays at this level, unless it is the next threshold
+                    let above = if next == Some(at + 1) {
+                        HealthLevel::ALL[level as usize + 1]
+                    } else {
+                        level
+                    };
+                    assert_eq!(overall(at + 1), above, "{figure} {} (just above)", at + 1);
+                }
+                if t.critical.is_some() {
+                    assert_eq!(overall(u64::MAX), Critical, "{figure} max");
+                }
+            }
+        }
+        // the overall level is the worst of the figures
+        let t = configured_for_worst();
+        let c = StatusCounts {
+            pending: 3,    // degraded
+            processing: 2, // warning
+            failed: 0,
+            ..StatusCounts::default()
+        };
+        assert_eq!(QueueHealth::assess(c, &t).overall, Warning);
+        let c = StatusCounts { failed: 8, ..c }; // critical
+        assert_eq!(QueueHealth::assess(c, &t).overall, Critical);
+    }
+
+    fn configured_for_worst() -> HealthThresholds {
+        HealthThresholds {
+            pending: Thresholds::new(3, 7, 20),
+            processing: Thresholds::new(1, 2, 5),
+            failed: Thresholds::new(4, 6, 8),
+        }
+    }
+
+    /// Thresholds are checked where they are configured: they must rise and be at least 1;
+    /// equal thresholds skip a level; a level may be off.
+    #[test]
+    fn thresholds_are_checked() {
+        let with = |failed| {
+            MessageRecovery::new("m", Arc::new(crate::memory::MemoryMessageStore::new()))
+                .with_settings(RecoverySettings::new().thresholds(HealthThresholds {
+                    failed,
+                    ..HealthThresholds::default()
+                }))
+        };
+        let e = with(Thresholds::new(50, 10, 100)).unwrap_err().to_string();
+        assert!(
+            e.contains("the failed thresholds must rise: warning 10 is below degraded 50"),
+            "{e}"
+        );
+        let e = with(Thresholds::new(1, 60, 50)).unwrap_err().to_string();
+        assert!(e.contains("critical 50 is below warning 60"), "{e}");
+        let e = with(Thresholds::new(0, 1, 2)).unwrap_err().to_string();
+        assert!(e.contains("the failed degraded threshold is 0"), "{e}");
+        let no_warning = Thresholds {
+            warning: None,
+            ..Thresholds::new(10, 0, 5)
+        };
+        let e = with(no_warning).unwrap_err().to_string();
+        assert!(e.contains("critical 5 is below degraded 10"), "{e}");
+        with(Thresholds::new(5, 5, 5)).unwrap();
+        assert_eq!(Thresholds::new(5, 5, 5).level(4), HealthLevel::Healthy);
+        assert_eq!(Thresholds::new(5, 5, 5).level(5), HealthLevel::Critical);
+        with(Thresholds {
+            degraded: None,
+            ..Thresholds::new(0, 10, 20)
+        })
+        .unwrap();
+        with(Thresholds::off()).unwrap();
     }
 }
 

@@ -12,12 +12,12 @@ use crate::conformance::{
     clear_expired_cooldowns, follow_up_eligibility, pending_orders, pin_plan, reservation,
     user_session_rows, user_sessions,
 };
-use crate::diff::{MockEntitySource, MockJobQueue};
+use crate::diff::{MockEntitySource, MockJobQueue, MockOrphanSweeper};
 use crate::messages::MockMessageStore;
 use crate::rebuild::{MockDerivedQueue, MockSourceStore};
 use crate::{
     DiffSettings, Error, JobPlan, KeyType, MessageRecovery, Predicate, QueueDiffReconciler,
-    QueuedJob, RecoverySettings, RehydrateReconciler, StatusCounts,
+    QueuedJob, RecoverySettings, RehydrateReconciler, StatusCounts, SweepCounts,
 };
 
 fn now() -> DateTime<Utc> {
@@ -322,6 +322,179 @@ async fn one_lookup_per_page_with_distinct_keys_and_a_dry_run_writes_nothing() {
 }
 
 // ----- message recovery ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_sweep_error_stops_the_diff_before_anything_else() {
+    let mut sweeper = MockOrphanSweeper::new();
+    sweeper
+        .expect_sweep_orphans()
+        .with(eq(7), eq(false))
+        .times(1)
+        .returning(|_, _| Err(outage()));
+    // no queue or entity call expected
+    let err = diff(MockJobQueue::new(), MockEntitySource::new(), 7)
+        .with_orphan_sweeper(Arc::new(sweeper))
+        .reconcile(&RunContext::new(now()))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient());
+}
+
+fn sweep_only(
+    queue: MockJobQueue,
+    entities: MockEntitySource,
+    sweeper: MockOrphanSweeper,
+) -> QueueDiffReconciler {
+    let plan: Arc<dyn JobPlan> = Arc::new(pin_plan);
+    QueueDiffReconciler::new("pin-jobs", Arc::new(queue), Arc::new(entities), plan)
+        .with_settings(
+            DiffSettings::new()
+                .batch_size(2)
+                .remove_obsolete(false)
+                .reschedule_drifted(false),
+        )
+        .unwrap()
+        .with_orphan_sweeper(Arc::new(sweeper))
+}
+
+#[tokio::test]
+async fn after_a_sweep_the_sweeper_lists_the_unjudged_jobs_and_the_queue_is_not_read() {
+    let mut sweeper = MockOrphanSweeper::new();
+    let mut seq = Sequence::new();
+    sweeper
+        .expect_sweep_orphans()
+        .with(eq(2), eq(false))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| {
+            Ok(SweepCounts {
+                checked: 9,
+                orphaned: 3,
+                batches: 5,
+            })
+        });
+    let mut keyless = job_of(2, 0);
+    keyless.entity_key = crate::Value::Null;
+    let mut wrong = job_of(5, 0);
+    wrong.entity_key = crate::Value::Int(5);
+    // a full page (a candidate that turns out fine is not reported), then a short one
+    let first = vec![keyless, job_of(4, 0)];
+    sweeper
+        .expect_unjudged()
+        .with(eq(None), eq(2))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |_, _| Ok(Some(first.clone())));
+    sweeper
+        .expect_unjudged()
+        .with(eq(Some("gen-res-004".to_owned())), eq(2))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |_, _| Ok(Some(vec![wrong.clone()])));
+    // no queue page, no get_many, no remove; pass 2 pages the (empty) entities
+    let mut entities = MockEntitySource::new();
+    entities.expect_key_type().return_const(KeyType::Text);
+    entities.expect_page().times(1).returning(|_, _| Ok(vec![]));
+    let report = sweep_only(MockJobQueue::new(), entities, sweeper)
+        .reconcile(&RunContext::new(now()))
+        .await
+        .unwrap();
+    assert_eq!(report.get("orphaned"), Some(3), "{report:?}");
+    assert_eq!(report.get("batches"), Some(5 + 2), "{report:?}");
+    let keys: Vec<&str> = report
+        .item_errors()
+        .iter()
+        .map(|e| e.key.as_str())
+        .collect();
+    assert_eq!(keys, ["job gen-res-002", "job gen-res-005"], "{report:?}");
+}
+
+#[tokio::test]
+async fn a_sweeper_repeating_an_unjudged_page_is_an_error() {
+    let mut sweeper = MockOrphanSweeper::new();
+    sweeper
+        .expect_sweep_orphans()
+        .returning(|_, _| Ok(SweepCounts::default()));
+    let mut keyless = job_of(2, 0);
+    keyless.entity_key = crate::Value::Null;
+    sweeper
+        .expect_unjudged()
+        .times(2)
+        .returning(move |_, _| Ok(Some(vec![keyless.clone(), keyless.clone()])));
+    let mut entities = MockEntitySource::new();
+    entities.expect_key_type().return_const(KeyType::Text);
+    let err = sweep_only(MockJobQueue::new(), entities, sweeper)
+        .reconcile(&RunContext::new(now()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("keyset pagination is broken"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn after_a_sweep_without_obsolete_or_drift_the_queue_is_read_but_no_entity_looked_up() {
+    let mut sweeper = MockOrphanSweeper::new();
+    sweeper
+        .expect_sweep_orphans()
+        .with(eq(2), eq(true))
+        .times(1)
+        .returning(|_, _| {
+            Ok(SweepCounts {
+                checked: 2,
+                orphaned: 1,
+                batches: 1,
+            })
+        });
+    // this sweeper cannot list the jobs it skips: the reconciler reads the queue instead
+    sweeper
+        .expect_unjudged()
+        .times(1)
+        .returning(|_, _| Ok(None));
+    let mut queue = MockJobQueue::new();
+    let mut seq = Sequence::new();
+    let mut keyless = job_of(2, 0);
+    keyless.entity_key = crate::Value::Null;
+    // the queue is read page by page (to find the keyless job); no entity is looked up, so
+    // nothing is judged orphaned a second time after the dry-run sweep
+    let page = [job_of(1, 0), keyless];
+    queue
+        .expect_page()
+        .with(eq(None), eq(2))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |_, _| Ok(page.to_vec()));
+    queue
+        .expect_page()
+        .with(eq(Some("gen-res-002".to_owned())), eq(2))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| Ok(vec![job_of(3, 0)]));
+    let mut entities = MockEntitySource::new();
+    entities.expect_key_type().return_const(KeyType::Text);
+    // no get_many, no remove; pass 2 pages the (empty) entities
+    entities.expect_page().times(1).returning(|_, _| Ok(vec![]));
+    let plan: Arc<dyn JobPlan> = Arc::new(pin_plan);
+    let step = QueueDiffReconciler::new("pin-jobs", Arc::new(queue), Arc::new(entities), plan)
+        .with_settings(
+            DiffSettings::new()
+                .batch_size(2)
+                .remove_obsolete(false)
+                .reschedule_drifted(false),
+        )
+        .unwrap()
+        .with_orphan_sweeper(Arc::new(sweeper));
+    let report = step
+        .reconcile(&RunContext::new(now()).with_dry_run(true))
+        .await
+        .unwrap();
+    assert_eq!(report.get("orphaned"), Some(1), "{report:?}");
+    assert_eq!(report.get("jobs_checked"), Some(3), "{report:?}");
+    assert_eq!(report.item_error_count(), 1, "{:?}", report.item_errors());
+    assert_eq!(report.item_errors()[0].key, "job gen-res-002");
+    assert_eq!(report.details()["orphan_sweep"]["orphaned"], 1);
+}
 
 #[tokio::test]
 async fn a_release_error_stops_recovery() {

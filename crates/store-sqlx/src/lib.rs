@@ -26,7 +26,7 @@ pub use lock::{LockMode, SqlRunLock};
 pub use metrics::{HEALTHY, Metrics};
 pub use rehydrate::{
     JobState, MessageTable, MessageTableBuilder, OrphanSweep, QUEUED_JOBS_TABLE, SqlEntitySource,
-    SqlJobQueue, SqlMessageStore, SqlSourceStore,
+    SqlJobQueue, SqlMessageStore, SqlOrphanSweeper, SqlSourceStore,
 };
 pub use run_log::SqlRunLog;
 pub use watermark::SqlWatermarkStore;

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use async_trait::async_trait;
 use chrono::Utc;
 use queue_rehydrate::{
-    DesiredJob, JobQueue, Key, KeyType, QueuedJob, Reschedule, Result as QResult, TableMapping,
+    DesiredJob, JobQueue, Key, KeyType, OrphanSweeper, QueuedJob, Reschedule, Result as QResult,
+    SweepCounts, TableMapping,
 };
 
 use super::{Mapped, QError, count_of, limit_value, mysql_bytes, store_err};
@@ -72,6 +73,112 @@ pub struct OrphanSweep {
     pub orphaned: u64,
     /// Batches (transactions).
     pub batches: u64,
+}
+
+/// [`OrphanSweeper`] of a [`SqlJobQueue`] over a host entity table in the same database
+/// ([`SqlJobQueue::orphan_sweeper`]): [`SqlJobQueue::sweep_orphans`] behind the trait, so a
+/// [`QueueDiffReconciler`](queue_rehydrate::QueueDiffReconciler) removes orphans set-based.
+#[derive(Clone, Debug)]
+pub struct SqlOrphanSweeper {
+    queue: SqlJobQueue,
+    entities: TableMapping,
+}
+
+#[async_trait]
+impl OrphanSweeper for SqlOrphanSweeper {
+    async fn sweep_orphans(&self, batch_size: usize, dry_run: bool) -> QResult<SweepCounts> {
+        let s = self
+            .queue
+            .sweep_orphans(&self.entities, batch_size, dry_run)
+            .await
+            .map_err(store_err(format!(
+                "sweep orphans of queue {} against {}",
+                self.queue.queue,
+                self.entities.qualified_name()
+            )))?;
+        Ok(SweepCounts {
+            checked: s.checked,
+            orphaned: s.orphaned,
+            batches: s.batches,
+        })
+    }
+
+    /// One statement: the waiting jobs after `after` whose key is NULL or empty, whose key
+    /// type is not the entity table's, or (integer keys) whose key is not an integer as the
+    /// sweep reads it — the jobs the sweep skips — in id order.
+    async fn unjudged(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> QResult<Option<Vec<QueuedJob>>> {
+        let q = &self.queue;
+        if limit == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let d = q.db.dialect();
+        let m = Mapped::new(
+            d,
+            &self.entities,
+            TimestampFormat::default(),
+            &Default::default(),
+        )
+        .map_err(QError::from)?;
+        let key = q.c("entity_key");
+        let kt = q.c("entity_key_type");
+        let id = q.c("id");
+        // the sweep's own test of a well-formed integer key, negated
+        let (guard, _) = q.key_match(&m, "e", key);
+        let not_integer = guard
+            .strip_prefix(" AND ")
+            .map(|g| format!(" OR NOT ({g})"))
+            .unwrap_or_default();
+        let mut b = Binds::new(d);
+        let queue = b.push(q.queue_value());
+        let st = b.push(SqlJobQueue::state_value(JobState::Waiting));
+        let after_sql = match after {
+            Some(a) => format!(" AND {id} > {}", b.push(Value::Text(Some(a)))),
+            None => String::new(),
+        };
+        let ty = b.push(Value::Text(Some(
+            match m.key_type {
+                KeyType::Integer => "integer",
+                KeyType::Text => "text",
+            }
+            .into(),
+        )));
+        let lim = b.push(limit_value(limit));
+        let sql = format!(
+            "SELECT {id}, {kind}, {key}, {kt}, {run} FROM {t} WHERE {qc} = {queue} AND {s} = {st}\
+             {after_sql} AND ({key} IS NULL OR length({key}) = 0 OR {kt} IS NULL OR {kt} <> {ty}\
+             {not_integer}) ORDER BY {id} LIMIT {lim}",
+            kind = q.c("kind"),
+            run = q.c("run_at"),
+            t = q.table,
+            qc = q.c("queue"),
+            s = q.c("state"),
+        );
+        let rows =
+            q.db.fetch(
+                &sql,
+                &b.values,
+                &[
+                    Kind::Text,
+                    Kind::Text,
+                    Kind::Text,
+                    Kind::Text,
+                    Kind::Ts(TimestampFormat::Rfc3339),
+                ],
+            )
+            .await
+            .map_err(store_err(format!(
+                "list jobs of queue {} that cannot be judged",
+                q.queue
+            )))?;
+        rows.into_iter()
+            .map(|r| q.decode(r).map_err(QError::from))
+            .collect::<QResult<Vec<_>>>()
+            .map(Some)
+    }
 }
 
 /// [`JobQueue`] on recon's own table `recon_queued_jobs` (migration `0002_queue`), one named
@@ -152,6 +259,24 @@ impl SqlJobQueue {
     /// The queue's name.
     pub fn name(&self) -> &str {
         &self.queue
+    }
+
+    /// The [`OrphanSweeper`] of this queue over `entities`, a host table in the same
+    /// database (the table and its key column are checked here; their existence by
+    /// [`SqlEntitySource::verify`](crate::SqlEntitySource::verify)). Give it to
+    /// [`QueueDiffReconciler::with_orphan_sweeper`](queue_rehydrate::QueueDiffReconciler::with_orphan_sweeper)
+    /// together with this queue and `db.source_store().entities(entities)`.
+    pub fn orphan_sweeper(&self, entities: TableMapping) -> Result<SqlOrphanSweeper> {
+        Mapped::new(
+            self.db.dialect(),
+            &entities,
+            TimestampFormat::default(),
+            &Default::default(),
+        )?;
+        Ok(SqlOrphanSweeper {
+            queue: self.clone(),
+            entities,
+        })
     }
 
     /// Check that `recon_queued_jobs` exists with its columns (run [`Db::migrate`] first).

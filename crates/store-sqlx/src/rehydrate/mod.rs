@@ -23,7 +23,7 @@ use crate::sql::Binds;
 use crate::value::{Kind, Value};
 use crate::{Db, Dialect, Error, Ident, TableName, TimestampFormat};
 
-pub use jobs::{JobState, OrphanSweep, QUEUED_JOBS_TABLE, SqlJobQueue};
+pub use jobs::{JobState, OrphanSweep, QUEUED_JOBS_TABLE, SqlJobQueue, SqlOrphanSweeper};
 pub use messages::{MessageTable, MessageTableBuilder, SqlMessageStore};
 pub use source::{SqlEntitySource, SqlSourceStore};
 
