@@ -860,3 +860,48 @@ fn settings_are_validated() {
     assert!(mk(SyncSettings::new("stays-sync").watermark("")).is_err());
     assert!(mk(SyncSettings::new("stays-sync").namespace("")).is_err());
 }
+
+#[tokio::test]
+async fn a_row_stamped_by_a_run_that_started_later_is_not_deleted() {
+    let w = World::new();
+    let entry = |key: &str| crate::classify::FingerprintEntry {
+        key: key.into(),
+        fingerprint: rec(key, at(0), "G", "confirmed").fingerprint,
+        group: Some("acc-1".into()),
+    };
+    let stamp = |run: &str, at: DateTime<Utc>, key: &str| RecordBatch {
+        run: run.into(),
+        at,
+        upserts: vec![entry(key)],
+        seen: vec![],
+    };
+    // stay-0 was last seen by an earlier run and has vanished since; stay-2 was created by a
+    // concurrent run that started a minute after this one (this run's snapshot predates it).
+    w.fps
+        .record("stays-sync", &stamp("earlier", at(-60), "stay-0"))
+        .await
+        .unwrap();
+    w.fps
+        .record("stays-sync", &stamp("later", at(1), "stay-2"))
+        .await
+        .unwrap();
+    w.upstream
+        .set(vec![rec("stay-1", at(-10), "A", "confirmed")]);
+    let r = w
+        .sync_with(SyncSettings::new("stays-sync").cleanup(CleanupScope::Full, false))
+        .reconcile(&RunContext::new(now()))
+        .await
+        .unwrap();
+    assert_eq!(r.count(counters::DELETED), 1);
+    assert_eq!(*w.local.deleted.lock().unwrap(), ["stay-0"]);
+    assert_eq!(
+        w.fps
+            .lookup("stays-sync", &["stay-0".into(), "stay-2".into()])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.key)
+            .collect::<Vec<_>>(),
+        ["stay-2"]
+    );
+}
