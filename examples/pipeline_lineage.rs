@@ -184,13 +184,13 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         let embedding =
             StageRecovery::new(pipeline.clone(), Arc::new(next_run)).with_fallbacks(["nomic"])?;
         let load = StageRecovery::new(pipeline.clone(), Arc::new(presets::vector_store_load()));
-        // Not `with_lineage`: it would record a record that failed again as `failed` *at the
-        // stage it failed to reach*, which gap analysis counts as having reached it (a failed
-        // load would count as loaded). `Pipeline` reports the stages recovered records reached.
+        // With the lineage: a recovered record reached its stage; one that failed again stays
+        // `failed` at the stage before (gap analysis never counts it as having reached it).
         RecoveryReconciler::new(PIPELINE, stages.clone(), failures.clone())?
             .stage("pii_removed", pii)?
             .stage("embedding_generated", embedding)?
             .stage("loaded", load)?
+            .with_lineage(tracker.store().clone())
             .with_settings(RecoverySettings::new().inline_retry_limit(Duration::ZERO))
     };
     let audit = AuditReconciler::new(
@@ -212,7 +212,6 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         .build()?;
     let mut reports = vec![reconciliation.run().await];
     let mut statuses = vec![reconciliation.status().map(|s| s.to_json())];
-    pipeline.report_progress(&tracker).await?;
 
     // 2. Later retries of this reconciliation, each at the earliest stored next_attempt_at.
     let retries = Runner::builder("pipeline-recovery")
@@ -228,7 +227,6 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         clock.set(next);
         reports.push(retries.run().await);
         statuses.push(retries.status().map(|s| s.to_json()));
-        pipeline.report_progress(&tracker).await?;
     }
 
     let source = demo::source_count(&db).await?;
@@ -303,24 +301,14 @@ struct Call {
     ok: bool,
 }
 
-/// The pipeline's stage code as recovery replays it. A successful replay means the record
-/// reached the stage; that progress is reported to the lineage in one batch after each run.
+/// The pipeline's stage code as recovery replays it (the recovery step records in the lineage
+/// which stage a replayed record reached).
 #[derive(Default)]
 struct Pipeline {
-    progress: Mutex<Vec<LineageUpdate>>,
     calls: Mutex<Vec<Call>>,
 }
 
 impl Pipeline {
-    async fn report_progress(&self, tracker: &LineageTracker) -> lineage_checksum::Result<()> {
-        let updates =
-            std::mem::take(&mut *self.progress.lock().unwrap_or_else(PoisonError::into_inner));
-        for chunk in updates.chunks(lineage_checksum::limits::MAX_BATCH) {
-            tracker.record(chunk).await?;
-        }
-        Ok(())
-    }
-
     /// (stage, provider) → (calls, successes) of the run at `at`.
     fn calls_at(&self, at: DateTime<Utc>) -> BTreeMap<(usize, String), (u64, u64)> {
         let mut out = BTreeMap::new();
@@ -358,17 +346,6 @@ impl StageHandler for Pipeline {
                 provider,
                 ok: result.is_ok(),
             });
-        if result.is_ok() {
-            let status = if r.stage == STAGES[STAGES.len() - 1] {
-                LineageStatus::Completed
-            } else {
-                LineageStatus::InProgress
-            };
-            self.progress
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(LineageUpdate::new(&r.key, &r.stage, status, ctx.now()).as_retry());
-        }
         result
     }
 }

@@ -13,12 +13,13 @@ use lineage_checksum::memory::{
 use lineage_checksum::recovery::{counters as rc, retention_counters};
 use lineage_checksum::sync::counters as sc;
 use lineage_checksum::{
-    AuditReconciler, AuditSummary, Change, ChangeKind, Classifier, DelaySchedule, Error,
-    ErrorClass, FailedRecordStore, FailureState, FetchRequest, FingerprintStore, Incoming,
+    AuditReconciler, AuditSummary, Change, ChangeKind, Classifier, CleanupScope, DelaySchedule,
+    Error, ErrorClass, FailedRecordStore, FailureState, FetchRequest, FingerprintStore, Incoming,
     ItemResult, LineageStatus, LineageStore, LineageTracker, LineageUpdate, ListQuery, NewFailure,
     QualityRules, RecoveryReconciler, RecoverySettings, Replay, ReplayError, RetentionReconciler,
-    RetentionSettings, Schema, SourceCount, StageHandler, StageRecovery, Stages, SyncReconciler,
-    SyncSettings, SyncTarget, UpstreamPage, UpstreamRecord, UpstreamRetry, UpstreamSource,
+    RetentionSettings, Schema, SnapshotRequest, SourceCount, StageHandler, StageRecovery, Stages,
+    SyncReconciler, SyncSettings, SyncTarget, UpstreamPage, UpstreamRecord, UpstreamRetry,
+    UpstreamSource,
 };
 use recon_core::{
     ManualClock, MemoryRunLog, MemoryWatermarkStore, Reconciler, RunContext, RunLog, RunStatus,
@@ -368,9 +369,11 @@ impl SourceCount for Source {
     }
 }
 
-/// 10,000 cases at the source, 9,950 tracked: 10 stuck after extraction, 20 failed at PII
-/// removal, 15 failed and 5 in progress at embedding, 9,900 loaded. Task on 72 % of the
-/// records, WorkOrder on 65 %, Comments on 81 %; 3 % under 30 populated fields.
+/// 10,000 cases at the source, 9,950 tracked: 10 stuck after extraction, 20 that passed PII
+/// removal and failed the embedding (lineage: `failed` at `pii_removed`, the stage they could
+/// not get past), 15 embedded that failed the load and 5 in progress after embedding, 9,900
+/// loaded. Task on 72 % of the records, WorkOrder on 65 %, Comments on 81 %; 3 % under 30
+/// populated fields.
 async fn scenario_c_pipeline(
     b: &Backend<'_>,
 ) -> (Arc<dyn LineageStore>, Arc<dyn FailedRecordStore>) {
@@ -409,9 +412,9 @@ async fn scenario_c_pipeline(
         at: c_now() - chrono::Duration::hours(2),
     };
     let mut batch: Vec<NewFailure> = (10..30)
-        .map(|i| fail(i, "pii_removed", "PIIRemovalTimeout"))
+        .map(|i| fail(i, "embedding_generated", "EmbeddingAPITimeout"))
         .collect();
-    batch.extend((30..45).map(|i| fail(i, "embedding_generated", "EmbeddingAPITimeout")));
+    batch.extend((30..45).map(|i| fail(i, "loaded", "WeaviateTimeout")));
     log.record("cases", &batch).await.unwrap();
     (lin, log)
 }
@@ -453,7 +456,7 @@ async fn scenario_c_gap_table_and_audit(b: &Backend<'_>) {
         .collect();
     assert_eq!(
         failures,
-        [("EmbeddingAPITimeout", 15), ("PIIRemovalTimeout", 20)]
+        [("EmbeddingAPITimeout", 20), ("WeaviateTimeout", 15)]
     );
     // i % 100 < 72 over 0..9,950: 99 full hundreds × 72 + 50 = 7,178.
     let coverage: Vec<(&str, u64, bool)> = s
@@ -667,15 +670,30 @@ async fn scenario_c_recovery_with_seed_policies(b: &Backend<'_>) {
         .get("cases", &["flaky-1".into(), "fb-1".into(), "pii-1".into()])
         .await
         .unwrap();
-    let st: Vec<(&str, LineageStatus)> = l.iter().map(|r| (r.key.as_str(), r.status)).collect();
+    let mut st: Vec<(&str, &str, LineageStatus)> = l
+        .iter()
+        .map(|r| (r.key.as_str(), r.stage.as_str(), r.status))
+        .collect();
+    st.sort();
     assert_eq!(
         st,
         [
-            ("fb-1", LineageStatus::InProgress),
-            ("flaky-1", LineageStatus::Completed),
-            ("pii-1", LineageStatus::Failed)
-        ]
+            ("fb-1", "embedding_generated", LineageStatus::InProgress),
+            ("flaky-1", "loaded", LineageStatus::Completed),
+            ("pii-1", "extracted", LineageStatus::Failed)
+        ],
+        "{}: pii-1 failed PII removal again: failed at the stage before it",
+        b.name()
     );
+    // Gap analysis over those five: bad-1 failed the load (permanently) and pii-1 failed PII
+    // removal; neither counts as having reached the stage it failed.
+    let g = LineageTracker::new(lin.clone(), "cases", stages())
+        .unwrap()
+        .gaps(5)
+        .await
+        .unwrap();
+    let reached: Vec<u64> = g.stages.iter().map(|s| s.reached).collect();
+    assert_eq!(reached, [5, 4, 4, 1], "{}", b.name());
     // Nothing left to do.
     let r5 = rec.reconcile(&RunContext::new(secs(3600))).await.unwrap();
     assert_eq!(r5.count(rc::DUE), 0);
@@ -982,25 +1000,32 @@ fn reservation(
 
 /// The Stays API: a change feed filtered by `since` (inclusive), paged by offset tokens, that
 /// fails the next `outage` fetches.
+/// It also lists full snapshots (same paging), and can go down from a page offset on.
 #[derive(Default)]
 struct Upstream {
     records: Mutex<Vec<UpstreamRecord<Reservation>>>,
     outage: Mutex<u32>,
+    down_from_offset: Mutex<Option<usize>>,
     requests: Mutex<Vec<FetchRequest>>,
 }
 
-#[async_trait]
-impl UpstreamSource<Reservation> for Upstream {
-    async fn fetch(
+impl Upstream {
+    fn page(
         &self,
-        _: &RunContext,
-        req: &FetchRequest,
+        since: Option<DateTime<Utc>>,
+        token: Option<&str>,
+        limit: usize,
     ) -> lineage_checksum::Result<UpstreamPage<Reservation>> {
-        self.requests.lock().unwrap().push(req.clone());
+        let offset: usize = token.map_or(0, |t| t.parse().unwrap());
         {
             let mut outage = self.outage.lock().unwrap();
-            if *outage > 0 {
-                *outage -= 1;
+            let down = self
+                .down_from_offset
+                .lock()
+                .unwrap()
+                .is_some_and(|o| offset >= o);
+            if *outage > 0 || down {
+                *outage = outage.saturating_sub(1);
                 return Err(Error::transient(
                     "fetch reservations",
                     std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Stays API down"),
@@ -1012,17 +1037,36 @@ impl UpstreamSource<Reservation> for Upstream {
             .lock()
             .unwrap()
             .iter()
-            .filter(|r| r.cursor >= req.since)
+            .filter(|r| since.is_none_or(|s| r.cursor >= s))
             .cloned()
             .collect();
         all.sort_by(|a, b| (a.cursor, &a.key).cmp(&(b.cursor, &b.key)));
-        let offset: usize = req.page_token.as_deref().map_or(0, |t| t.parse().unwrap());
-        let records: Vec<_> = all.iter().skip(offset).take(req.limit).cloned().collect();
-        let next = (offset + req.limit < all.len()).then(|| (offset + req.limit).to_string());
+        let records: Vec<_> = all.iter().skip(offset).take(limit).cloned().collect();
+        let next = (offset + limit < all.len()).then(|| (offset + limit).to_string());
         Ok(UpstreamPage {
             records,
             next_page_token: next,
         })
+    }
+}
+
+#[async_trait]
+impl UpstreamSource<Reservation> for Upstream {
+    async fn fetch(
+        &self,
+        _: &RunContext,
+        req: &FetchRequest,
+    ) -> lineage_checksum::Result<UpstreamPage<Reservation>> {
+        self.requests.lock().unwrap().push(req.clone());
+        self.page(Some(req.since), req.page_token.as_deref(), req.limit)
+    }
+
+    async fn fetch_snapshot(
+        &self,
+        _: &RunContext,
+        req: &SnapshotRequest,
+    ) -> lineage_checksum::Result<UpstreamPage<Reservation>> {
+        self.page(None, req.page_token.as_deref(), req.limit)
     }
 }
 
@@ -1033,6 +1077,7 @@ struct Local {
     pin_jobs: Mutex<Vec<(String, String)>>,
     applied: Mutex<Vec<String>>,
     reject: Mutex<Vec<String>>,
+    deleted: Mutex<Vec<String>>,
 }
 
 #[async_trait]
@@ -1066,6 +1111,23 @@ impl SyncTarget<Reservation> for Local {
                     jobs.push(("generatePin".into(), r.key.clone()));
                     jobs.push(("revokePin".into(), r.key.clone()));
                 }
+                Ok(())
+            })
+            .collect())
+    }
+
+    async fn delete(
+        &self,
+        _: &RunContext,
+        keys: &[String],
+    ) -> lineage_checksum::Result<Vec<ItemResult>> {
+        let mut rows = self.rows.lock().unwrap();
+        let mut deleted = self.deleted.lock().unwrap();
+        Ok(keys
+            .iter()
+            .map(|k| {
+                rows.remove(k);
+                deleted.push(k.clone());
                 Ok(())
             })
             .collect())
@@ -1226,6 +1288,148 @@ async fn scenario_b_sync_outage_failing_record_and_late_rows(b: &Backend<'_>) {
     assert_eq!(fps.lookup("stays-sync", &keys).await.unwrap().len(), 6);
 }
 
+/// Deletes of records a run did not see happen only after a complete snapshot in a run that
+/// succeeded: an incremental run, an outage mid-pagination and a snapshot with a failing record
+/// delete nothing (and an outage keeps the watermark); the next complete snapshot does.
+async fn scenario_b_cleanup_only_after_a_complete_snapshot(b: &Backend<'_>) {
+    let upstream = Arc::new(Upstream::default());
+    let local = Arc::new(Local::default());
+    let marks = watermarks(b);
+    let fps = fingerprints(b);
+    let sync = |cleanup: CleanupScope| {
+        SyncReconciler::new(
+            "stays-sync",
+            upstream.clone(),
+            local.clone(),
+            fps.clone(),
+            marks.clone(),
+        )
+        .unwrap()
+        .with_settings(
+            SyncSettings::new("stays-sync")
+                .page_size(2)
+                .retry(UpstreamRetry::new([10, 20].map(Duration::from_millis)))
+                .cleanup(cleanup, false),
+        )
+        .unwrap()
+    };
+    let run = |cleanup: CleanupScope, now: DateTime<Utc>| {
+        let runner = Runner::builder("upstream-sync")
+            .time_source(Arc::new(ManualClock::at(now)))
+            .required_step(sync(cleanup))
+            .build()
+            .unwrap();
+        async move { runner.run().await }
+    };
+    let acc = || CleanupScope::Groups(vec!["acc-1".into()]);
+    let mark = || async { marks.get("stays-sync").await.unwrap() };
+    let step = |r: &recon_core::RunReport| r.step("stays-sync").unwrap().report.clone();
+    let stored = |keys: &[&str]| {
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        let fps = fps.clone();
+        async move { fps.lookup("stays-sync", &keys).await.unwrap().len() }
+    };
+
+    // Six reservations, one unchanged for a week (outside any incremental window).
+    *upstream.records.lock().unwrap() = (0..6)
+        .map(|i| {
+            let cursor = if i == 0 {
+                at(-7 * 24 * 60)
+            } else {
+                at(-60 + i)
+            };
+            reservation(&format!("stay-{i}"), cursor, "Guest", "confirmed")
+        })
+        .collect();
+    let r1 = run(acc(), b_now()).await;
+    assert_eq!(
+        r1.status,
+        RunStatus::Success,
+        "{}: {:?}",
+        b.name(),
+        r1.errors
+    );
+    assert_eq!(step(&r1).count(sc::CREATED), 6);
+    assert_eq!(mark().await, Some(at(-55)));
+
+    // stay-1 and stay-3 vanish upstream.
+    upstream
+        .records
+        .lock()
+        .unwrap()
+        .retain(|r| r.key != "stay-1" && r.key != "stay-3");
+
+    // An incremental run sees only changes: it never deletes.
+    let r2 = run(CleanupScope::None, at(30)).await;
+    assert_eq!(r2.status, RunStatus::Success, "{}", b.name());
+    assert_eq!(step(&r2).count(sc::DELETED), 0);
+    assert_eq!(stored(&["stay-0", "stay-1", "stay-3"]).await, 3);
+
+    // A snapshot whose second page never arrives: failed, nothing deleted, watermark kept.
+    *upstream.down_from_offset.lock().unwrap() = Some(2);
+    let r3 = run(acc(), at(60)).await;
+    assert_eq!(r3.status, RunStatus::Failed, "{}", b.name());
+    assert!(local.deleted.lock().unwrap().is_empty(), "{}", b.name());
+    assert_eq!(stored(&["stay-1", "stay-3"]).await, 2, "{}", b.name());
+    assert_eq!(
+        mark().await,
+        Some(at(-55)),
+        "{}: watermark unchanged",
+        b.name()
+    );
+    *upstream.down_from_offset.lock().unwrap() = None;
+
+    // A complete snapshot in which one record fails: partial, nothing deleted, and the
+    // watermark is held at the failed record.
+    upstream.records.lock().unwrap().extend([
+        reservation("stay-9", at(-57), "No Lock", "confirmed"),
+        reservation("stay-8", at(-40), "New Guest", "confirmed"),
+    ]);
+    *local.reject.lock().unwrap() = vec!["stay-9".into()];
+    let r4 = run(acc(), at(90)).await;
+    assert_eq!(r4.status, RunStatus::Partial, "{}", b.name());
+    let s4 = step(&r4);
+    assert_eq!(
+        (
+            s4.count(sc::CREATED),
+            s4.count(sc::ERRORS),
+            s4.count(sc::DELETED)
+        ),
+        (1, 1, 0),
+        "{}: stay-8 created, stay-9 failed, nothing deleted",
+        b.name()
+    );
+    assert!(local.deleted.lock().unwrap().is_empty(), "{}", b.name());
+    assert_eq!(stored(&["stay-1", "stay-3"]).await, 2, "{}", b.name());
+    assert_eq!(
+        mark().await,
+        Some(at(-55)),
+        "{}: held at the failed record (−57), not moved to −40",
+        b.name()
+    );
+
+    // Fixed: the complete snapshot of a run that succeeds applies stay-9 and deletes the two.
+    local.reject.lock().unwrap().clear();
+    let r5 = run(acc(), at(120)).await;
+    assert_eq!(
+        r5.status,
+        RunStatus::Success,
+        "{}: {:?}",
+        b.name(),
+        r5.errors
+    );
+    let s5 = step(&r5);
+    assert_eq!((s5.count(sc::CREATED), s5.count(sc::DELETED)), (1, 2));
+    assert_eq!(*local.deleted.lock().unwrap(), ["stay-1", "stay-3"]);
+    assert_eq!(stored(&["stay-1", "stay-3"]).await, 0, "{}", b.name());
+    assert_eq!(
+        stored(&["stay-0", "stay-2", "stay-4", "stay-5", "stay-8", "stay-9"]).await,
+        6
+    );
+    assert_eq!(local.rows.lock().unwrap().len(), 6);
+    assert_eq!(mark().await, Some(at(-40)));
+}
+
 crate::conformance!(
     fingerprint_store_conforms,
     lineage_store_conforms,
@@ -1239,4 +1443,5 @@ crate::conformance!(
     retention_prunes_failed_records_and_runs_not_lineage,
     bad_input_is_refused_whole,
     scenario_b_sync_outage_failing_record_and_late_rows,
+    scenario_b_cleanup_only_after_a_complete_snapshot,
 );

@@ -159,6 +159,12 @@ fn classify_with(
 }
 
 /// Which stored keys a run may delete when it did not see them.
+///
+/// "Not seen" means "gone" only if the run saw a complete snapshot of the scope:
+/// [`SyncReconciler`](crate::SyncReconciler) turns a scope other than `None` into snapshot runs
+/// ([`UpstreamSource::fetch_snapshot`](crate::UpstreamSource::fetch_snapshot)) and deletes only
+/// when every page arrived and no record failed. A host that calls
+/// [`FingerprintStore::unseen`] itself must apply the same rule.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "scope", content = "groups")]
 pub enum CleanupScope {

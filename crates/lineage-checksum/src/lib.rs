@@ -39,8 +39,8 @@ pub use recovery::{
     StageHandler, StagePolicy, StageRecovery,
 };
 pub use sync::{
-    Change, ChangeKind, FetchRequest, ItemResult, OrphanCleanup, SyncReconciler, SyncSettings,
-    SyncTarget, UpstreamPage, UpstreamRecord, UpstreamRetry, UpstreamSource,
+    Change, ChangeKind, FetchRequest, ItemResult, OrphanCleanup, SnapshotRequest, SyncReconciler,
+    SyncSettings, SyncTarget, UpstreamPage, UpstreamRecord, UpstreamRetry, UpstreamSource,
 };
 
 #[cfg(test)]

@@ -616,7 +616,10 @@ impl RecoveryReconciler {
 
     /// Also record in the lineage that a resolved record reached its stage (`completed` for
     /// the last stage, else `in_progress`, counted as a retry), and that a record that failed
-    /// again is `failed` with the new error. One upsert per page.
+    /// again at stage `S` is `failed`, with the new error, at the stage **before** `S` — the
+    /// stage it reached and could not get past — so gap analysis does not count it as having
+    /// reached `S`. A record that failed again at the first stage reached no stage: its
+    /// lineage row is left as it is. One upsert per page.
     #[must_use]
     pub fn with_lineage(mut self, lineage: Arc<dyn LineageStore>) -> Self {
         self.lineage = Some(lineage);
@@ -783,22 +786,28 @@ impl RecoveryReconciler {
         }
     }
 
-    fn lineage_update(&self, o: &FailureOutcome) -> LineageUpdate {
-        let mut u =
-            LineageUpdate::new(&o.id.key, &o.id.stage, LineageStatus::Failed, o.at).as_retry();
+    /// The lineage report of one outcome for stage `S` (see [`Self::with_lineage`]): resolved
+    /// → reached `S`; failed again → `failed` at the stage before `S` (the record did not get
+    /// past it), so gap analysis never counts it as having reached `S`; failed again at the
+    /// first stage → no report (there is no stage it reached; the failed-record log has it).
+    fn lineage_update(&self, o: &FailureOutcome) -> Option<LineageUpdate> {
+        let reached =
+            |stage: &str, status| LineageUpdate::new(&o.id.key, stage, status, o.at).as_retry();
         match &o.kind {
-            OutcomeKind::Resolved { .. } => {
-                u.status = if self.stages.is_last(&o.id.stage) {
+            OutcomeKind::Resolved { .. } => Some(reached(
+                &o.id.stage,
+                if self.stages.is_last(&o.id.stage) {
                     LineageStatus::Completed
                 } else {
                     LineageStatus::InProgress
-                };
-            }
+                },
+            )),
             OutcomeKind::Retry { message, .. } | OutcomeKind::ManualReview { message, .. } => {
-                u.error = Some(message.clone());
+                let i = self.stages.index(&o.id.stage).ok()?;
+                let before = self.stages.names().get(i.checked_sub(1)?)?;
+                Some(reached(before, LineageStatus::Failed).with_error(message.clone()))
             }
         }
-        u
     }
 
     async fn run(&self, ctx: &RunContext, report: &mut StepReport) -> Result<RecoverySummary> {
@@ -886,9 +895,13 @@ impl RecoveryReconciler {
                 summary.conflicts += conflicts;
                 report.add(counters::CONFLICTS, conflicts);
                 if let Some(lineage) = &self.lineage {
-                    let updates: Vec<LineageUpdate> =
-                        outcomes.iter().map(|o| self.lineage_update(o)).collect();
-                    lineage.upsert(&self.pipeline, &updates).await?;
+                    let updates: Vec<LineageUpdate> = outcomes
+                        .iter()
+                        .filter_map(|o| self.lineage_update(o))
+                        .collect();
+                    if !updates.is_empty() {
+                        lineage.upsert(&self.pipeline, &updates).await?;
+                    }
                 }
             }
             ctx.report_progress(handled as u64, None);

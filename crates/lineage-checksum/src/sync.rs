@@ -7,20 +7,35 @@
 //! 2. asks the [`UpstreamSource`] for records changed since `watermark − overlap` (default
 //!    5 min), page by page. The overlap re-reads rows committed late or sharing the
 //!    watermark's timestamp; their fingerprints are unchanged, so they cost a lookup, never
-//!    duplicate work;
+//!    duplicate work. With a [`CleanupScope`] other than `None` the run is a **snapshot run**
+//!    instead: it pages through [`UpstreamSource::fetch_snapshot`] (every record, whatever its
+//!    cursor);
 //! 3. per page: keeps one record per key (the greatest cursor; on a tie the later one in the
 //!    page), classifies the page with **one** fingerprint lookup, hands creates and updates to
 //!    the host's [`SyncTarget`] in one call, and records the fingerprints of the applied ones
 //!    in one call (unchanged and failed ones are only stamped seen);
-//! 4. optionally deletes what a full snapshot no longer contains ([`CleanupScope`]) and runs
-//!    the host's [`OrphanCleanup`] (e.g. remove PIN jobs of deleted reservations);
+//! 4. deletes what the snapshot no longer contains ([`CleanupScope`]) — only in a snapshot
+//!    run, only when every page of the snapshot was fetched and no record of it failed, and
+//!    never in a dry run; then runs the host's [`OrphanCleanup`] (e.g. remove PIN jobs of
+//!    deleted reservations);
 //! 5. advances the watermark to the highest cursor seen, only if every page was fetched and
 //!    never past `now`; with failed records, at most to the earliest failed record's cursor
 //!    so that the next run fetches it again. It never moves backwards.
 //!
 //! An upstream failure is retried inside the step after 2 s, 4 s, 8 s (tokio's sleep,
-//! [`UpstreamRetry`]); then the step fails with a transient error and the watermark stays. A
-//! record the target rejects is an item error (the run is partial); the others are applied.
+//! [`UpstreamRetry`]); then the step fails with a transient error, the watermark stays and
+//! nothing is deleted. A record the target rejects is an item error (the run is partial); the
+//! others are applied, and the held watermark makes the next run fetch the rejected one again.
+//!
+//! # When records are deleted
+//!
+//! A key the run did not see is deleted only if the run saw a **complete snapshot** of the
+//! scope: an incremental run (records changed since a cursor) does not see unchanged records,
+//! so it never deletes; a run that stopped early (upstream failure, `max_pages`, deadline)
+//! never deletes; a snapshot with a failed or invalid record never deletes (the run did not
+//! succeed); an empty snapshot deletes only with `allow_empty_cleanup`. A source that cannot
+//! list a snapshot keeps [`UpstreamSource::fetch_snapshot`]'s default, which refuses: a sync
+//! with a cleanup scope then fails before anything is applied or deleted.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -64,6 +79,15 @@ pub struct FetchRequest {
     pub limit: usize,
 }
 
+/// One page request of a full snapshot ([`UpstreamSource::fetch_snapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// The token of the page to fetch (`None`: the first page).
+    pub page_token: Option<String>,
+    /// At most this many records.
+    pub limit: usize,
+}
+
 /// One page of changed records.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UpstreamPage<R> {
@@ -80,6 +104,23 @@ pub trait UpstreamSource<R: Send + Sync + 'static>: Send + Sync {
     /// One page of records changed since `request.since`. Return a transient error
     /// ([`Error::transient`]) for outages so the step retries them.
     async fn fetch(&self, ctx: &RunContext, request: &FetchRequest) -> Result<UpstreamPage<R>>;
+
+    /// One page of a **full snapshot**: every record of the source, whatever its cursor, the
+    /// pages together listing each record at least once. Only runs with a [`CleanupScope`]
+    /// other than `None` call it, and they delete the local records the snapshot does not
+    /// contain — so implement it only if the pages really are complete.
+    ///
+    /// The default refuses with a configuration error: without a snapshot nothing is deleted.
+    async fn fetch_snapshot(
+        &self,
+        _ctx: &RunContext,
+        _request: &SnapshotRequest,
+    ) -> Result<UpstreamPage<R>> {
+        Err(Error::config(
+            "a cleanup scope needs an upstream source that lists full snapshots \
+             (UpstreamSource::fetch_snapshot); this one does not, so nothing is deleted",
+        ))
+    }
 }
 
 /// Whether a change creates or updates a local record.
@@ -186,6 +227,8 @@ pub struct SyncSettings {
     /// Retries of a failing fetch.
     pub retry: UpstreamRetry,
     /// What unseen records to delete (default none: an incremental sync sees only changes).
+    /// Any other scope makes every run a snapshot run ([`UpstreamSource::fetch_snapshot`]);
+    /// see the [module docs](self) for when it deletes.
     pub cleanup: CleanupScope,
     /// Delete even when the run saw no record in the scope (default false).
     pub allow_empty_cleanup: bool,
@@ -251,7 +294,7 @@ impl SyncSettings {
         self
     }
 
-    /// Cleanup scope.
+    /// Cleanup scope (other than `None`: snapshot runs that delete unseen records).
     #[must_use]
     pub fn cleanup(mut self, scope: CleanupScope, allow_empty: bool) -> Self {
         self.cleanup = scope;
@@ -455,15 +498,31 @@ impl<R: Send + Sync + 'static> SyncReconciler<R> {
         self
     }
 
+    /// One page (incremental or snapshot), retried on transient errors per
+    /// [`SyncSettings::retry`].
     async fn fetch(
         &self,
         ctx: &RunContext,
         req: &FetchRequest,
+        snapshot: bool,
         report: &mut StepReport,
     ) -> Result<UpstreamPage<R>> {
         let mut failures = 0;
         loop {
-            match self.source.fetch(ctx, req).await {
+            let page = if snapshot {
+                self.source
+                    .fetch_snapshot(
+                        ctx,
+                        &SnapshotRequest {
+                            page_token: req.page_token.clone(),
+                            limit: req.limit,
+                        },
+                    )
+                    .await
+            } else {
+                self.source.fetch(ctx, req).await
+            };
+            match page {
                 Ok(page) => return Ok(page),
                 Err(e) if e.is_transient() => {
                     failures += 1;
@@ -645,7 +704,19 @@ impl<R: Send + Sync + 'static> SyncReconciler<R> {
                 if page.is_empty() {
                     break;
                 }
-                let keys: Vec<String> = page.into_iter().map(|r| r.key).collect();
+                // A row stamped by a run that started after this one (a concurrent run saw
+                // it upstream) is not this run's to judge.
+                let keys: Vec<String> = page
+                    .into_iter()
+                    .filter(|r| r.seen_at.is_none_or(|t| t < limits::store_time(ctx.now())))
+                    .map(|r| r.key)
+                    .collect();
+                if keys.is_empty() {
+                    if !full {
+                        break;
+                    }
+                    continue;
+                }
                 let results = self.target.delete(ctx, &keys).await?;
                 if results.len() != keys.len() {
                     return Err(Error::permanent(
@@ -695,6 +766,7 @@ impl<R: Send + Sync + 'static> SyncReconciler<R> {
                 now.to_rfc3339()
             ));
         }
+        let snapshot = self.settings.cleanup != CleanupScope::None;
         let mut progress = Progress::default();
         let mut token = None;
         let mut pages = 0usize;
@@ -709,7 +781,7 @@ impl<R: Send + Sync + 'static> SyncReconciler<R> {
                 page_token: token.take(),
                 limit: self.settings.page_size,
             };
-            let page = self.fetch(ctx, &req, report).await?;
+            let page = self.fetch(ctx, &req, snapshot, report).await?;
             pages += 1;
             report.add(counters::PAGES, 1);
             self.apply_page(ctx, page.records, report, &mut progress)
@@ -729,8 +801,17 @@ impl<R: Send + Sync + 'static> SyncReconciler<R> {
                 self.settings.max_pages
             ));
         }
-        if complete {
-            self.cleanup(ctx, report, &progress).await?;
+        if complete && snapshot {
+            if report.item_error_count() == 0 {
+                self.cleanup(ctx, report, &progress).await?;
+            } else {
+                report.note(
+                    "cleanup skipped: records of the snapshot failed, so the run did not \
+                     succeed; nothing was deleted (the next complete snapshot cleans up)",
+                );
+            }
+        } else if snapshot {
+            report.note("cleanup skipped: the snapshot is incomplete; nothing was deleted");
         }
         if let Some(orphans) = &self.orphans {
             if ctx.is_dry_run() {
@@ -768,6 +849,7 @@ impl<R: Send + Sync + 'static> SyncReconciler<R> {
                 "since": window.since,
                 "advancedTo": advance,
                 "earliestFailedCursor": progress.min_failed,
+                "snapshot": snapshot,
             }),
         );
         Ok(())

@@ -178,6 +178,7 @@ fn pg_arrays<'q>(
         Array::Int(v) => q.bind(v.clone()),
         Array::Text(v) => q.bind(v.clone()),
         Array::Ts(v) => q.bind(v.clone()),
+        Array::Bytes(v) => q.bind(v.clone()),
     })
 }
 

@@ -28,6 +28,8 @@ pub(crate) enum Array {
     Int(Vec<Option<i64>>),
     Text(Vec<Option<String>>),
     Ts(Vec<Option<DateTime<Utc>>>),
+    /// `bytea[]` (e.g. a batch of 32-byte fingerprints).
+    Bytes(Vec<Option<Vec<u8>>>),
 }
 
 impl Value {

@@ -246,7 +246,11 @@ async fn replays_with_policies_fallbacks_and_manual_review() {
         st("fb-1"),
         ("embedding_generated".into(), LineageStatus::InProgress, 1)
     );
-    assert_eq!(st("pii-1").1, LineageStatus::Failed);
+    assert_eq!(
+        st("pii-1"),
+        ("extracted".into(), LineageStatus::Failed, 1),
+        "failed again at pii_removed: failed at the stage before, not counted as reaching it"
+    );
 
     // Idempotent: a second run finds nothing due.
     let again = rec.reconcile(&RunContext::new(now())).await.unwrap();
@@ -727,4 +731,99 @@ fn retry_policy_is_a_stage_policy() {
         )
     };
     assert_eq!(j("a"), j("a"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_replay_never_counts_as_reaching_its_stage() {
+    // Day 1: 4 records extracted; bad-1 and ok-1 got to embedding but failed the load, pii-1
+    // failed PII removal, x-1 failed extraction itself (no lineage row at all).
+    let lineage = Arc::new(MemoryLineageStore::new());
+    let day1 = now() - CDuration::hours(2);
+    let failed_at = |k: &str, stage: &str| {
+        crate::LineageUpdate::new(k, stage, LineageStatus::Failed, day1).with_error("day 1")
+    };
+    lineage
+        .upsert(
+            "cases",
+            &[
+                failed_at("bad-1", "embedding_generated"),
+                failed_at("ok-1", "embedding_generated"),
+                failed_at("pii-1", "extracted"),
+            ],
+        )
+        .await
+        .unwrap();
+    let store = Arc::new(MemoryFailedRecordStore::new());
+    store
+        .record(
+            "cases",
+            &[
+                failure("bad-1", "loaded", "MissingRequiredFields"),
+                failure("ok-1", "loaded", "WeaviateTimeout"),
+                failure("pii-1", "pii_removed", "PIIRemovalTimeout"),
+                failure("x-1", "extracted", "SFDCTimeout"),
+            ],
+        )
+        .await
+        .unwrap();
+    let handler = Arc::new(FakeHandler::default());
+    let rec = reconciler(store.clone(), handler.clone())
+        .stage(
+            "extracted",
+            StageRecovery::new(handler.clone(), Arc::new(DelaySchedule::once())),
+        )
+        .unwrap()
+        .with_lineage(lineage.clone());
+    let report = rec.reconcile(&RunContext::new(now())).await.unwrap();
+    assert_eq!(report.count(counters::RECOVERED), 1, "ok-1");
+    assert_eq!(
+        report.count(counters::MANUAL_REVIEW),
+        3,
+        "bad-1, pii-1, x-1"
+    );
+
+    let counts = lineage.stage_counts("cases").await.unwrap();
+    let gaps = crate::analyse_gaps(&stages(), 4, &counts);
+    let reached: Vec<(&str, u64)> = gaps
+        .stages
+        .iter()
+        .map(|g| (g.stage.as_str(), g.reached))
+        .collect();
+    assert_eq!(
+        reached,
+        [
+            ("extracted", 3),
+            ("pii_removed", 2),
+            ("embedding_generated", 2),
+            ("loaded", 1),
+        ],
+        "only ok-1 was loaded; bad-1 failed the load again and pii-1 PII removal again"
+    );
+    let rows = lineage
+        .get("cases", &["bad-1".into(), "pii-1".into(), "x-1".into()])
+        .await
+        .unwrap();
+    let st = |k: &str| {
+        rows.iter().find(|r| r.key == k).map(|r| {
+            (
+                r.stage.clone(),
+                r.status,
+                r.retry_count,
+                r.last_error.is_some(),
+            )
+        })
+    };
+    assert_eq!(
+        st("bad-1"),
+        Some(("embedding_generated".into(), LineageStatus::Failed, 1, true))
+    );
+    assert_eq!(
+        st("pii-1"),
+        Some(("extracted".into(), LineageStatus::Failed, 1, true))
+    );
+    assert_eq!(
+        st("x-1"),
+        None,
+        "failed at the first stage: it reached no stage"
+    );
 }

@@ -53,13 +53,17 @@ fn rec(key: &str, cursor: DateTime<Utc>, guest: &str, status: &str) -> UpstreamR
     }
 }
 
-/// The Stays API: a change feed filtered by `since`, paged by offset tokens, with outages.
+/// The Stays API: a change feed filtered by `since`, paged by offset tokens, with outages; it
+/// can also list a full snapshot (every record, same paging).
 #[derive(Default)]
 struct FakeUpstream {
     records: Mutex<Vec<UpstreamRecord<Res>>>,
     fail_next: Mutex<u32>,
     permanent: Mutex<bool>,
+    /// Every fetch of a page at or after this offset fails (an outage mid-pagination).
+    down_from_offset: Mutex<Option<usize>>,
     requests: Mutex<Vec<(FetchRequest, tokio::time::Instant)>>,
+    snapshot_requests: Mutex<Vec<SnapshotRequest>>,
     /// Return pages in this exact shape instead (for duplicate tests).
     raw_pages: Mutex<Option<Vec<Vec<UpstreamRecord<Res>>>>>,
 }
@@ -68,19 +72,23 @@ impl FakeUpstream {
     fn set(&self, records: Vec<UpstreamRecord<Res>>) {
         *self.records.lock().unwrap() = records;
     }
-}
 
-#[async_trait]
-impl UpstreamSource<Res> for FakeUpstream {
-    async fn fetch(&self, _ctx: &RunContext, req: &FetchRequest) -> Result<UpstreamPage<Res>> {
-        self.requests
+    fn page(
+        &self,
+        since: Option<DateTime<Utc>>,
+        token: Option<&str>,
+        limit: usize,
+    ) -> Result<UpstreamPage<Res>> {
+        let offset: usize = token.map_or(0, |t| t.parse().unwrap());
+        let down = self
+            .down_from_offset
             .lock()
             .unwrap()
-            .push((req.clone(), tokio::time::Instant::now()));
+            .is_some_and(|o| offset >= o);
         {
             let mut fail = self.fail_next.lock().unwrap();
-            if *fail > 0 {
-                *fail -= 1;
+            if *fail > 0 || down {
+                *fail = fail.saturating_sub(1);
                 let io =
                     std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Stays API down");
                 return Err(if *self.permanent.lock().unwrap() {
@@ -90,7 +98,6 @@ impl UpstreamSource<Res> for FakeUpstream {
                 });
             }
         }
-        let offset: usize = req.page_token.as_deref().map_or(0, |t| t.parse().unwrap());
         if let Some(pages) = &*self.raw_pages.lock().unwrap() {
             let next = (offset + 1 < pages.len()).then(|| (offset + 1).to_string());
             return Ok(UpstreamPage {
@@ -103,16 +110,46 @@ impl UpstreamSource<Res> for FakeUpstream {
             .lock()
             .unwrap()
             .iter()
-            .filter(|r| r.cursor >= req.since)
+            .filter(|r| since.is_none_or(|s| r.cursor >= s))
             .cloned()
             .collect();
         all.sort_by(|a, b| (a.cursor, &a.key).cmp(&(b.cursor, &b.key)));
-        let page: Vec<_> = all.iter().skip(offset).take(req.limit).cloned().collect();
-        let next = (offset + req.limit < all.len()).then(|| (offset + req.limit).to_string());
+        let page: Vec<_> = all.iter().skip(offset).take(limit).cloned().collect();
+        let next = (offset + limit < all.len()).then(|| (offset + limit).to_string());
         Ok(UpstreamPage {
             records: page,
             next_page_token: next,
         })
+    }
+}
+
+#[async_trait]
+impl UpstreamSource<Res> for FakeUpstream {
+    async fn fetch(&self, _ctx: &RunContext, req: &FetchRequest) -> Result<UpstreamPage<Res>> {
+        self.requests
+            .lock()
+            .unwrap()
+            .push((req.clone(), tokio::time::Instant::now()));
+        self.page(Some(req.since), req.page_token.as_deref(), req.limit)
+    }
+
+    async fn fetch_snapshot(
+        &self,
+        _ctx: &RunContext,
+        req: &SnapshotRequest,
+    ) -> Result<UpstreamPage<Res>> {
+        self.snapshot_requests.lock().unwrap().push(req.clone());
+        self.page(None, req.page_token.as_deref(), req.limit)
+    }
+}
+
+/// A change feed that cannot list a snapshot (keeps the default `fetch_snapshot`).
+struct FeedOnly(Arc<FakeUpstream>);
+
+#[async_trait]
+impl UpstreamSource<Res> for FeedOnly {
+    async fn fetch(&self, ctx: &RunContext, req: &FetchRequest) -> Result<UpstreamPage<Res>> {
+        self.0.fetch(ctx, req).await
     }
 }
 
@@ -547,14 +584,22 @@ async fn full_snapshot_cleanup_deletes_unseen_records_and_refuses_an_empty_snaps
     let settings = SyncSettings::new("stays-sync")
         .page_size(2)
         .cleanup(CleanupScope::Full, false);
+    // stay-0 has not changed for a week: outside any incremental window, but in the snapshot.
     w.upstream.set(
         (0..5)
-            .map(|i| rec(&format!("stay-{i}"), at(-10), "G", "confirmed"))
+            .map(|i| {
+                let cursor = if i == 0 { at(-7 * 24 * 60) } else { at(-10) };
+                rec(&format!("stay-{i}"), cursor, "G", "confirmed")
+            })
             .collect(),
     );
     let sync = w.sync_with(settings);
     sync.reconcile(&RunContext::new(now())).await.unwrap();
     assert_eq!(w.local.rows.lock().unwrap().len(), 5);
+    assert!(
+        w.upstream.requests.lock().unwrap().is_empty(),
+        "a cleanup scope reads snapshots, never the change feed"
+    );
     // stay-1 and stay-3 vanished upstream.
     w.upstream.set(
         [0, 2, 4]
@@ -566,12 +611,178 @@ async fn full_snapshot_cleanup_deletes_unseen_records_and_refuses_an_empty_snaps
     assert_eq!(r.count(counters::DELETED), 2);
     assert_eq!(*w.local.deleted.lock().unwrap(), ["stay-1", "stay-3"]);
     assert_eq!(w.local.rows.lock().unwrap().len(), 3);
+    assert_eq!(w.mark().await, Some(at(-10)));
     // An empty snapshot deletes nothing.
     w.upstream.set(vec![]);
     let r = sync.reconcile(&RunContext::new(at(60))).await.unwrap();
     assert_eq!(r.count(counters::DELETED), 0);
     assert!(r.notes().iter().any(|n| n.contains("skipped")));
     assert_eq!(w.local.rows.lock().unwrap().len(), 3);
+}
+
+/// Five reservations synced, then stay-1 and stay-3 vanish upstream: the world every
+/// "must not delete" case below starts from.
+async fn five_synced_then_two_vanish(w: &World) {
+    w.upstream.set(
+        (0..5)
+            .map(|i| rec(&format!("stay-{i}"), at(-100 + i), "G", "confirmed"))
+            .collect(),
+    );
+    w.sync_with(SyncSettings::new("stays-sync").page_size(2))
+        .reconcile(&RunContext::new(now()))
+        .await
+        .unwrap();
+    assert_eq!(w.local.rows.lock().unwrap().len(), 5);
+    assert_eq!(w.mark().await, Some(at(-96)));
+    w.upstream.set(
+        [0, 2, 4]
+            .iter()
+            .map(|i| rec(&format!("stay-{i}"), at(-100 + i), "G", "confirmed"))
+            .collect(),
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_mid_snapshot_deletes_nothing_and_keeps_the_watermark() {
+    let w = World::new();
+    five_synced_then_two_vanish(&w).await;
+    // The first page (stay-0, stay-2) arrives, then the upstream goes down for good.
+    *w.upstream.down_from_offset.lock().unwrap() = Some(2);
+    let sync = w.sync_with(
+        SyncSettings::new("stays-sync")
+            .page_size(2)
+            .cleanup(CleanupScope::Full, false),
+    );
+    let err = sync.reconcile(&RunContext::new(at(30))).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        w.local.deleted.lock().unwrap().is_empty(),
+        "nothing deleted"
+    );
+    assert_eq!(w.local.rows.lock().unwrap().len(), 5);
+    assert_eq!(w.mark().await, Some(at(-96)), "watermark unchanged");
+    assert_eq!(
+        w.fps
+            .lookup("stays-sync", &["stay-1".into(), "stay-3".into()])
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "their fingerprints stay too"
+    );
+    // Back up: the complete snapshot deletes them.
+    *w.upstream.down_from_offset.lock().unwrap() = None;
+    let r = sync.reconcile(&RunContext::new(at(60))).await.unwrap();
+    assert_eq!(r.count(counters::DELETED), 2);
+    assert_eq!(*w.local.deleted.lock().unwrap(), ["stay-1", "stay-3"]);
+}
+
+#[tokio::test]
+async fn a_partial_snapshot_or_a_failed_record_deletes_nothing() {
+    let w = World::new();
+    five_synced_then_two_vanish(&w).await;
+    // Stopped by max_pages after the first page: incomplete.
+    let capped = w.sync_with(
+        SyncSettings::new("stays-sync")
+            .page_size(2)
+            .max_pages(1)
+            .cleanup(CleanupScope::Full, false),
+    );
+    let r = capped.reconcile(&RunContext::new(at(30))).await.unwrap();
+    assert_eq!(r.count(counters::DELETED), 0);
+    assert!(
+        r.notes().iter().any(|n| n.contains("incomplete")),
+        "{:?}",
+        r.notes()
+    );
+    // Complete, but one record of it failed: the run did not succeed.
+    w.upstream.records.lock().unwrap().extend([
+        rec("stay-9", at(-50), "Rejected", "confirmed"),
+        rec("stay-8", at(-1), "Applied", "confirmed"),
+    ]);
+    w.local.reject.lock().unwrap().insert("stay-9".into());
+    let full = w.sync_with(
+        SyncSettings::new("stays-sync")
+            .page_size(2)
+            .cleanup(CleanupScope::Groups(vec!["acc-1".into()]), false),
+    );
+    let r = full.reconcile(&RunContext::new(at(30))).await.unwrap();
+    assert_eq!(
+        (r.count(counters::CREATED), r.count(counters::ERRORS)),
+        (1, 1)
+    );
+    assert_eq!(r.count(counters::DELETED), 0);
+    assert!(
+        r.notes().iter().any(|n| n.contains("did not succeed")),
+        "{:?}",
+        r.notes()
+    );
+    assert!(w.local.deleted.lock().unwrap().is_empty());
+    assert_eq!(w.local.rows.lock().unwrap().len(), 6, "five and stay-8");
+    assert_eq!(w.mark().await, Some(at(-50)), "held at the failed record");
+    // Fixed: the next complete snapshot applies stay-9 and deletes the two vanished ones.
+    w.local.reject.lock().unwrap().clear();
+    let r = full.reconcile(&RunContext::new(at(60))).await.unwrap();
+    assert_eq!(
+        (r.count(counters::CREATED), r.count(counters::DELETED)),
+        (1, 2)
+    );
+    assert_eq!(*w.local.deleted.lock().unwrap(), ["stay-1", "stay-3"]);
+    assert_eq!(w.local.rows.lock().unwrap().len(), 5);
+    assert_eq!(w.mark().await, Some(at(-1)));
+}
+
+#[tokio::test]
+async fn incremental_runs_never_delete_and_a_feed_without_snapshots_refuses_cleanup() {
+    let w = World::new();
+    five_synced_then_two_vanish(&w).await;
+    let mut target = MockSyncTarget::<Res>::new();
+    target.expect_delete().never();
+    target
+        .expect_apply()
+        .returning(|_, c| Ok(vec![Ok(()); c.len()]));
+    let target = Arc::new(target);
+    let incremental = SyncReconciler::new(
+        "stays-sync",
+        w.upstream.clone(),
+        target.clone(),
+        w.fps.clone(),
+        w.marks.clone(),
+    )
+    .unwrap();
+    let r = incremental
+        .reconcile(&RunContext::new(at(30)))
+        .await
+        .unwrap();
+    assert_eq!(r.count(counters::DELETED), 0);
+    assert_eq!(
+        w.fps
+            .lookup("stays-sync", &["stay-1".into()])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // A change feed that cannot list a snapshot, with a cleanup scope: refused before anything
+    // is read, applied or deleted.
+    let refused = SyncReconciler::new(
+        "stays-sync",
+        Arc::new(FeedOnly(w.upstream.clone())),
+        target,
+        w.fps.clone(),
+        w.marks.clone(),
+    )
+    .unwrap()
+    .with_settings(SyncSettings::new("stays-sync").cleanup(CleanupScope::Full, true))
+    .unwrap();
+    let err = refused
+        .reconcile(&RunContext::new(at(60)))
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient());
+    assert!(err.to_string().contains("fetch_snapshot"), "{err}");
+    assert_eq!(w.mark().await, Some(at(-96)));
+    assert_eq!(w.local.rows.lock().unwrap().len(), 5);
 }
 
 #[tokio::test]
@@ -648,4 +859,49 @@ fn settings_are_validated() {
     );
     assert!(mk(SyncSettings::new("stays-sync").watermark("")).is_err());
     assert!(mk(SyncSettings::new("stays-sync").namespace("")).is_err());
+}
+
+#[tokio::test]
+async fn a_row_stamped_by_a_run_that_started_later_is_not_deleted() {
+    let w = World::new();
+    let entry = |key: &str| crate::classify::FingerprintEntry {
+        key: key.into(),
+        fingerprint: rec(key, at(0), "G", "confirmed").fingerprint,
+        group: Some("acc-1".into()),
+    };
+    let stamp = |run: &str, at: DateTime<Utc>, key: &str| RecordBatch {
+        run: run.into(),
+        at,
+        upserts: vec![entry(key)],
+        seen: vec![],
+    };
+    // stay-0 was last seen by an earlier run and has vanished since; stay-2 was created by a
+    // concurrent run that started a minute after this one (this run's snapshot predates it).
+    w.fps
+        .record("stays-sync", &stamp("earlier", at(-60), "stay-0"))
+        .await
+        .unwrap();
+    w.fps
+        .record("stays-sync", &stamp("later", at(1), "stay-2"))
+        .await
+        .unwrap();
+    w.upstream
+        .set(vec![rec("stay-1", at(-10), "A", "confirmed")]);
+    let r = w
+        .sync_with(SyncSettings::new("stays-sync").cleanup(CleanupScope::Full, false))
+        .reconcile(&RunContext::new(now()))
+        .await
+        .unwrap();
+    assert_eq!(r.count(counters::DELETED), 1);
+    assert_eq!(*w.local.deleted.lock().unwrap(), ["stay-0"]);
+    assert_eq!(
+        w.fps
+            .lookup("stays-sync", &["stay-0".into(), "stay-2".into()])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.key)
+            .collect::<Vec<_>>(),
+        ["stay-2"]
+    );
 }

@@ -1,17 +1,17 @@
 //! [`SqlFingerprintStore`]: `FingerprintStore` on `recon_fingerprints`.
 
 use async_trait::async_trait;
+use lineage_checksum::Result;
 use lineage_checksum::classify::{
     Difference, FingerprintStore, Incoming, RecordBatch, StoredFingerprint, UnseenQuery,
     check_incoming, check_keys, check_record_batch, check_unseen_query,
 };
-use lineage_checksum::{Fingerprint, Result};
 
 use super::{
     KEYS_PER_STATEMENT, TS, decode_fingerprint, fingerprint_value, int, key_set, text, ts,
 };
 use crate::sql::{Binds, CHUNK, with_deadlock_retry};
-use crate::value::{Kind, Value};
+use crate::value::{Array, Kind, Value};
 use crate::{Db, Dialect};
 
 const TABLE: &str = "recon_fingerprints";
@@ -25,8 +25,10 @@ const KINDS: [Kind; 5] = [Kind::Text, Kind::Bytes, Kind::Text, Kind::Text, TS];
 ///
 /// * `differences` (what `Classifier` calls, once per batch of up to 10,000 records): on
 ///   SQLite the batch is a `VALUES` list joined to the primary key and only missing or
-///   changed rows come back; on PostgreSQL the keys are one JSON array joined to the primary
-///   key, rows tagged with their position; on MariaDB an `IN (…)` list;
+///   changed rows come back; on PostgreSQL keys and fingerprints are two typed arrays
+///   (`unnest($1::text[], $2::bytea[]) WITH ORDINALITY`) joined to the primary key, compared
+///   in the server, and only missing and changed rows come back, tagged with their position;
+///   on MariaDB an `IN (…)` list, compared here;
 /// * `lookup`: one `SELECT … WHERE namespace = ? AND record_key IN (…)` per call (PostgreSQL:
 ///   the keys as one JSON array);
 /// * `record`: in one transaction, one `INSERT … ON CONFLICT DO UPDATE` (MariaDB: `ON
@@ -172,11 +174,12 @@ impl FingerprintStore for SqlFingerprintStore {
         Ok(out)
     }
 
-    /// SQLite compares in the database: the batch as a `VALUES` list `LEFT JOIN`ed to the
-    /// table on its primary key, `WHERE fingerprint IS NOT` the incoming one — only missing
-    /// and changed rows come back. PostgreSQL and MariaDB read the stored fingerprints of the
-    /// batch's keys in one query and compare here (on PostgreSQL, comparing in the database
-    /// cost more server time than it saved: see `docs/benchmarks.md`).
+    /// SQLite and PostgreSQL compare in the database — SQLite: the batch as a `VALUES` list
+    /// `LEFT JOIN`ed to the table on its primary key, `WHERE fingerprint IS NOT` the incoming
+    /// one; PostgreSQL: keys and fingerprints as two typed arrays (`unnest(text[], bytea[])
+    /// WITH ORDINALITY`) `LEFT JOIN`ed the same way, `WHERE … IS DISTINCT FROM …` — so only
+    /// missing and changed rows come back. MariaDB reads the stored fingerprints of the
+    /// batch's keys in one query and compares here.
     async fn differences(&self, namespace: &str, batch: &[Incoming]) -> Result<Vec<Difference>> {
         check_incoming(namespace, batch)?;
         let d = self.db.dialect();
@@ -210,20 +213,29 @@ impl FingerprintStore for SqlFingerprintStore {
                     }
                 }
                 Dialect::Postgres => {
-                    // The keys as one JSON array, joined (they are unique: no de-duplicating
-                    // step) to the primary key; each row comes back with its position in the
-                    // batch, so nothing is decoded as text or hashed here.
+                    // Keys and fingerprints as two typed arrays (one bound value each, sent
+                    // in binary), unnested side by side and joined to the primary key (one
+                    // probe per key); PostgreSQL compares and returns only the missing and
+                    // changed rows, each tagged with its position in the batch.
                     let mut b = Binds::new(d);
-                    let keys: Vec<&str> = chunk.iter().map(|r| r.key.as_str()).collect();
-                    let json = serde_json::to_string(&keys).unwrap_or_default();
+                    let keys = b.push(Value::Array(Array::Text(
+                        chunk.iter().map(|r| Some(r.key.clone())).collect(),
+                    )));
+                    let fps = b.push(Value::Array(Array::Bytes(
+                        chunk
+                            .iter()
+                            .map(|r| Some(r.fingerprint.as_bytes().to_vec()))
+                            .collect(),
+                    )));
+                    let ns = b.push(text(namespace));
                     let sql = format!(
                         "SELECT k.i, f.fingerprint \
-                         FROM json_array_elements_text(CAST({} AS json)) WITH ORDINALITY AS k(key, i) \
-                         JOIN {TABLE} AS f ON f.namespace = {} AND f.record_key = k.key",
-                        b.push(Value::Text(Some(json))),
-                        b.push(text(namespace)),
+                         FROM unnest(CAST({keys} AS text[]), CAST({fps} AS bytea[])) \
+                         WITH ORDINALITY AS k(record_key, fingerprint, i) \
+                         LEFT JOIN {TABLE} AS f \
+                         ON f.namespace = {ns} AND f.record_key = k.record_key \
+                         WHERE f.fingerprint IS DISTINCT FROM k.fingerprint"
                     );
-                    let mut stored: Vec<Option<Option<Fingerprint>>> = vec![None; chunk.len()];
                     for mut r in self
                         .db
                         .fetch(&sql, &b.values, &[Kind::Int, Kind::Bytes])
@@ -237,15 +249,10 @@ impl FingerprintStore for SqlFingerprintStore {
                             .ok_or_else(|| {
                                 super::bad(TABLE, "ordinality", &i.to_string(), "out of range")
                             })?;
-                        stored[idx] = Some(decode_fingerprint(TABLE, &chunk[idx].key, fp)?);
+                        let key = chunk[idx].key.clone();
+                        let stored = decode_fingerprint(TABLE, &key, fp)?;
+                        out.push(Difference { key, stored });
                     }
-                    out.extend(chunk.iter().zip(stored).filter_map(|(r, s)| match s {
-                        Some(Some(f)) if f == r.fingerprint => None,
-                        s => Some(Difference {
-                            key: r.key.clone(),
-                            stored: s.flatten(),
-                        }),
-                    }));
                 }
                 Dialect::MySql => {
                     let mut b = Binds::new(d);
