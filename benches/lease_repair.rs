@@ -20,7 +20,8 @@
 //! SQLite always runs; PostgreSQL and MariaDB run when `RECON_TEST_POSTGRES_URL` /
 //! `RECON_TEST_MYSQL_URL` are set (and the features are on). `RECON_BENCH_ROWS` changes the
 //! table size (default 1,000,000; stuck rows stay 10 % expired + 2 % orphaned);
-//! `RECON_BENCH_BACKENDS=postgres,mysql` runs only the listed backends.
+//! `RECON_BENCH_BACKENDS=postgres,mysql` runs only the listed backends; `RECON_BENCH_BATCH`
+//! overrides LeaseRepair's batch size (exploration only; the summary line says which).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -260,14 +261,23 @@ fn settings() -> Settings {
     Settings::new(retry_policy::presets::startup_jobs())
 }
 
-/// `LeaseRepair` as a host would configure it: default settings, default batch size.
+/// `LeaseRepair` as a host would configure it: default settings, default batch size
+/// (`RECON_BENCH_BATCH` overrides the batch size, for exploring only: the documented figures
+/// use the default).
 fn step(db: &Db) -> LeaseRepair<store_sqlx::SqlLeaseStore> {
     let map = JobTable::builder(T)
         .next_run_at("next_run_at")
         .updated_at("updated_at")
         .build()
         .unwrap();
-    LeaseRepair::new(db.lease_store(map), settings()).unwrap()
+    let step = LeaseRepair::new(db.lease_store(map), settings()).unwrap();
+    match std::env::var("RECON_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => step.batch_size(n).unwrap(),
+        None => step,
+    }
 }
 
 /// The hand-written statement of seeds 000/001; returns the rows it changed.
@@ -569,7 +579,7 @@ fn summary(backend: &str, all: &Expect, sample: &Expect, seen: &[(&str, Duration
     let pr_job = per_job_us(pr, sample.stuck());
     let pr_full_ms = pr_job * all.stuck() as f64 / 1e3;
     println!(
-        "SUMMARY {backend}: {} rows, {} stuck, {} live | LeaseRepair (default batch) {:.0} ms ({:.2} µs/job) \
+        "SUMMARY {backend}: {} rows, {} stuck, {} live | LeaseRepair (batch {}) {:.0} ms ({:.2} µs/job) \
          | single UPDATE {:.0} ms ({:.2} µs/job) -> LeaseRepair / single = {:.2}x (target <= 1.5) \
          | per-row loop MEASURED {:.0} ms on a 2 % sample of {} jobs ({:.1} µs/job), EXTRAPOLATED to {} jobs: {:.0} ms \
          -> per-row / LeaseRepair = {:.1}x (target >= 10) | clean {}-row table {:.2} ms (target <= 20) \
@@ -577,6 +587,7 @@ fn summary(backend: &str, all: &Expect, sample: &Expect, seen: &[(&str, Duration
         rows(),
         all.stuck(),
         all.live,
+        std::env::var("RECON_BENCH_BATCH").unwrap_or_else(|_| "default".into()),
         ms(lr),
         per_job_us(lr, all.stuck()),
         ms(su),
