@@ -102,6 +102,20 @@ fn b(k: i64, st: &str, o: Option<&str>, u: Option<&str>, a: i64, e: Option<&str>
     )
 }
 
+/// Every job in key order (`Jobs::all` orders PostgreSQL rows by the id's text).
+async fn all(jobs: &Jobs<'_>) -> Vec<StoredJob> {
+    let mut v = jobs.all().await;
+    v.sort_by(|a, b| a.row.key.cmp(&b.row.key));
+    v
+}
+
+/// Every archived job in key order.
+async fn archived(jobs: &Jobs<'_>) -> Vec<StoredJob> {
+    let mut v = jobs.archived().await;
+    v.sort_by(|a, b| a.row.key.cmp(&b.row.key));
+    v
+}
+
 const EXPIRED: &str = "Lease expired - worker crashed or timed out";
 const ORPHANED: &str = "Orphaned job recovered";
 
@@ -121,7 +135,7 @@ async fn scenario_a_jobs_row_by_row(be: &Backend<'_>) {
         be.name()
     );
     assert_eq!(r.count(ANOMALIES) + r.count(SKIPPED_CHANGED), 0);
-    let after = jobs.all().await;
+    let after = all(&jobs).await;
     assert_eq!(
         brief(&after),
         vec![
@@ -159,7 +173,7 @@ async fn scenario_a_jobs_row_by_row(be: &Backend<'_>) {
         assert_eq!(again.count(c), 0, "{}: {c}", be.name());
     }
     assert_eq!(
-        jobs.all().await,
+        all(&jobs).await,
         after,
         "{}: the second run changed something",
         be.name()
@@ -180,7 +194,7 @@ async fn scenario_a_jobs_counting_the_interrupted_attempt(be: &Backend<'_>) {
         (2, 0, 2)
     );
     assert_eq!(
-        brief(&jobs.all().await),
+        brief(&all(&jobs).await),
         vec![
             b(42, "retry", None, None, 2, Some(EXPIRED)),
             b(43, "failed", None, None, 3, Some(ORPHANED)),
@@ -198,8 +212,23 @@ async fn scenario_a_jobs_counting_the_interrupted_attempt(be: &Backend<'_>) {
         "{}",
         be.name()
     );
+    let after = all(&jobs).await;
     let again = run(&step, false).await;
-    assert_eq!(again.count(LEASES_REPAIRED) + again.count(JOBS_FAILED), 0);
+    for c in [
+        LEASES_REPAIRED,
+        JOBS_REQUEUED,
+        JOBS_FAILED,
+        SKIPPED_CHANGED,
+        ANOMALIES,
+    ] {
+        assert_eq!(again.count(c), 0, "{}: {c}", be.name());
+    }
+    assert_eq!(
+        all(&jobs).await,
+        after,
+        "{}: the second run changed something",
+        be.name()
+    );
 }
 
 async fn a_lease_renewed_between_read_and_write_is_not_clobbered(be: &Backend<'_>) {
@@ -210,6 +239,7 @@ async fn a_lease_renewed_between_read_and_write_is_not_clobbered(be: &Backend<'_
         processing_state: "processing".into(),
         now: now(),
         max_lease: None,
+        known_states: vec![],
         after: None,
         limit: 100,
     };
@@ -231,7 +261,7 @@ async fn a_lease_renewed_between_read_and_write_is_not_clobbered(be: &Backend<'_
     let out = jobs.lease.apply(&repairs, now()).await.unwrap();
     assert_eq!(out.applied, [JobKey::Int(46)], "{}", be.name());
     assert_eq!(out.skipped, [JobKey::Int(42)], "{}", be.name());
-    let after = jobs.all().await;
+    let after = all(&jobs).await;
     assert_eq!(
         brief(&after[..1]),
         vec![b(
@@ -247,18 +277,188 @@ async fn a_lease_renewed_between_read_and_write_is_not_clobbered(be: &Backend<'_
     );
 }
 
+/// `n` stuck jobs from key `start`: every fifth an orphan, the others expired leases;
+/// attempts `k % 4`, so a quarter of them (attempts 3) fail.
+/// A store that lets job 42's worker renew its lease after the step has read the batch and
+/// before it writes it — the race a guarded UPDATE must lose gracefully.
+struct RenewBeforeApply {
+    inner: Arc<dyn lease_repair::LeaseStore>,
+    renew: Renewer,
+    done: std::sync::atomic::AtomicBool,
+}
+
+enum Renewer {
+    Memory(Arc<lease_repair::MemoryLeaseStore>),
+    Sql(store_sqlx::Db),
+}
+
+const RENEWED_UNTIL: &str = "2024-01-24T12:05:00Z";
+
+impl Renewer {
+    async fn renew_42(&self) {
+        match self {
+            Renewer::Memory(m) => {
+                assert!(m.update(&JobKey::Int(42), |j| {
+                    j.row.lease_expires_at = Some(t(RENEWED_UNTIL))
+                }));
+            }
+            Renewer::Sql(db) => {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "UPDATE processing_jobs SET locked_until = {} WHERE id = 42",
+                    crate::jobs::ts_lit(
+                        db.dialect(),
+                        TimestampFormat::Rfc3339,
+                        Some(t(RENEWED_UNTIL))
+                    )
+                ));
+                let n = match db.dialect() {
+                    Dialect::Sqlite => sqlx::query(sql)
+                        .execute(db.as_sqlite().unwrap())
+                        .await
+                        .map(|r| r.rows_affected()),
+                    #[cfg(feature = "postgres")]
+                    Dialect::Postgres => sqlx::query(sql)
+                        .execute(db.as_postgres().unwrap())
+                        .await
+                        .map(|r| r.rows_affected()),
+                    #[cfg(feature = "mysql")]
+                    Dialect::MySql => sqlx::query(sql)
+                        .execute(db.as_mysql().unwrap())
+                        .await
+                        .map(|r| r.rows_affected()),
+                    #[allow(unreachable_patterns)]
+                    _ => unreachable!(),
+                }
+                .expect("renew job 42");
+                assert_eq!(n, 1);
+            }
+        }
+    }
+}
+
+type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+// The trait is declared with `#[async_trait]`; this is what that macro expands to (the root
+// package does not depend on async-trait).
+impl lease_repair::LeaseStore for RenewBeforeApply {
+    fn read_candidates<'a, 'b>(
+        &'a self,
+        q: CandidateQuery,
+    ) -> BoxFut<'b, recon_core::Result<Vec<JobRow>>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move { self.inner.read_candidates(q).await })
+    }
+
+    fn apply<'a, 'r, 'b>(
+        &'a self,
+        repairs: &'r [lease_repair::Repair],
+        now: DateTime<Utc>,
+    ) -> BoxFut<'b, recon_core::Result<lease_repair::ApplyOutcome>>
+    where
+        'a: 'b,
+        'r: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            if !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                self.renew.renew_42().await;
+            }
+            self.inner.apply(repairs, now).await
+        })
+    }
+
+    fn database_now<'a, 'b>(&'a self) -> BoxFut<'b, recon_core::Result<DateTime<Utc>>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move { self.inner.database_now().await })
+    }
+}
+
+async fn a_reconcile_racing_a_renewal_counts_it_as_skipped_changed(be: &Backend<'_>) {
+    let (memory, jobs) = match be {
+        Backend::Memory => {
+            let m = Arc::new(lease_repair::MemoryLeaseStore::new());
+            m.insert(scenario_a());
+            (Some(m), None)
+        }
+        Backend::Sql(_) => {
+            let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+            jobs.insert(&scenario_a(), Shape::default()).await;
+            (None, Some(jobs))
+        }
+    };
+    let (inner, renew): (Arc<dyn lease_repair::LeaseStore>, Renewer) = match (&memory, &jobs, be) {
+        (Some(m), _, _) => (m.clone(), Renewer::Memory(m.clone())),
+        (_, Some(j), Backend::Sql(tdb)) => (j.lease.clone(), Renewer::Sql(tdb.db.clone())),
+        _ => unreachable!(),
+    };
+    let store = RenewBeforeApply {
+        inner,
+        renew,
+        done: false.into(),
+    };
+    let r = run(&LeaseRepair::new(store, settings(false)).unwrap(), false).await;
+    assert_eq!(
+        [
+            r.count(LEASES_REPAIRED),
+            r.count(JOBS_REQUEUED),
+            r.count(JOBS_FAILED),
+            r.count(SKIPPED_CHANGED),
+        ],
+        [1, 1, 1, 1],
+        "{}: job 46 repaired, 43 requeued, 42 skipped as changed",
+        be.name()
+    );
+    let after = match (&memory, &jobs) {
+        (Some(m), _) => m.jobs(),
+        (_, Some(j)) => all(j).await,
+        _ => unreachable!(),
+    };
+    assert_eq!(
+        brief(&after),
+        vec![
+            b(
+                42,
+                "processing",
+                Some("worker-001"),
+                Some(RENEWED_UNTIL),
+                1,
+                None
+            ),
+            b(43, "retry", None, None, 2, Some(ORPHANED)),
+            b(44, "pending", None, None, 0, None),
+            b(
+                45,
+                "processing",
+                Some("worker-002"),
+                Some("2024-01-24T13:00:00Z"),
+                0,
+                None
+            ),
+            b(46, "failed", None, None, 3, Some(EXPIRED)),
+        ],
+        "{}: the renewed lease was clobbered",
+        be.name()
+    );
+}
+
 fn stuck(n: i64, start: i64) -> Vec<StoredJob> {
     (start..start + n)
         .map(|k| {
             if k % 5 == 0 {
-                StoredJob::new(k, "processing", None, None, Some(k % 3))
+                StoredJob::new(k, "processing", None, None, Some(k % 4))
             } else {
                 StoredJob::new(
                     k,
                     "processing",
                     Some("w"),
                     Some(now() - Duration::minutes(1 + k % 50)),
-                    Some(k % 3),
+                    Some(k % 4),
                 )
             }
         })
@@ -267,31 +467,75 @@ fn stuck(n: i64, start: i64) -> Vec<StoredJob> {
 
 async fn stuck_sets_larger_than_a_batch_are_repaired_in_keyset_batches(be: &Backend<'_>) {
     let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
-    jobs.insert(&stuck(1234, 1), Shape::default()).await;
+    let seed = stuck(1234, 1);
+    // live leases between the stuck ones: never touched, never counted
+    let live: Vec<_> = (2001..=2100)
+        .map(|k| {
+            StoredJob::new(
+                k,
+                "processing",
+                Some("w"),
+                Some(now() + Duration::minutes(5)),
+                Some(0),
+            )
+        })
+        .collect();
+    jobs.insert(&seed, Shape::default()).await;
+    jobs.insert(&live, Shape::default()).await;
     let step = LeaseRepair::new(jobs.lease.clone(), settings(false))
         .unwrap()
         .batch_size(100)
         .unwrap();
     let r = run(&step, false).await;
-    let total = r.count(LEASES_REPAIRED)
-        + r.count(JOBS_REQUEUED)
-        + (r.count(JOBS_FAILED) - failed_orphans(&jobs.all().await));
-    assert_eq!(total, 1234, "{}", be.name());
-    // 988 expired (10 batches) + 246 orphans (3 batches)
-    assert_eq!(r.count(BATCHES), 13, "{}", be.name());
-    assert!(
-        jobs.all()
-            .await
-            .iter()
-            .all(|j| j.row.status != "processing")
+    // the expected outcome, job by job, from scenario A's rule (stored attempts >= 3 → failed)
+    let mut want = Vec::new();
+    let (mut expired, mut requeued, mut failed) = (0, 0, 0);
+    for j in &seed {
+        let k = match j.row.key {
+            JobKey::Int(k) => k,
+            _ => unreachable!(),
+        };
+        let orphan = j.row.lease_owner.is_none();
+        let fails = k % 4 >= 3;
+        expired += u64::from(!orphan);
+        requeued += u64::from(orphan && !fails);
+        failed += u64::from(fails);
+        want.push(b(
+            k,
+            if fails { "failed" } else { "retry" },
+            None,
+            None,
+            k % 4,
+            Some(if orphan { ORPHANED } else { EXPIRED }),
+        ));
+    }
+    assert_eq!(
+        (expired, requeued, failed),
+        (988, 185, 308),
+        "the seed's arithmetic"
     );
-}
-
-/// Orphans that ended failed are counted in jobs_failed but not in jobs_requeued.
-fn failed_orphans(jobs: &[StoredJob]) -> u64 {
-    jobs.iter()
-        .filter(|j| j.row.status == "failed" && j.last_error.as_deref() == Some(ORPHANED))
-        .count() as u64
+    assert_eq!(
+        [
+            r.count(LEASES_REPAIRED),
+            r.count(JOBS_REQUEUED),
+            r.count(JOBS_FAILED),
+            r.count(ANOMALIES),
+            r.count(SKIPPED_CHANGED),
+        ],
+        [expired, requeued, failed, 0, 0],
+        "{}",
+        be.name()
+    );
+    // 988 expired (10 batches of 100) + 246 orphans (3 batches)
+    assert_eq!(r.count(BATCHES), 13, "{}", be.name());
+    let after = all(&jobs).await;
+    assert_eq!(brief(&after[..1234]), want, "{}", be.name());
+    assert_eq!(
+        after[1234..],
+        live[..],
+        "{}: a live lease was touched",
+        be.name()
+    );
 }
 
 async fn four_concurrent_reconcilers_repair_every_job_exactly_once(be: &Backend<'_>) {
@@ -309,6 +553,18 @@ async fn four_concurrent_reconcilers_repair_every_job_exactly_once(be: &Backend<
         })
         .collect();
     jobs.insert(&seed, Shape::default()).await;
+    let live: Vec<_> = (n + 1..=n + 100)
+        .map(|k| {
+            StoredJob::new(
+                k,
+                "processing",
+                Some("w"),
+                Some(now() + Duration::minutes(5)),
+                Some(0),
+            )
+        })
+        .collect();
+    jobs.insert(&live, Shape::default()).await;
     let mut tasks = Vec::new();
     for _ in 0..4 {
         // counting the interrupted attempt makes a double repair visible as attempts 2
@@ -328,9 +584,15 @@ async fn four_concurrent_reconcilers_repair_every_job_exactly_once(be: &Backend<
         "{}: repairs across instances",
         be.name()
     );
-    let after = jobs.all().await;
-    assert_eq!(after.len(), n as usize);
-    for j in &after {
+    let after = all(&jobs).await;
+    assert_eq!(after.len(), n as usize + live.len());
+    assert_eq!(
+        after[n as usize..],
+        live[..],
+        "{}: a live lease was touched",
+        be.name()
+    );
+    for j in &after[..n as usize] {
         assert_eq!(
             (j.row.status.as_str(), j.row.attempts),
             ("retry", Some(1)),
@@ -344,7 +606,7 @@ async fn four_concurrent_reconcilers_repair_every_job_exactly_once(be: &Backend<
 async fn dry_run_changes_nothing(be: &Backend<'_>) {
     let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
     jobs.insert(&scenario_a(), Shape::default()).await;
-    let before = jobs.all().await;
+    let before = all(&jobs).await;
     let step = LeaseRepair::new(jobs.lease.clone(), settings(false)).unwrap();
     let r = run(&step, true).await;
     assert_eq!(
@@ -357,7 +619,7 @@ async fn dry_run_changes_nothing(be: &Backend<'_>) {
         "dry run reports what it would do"
     );
     assert_eq!(
-        jobs.all().await,
+        all(&jobs).await,
         before,
         "{}: dry run changed rows",
         be.name()
@@ -398,7 +660,7 @@ async fn anomalies_are_reported_and_left_alone(be: &Backend<'_>) {
         ),
     ];
     jobs.insert(&rows, Shape::default()).await;
-    let before = jobs.all().await;
+    let before = all(&jobs).await;
     let step = LeaseRepair::new(jobs.lease.clone(), settings(false)).unwrap();
     let r = run(&step, false).await;
     assert_eq!(r.count(ANOMALIES), 4, "{}", be.name());
@@ -407,7 +669,31 @@ async fn anomalies_are_reported_and_left_alone(be: &Backend<'_>) {
         1,
         "a lease that ended before 1970 is still expired"
     );
-    let after = jobs.all().await;
+    let listed: Vec<(String, String)> = r.details()["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["key"].as_str().unwrap().into(),
+                a["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let mut listed = listed;
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            ("1".to_owned(), "owner_without_expiry".to_owned()),
+            ("2".into(), "expiry_too_far_ahead".into()),
+            ("3".into(), "invalid_attempts".into()),
+            ("4".into(), "invalid_attempts".into()),
+        ],
+        "{}: anomalies reported",
+        be.name()
+    );
+    let after = all(&jobs).await;
     assert_eq!(
         brief(&after[..4]),
         brief(&before[..4]),
@@ -421,7 +707,9 @@ async fn candidate_reads_agree_with_the_reference_definition(be: &Backend<'_>) {
     // every combination of status × owner × expiry × attempts around `now`
     let mut rows = Vec::new();
     let mut k = 0;
-    for st in ["processing", "retry"] {
+    // `PROCESSING` is an unknown status: equal to `processing` under MariaDB's usual
+    // collation, so this also checks that states are compared exactly there
+    for st in ["processing", "retry", "PROCESSING"] {
         for owner in [None, Some("w")] {
             for exp in [
                 None,
@@ -452,6 +740,7 @@ async fn candidate_reads_agree_with_the_reference_definition(be: &Backend<'_>) {
             processing_state: "processing".into(),
             now: now(),
             max_lease: Some(Duration::hours(24)),
+            known_states: vec!["retry".into()],
             after: None,
             limit: 1000,
         };
@@ -517,7 +806,7 @@ async fn text_and_uuid_keys_work(be: &Backend<'_>) {
         let r = run(&step, false).await;
         assert_eq!(r.count(LEASES_REPAIRED), 3, "{}: {key:?}", be.name());
         assert_eq!(r.count(BATCHES), 2);
-        assert!(jobs.all().await.iter().all(|j| j.row.status == "retry"));
+        assert!(all(&jobs).await.iter().all(|j| j.row.status == "retry"));
     }
 }
 
@@ -551,11 +840,11 @@ async fn prune_deletes_or_archives_old_terminal_jobs(be: &Backend<'_>) {
         "{}",
         be.name()
     );
-    assert_eq!(jobs.all().await.len(), 25, "dry run keeps everything");
+    assert_eq!(all(&jobs).await.len(), 25, "dry run keeps everything");
     let r = run(&archive, false).await;
     assert_eq!(r.count(ARCHIVED), 12, "{}", be.name());
-    assert_eq!(jobs.all().await.len(), 13);
-    let archived = jobs.archived().await;
+    assert_eq!(all(&jobs).await.len(), 13);
+    let archived = archived(&jobs).await;
     assert_eq!(archived.len(), 12, "{}: archived rows are kept", be.name());
     assert!(
         archived
@@ -622,7 +911,7 @@ async fn sqlite_timestamp_formats(be: &Backend<'_>) {
             (2, 1, 1),
             "{f:?}"
         );
-        let after = jobs.all().await;
+        let after = all(&jobs).await;
         assert_eq!(after[3].row.status, "processing", "{f:?}: live lease kept");
         assert_eq!(
             after[4].failed_at,
@@ -733,8 +1022,27 @@ async fn bad_mappings_are_rejected_before_any_sql(_be: &Backend<'_>) {
             JobTable::builder("jobs").attempts("status").build(),
         ),
     ] {
-        assert!(r.is_err(), "{what} accepted");
+        let e = r.expect_err(what).to_string();
+        assert!(
+            e.contains("invalid identifier") || e.contains("mapped twice"),
+            "{what}: {e}"
+        );
     }
+    let e = JobTable::builder("jobs")
+        .lease_owner("x`y")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"x`y\"") && e.contains("lease owner column"),
+        "the error names the setting and the rejected name: {e}"
+    );
+    let e = JobTable::builder("jobs")
+        .attempts("status")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("column `status` is mapped twice"), "{e}");
 }
 
 async fn a_key_of_the_wrong_type_is_an_error(be: &Backend<'_>) {
@@ -747,12 +1055,155 @@ async fn a_key_of_the_wrong_type_is_an_error(be: &Backend<'_>) {
         processing_state: "processing".into(),
         now: now(),
         max_lease: None,
+        known_states: vec![],
         after: Some(JobKey::Text("not-an-int".into())),
         limit: 10,
     };
     let err = jobs.lease.read_candidates(q).await.unwrap_err();
     assert!(err.to_string().contains("does not match"), "{err}");
     let _ = Arc::new(());
+}
+
+async fn unknown_status_values_are_reported_when_asked_and_never_changed(be: &Backend<'_>) {
+    let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    let statuses = [
+        "procesing",
+        "PROCESSING",
+        " processing",
+        "processing ",
+        "",
+        "pending",
+        "done",
+        "retry",
+        "Pending",
+    ];
+    let mut rows: Vec<_> = statuses
+        .iter()
+        .enumerate()
+        .map(|(i, st)| StoredJob::new(i as i64 + 1, st, None, None, Some(0)))
+        .collect();
+    rows.push(StoredJob::new(10, "processing", None, None, Some(0)));
+    jobs.insert(&rows, Shape::default()).await;
+    let before = all(&jobs).await;
+    // off (the default): nothing reported, only the real orphan repaired
+    let r = run(
+        &LeaseRepair::new(jobs.lease.clone(), settings(false)).unwrap(),
+        true,
+    )
+    .await;
+    assert_eq!(
+        (r.count(ANOMALIES), r.count(JOBS_REQUEUED)),
+        (0, 1),
+        "{}",
+        be.name()
+    );
+    let mut s = settings(false);
+    s.report_unknown_status = Some(vec!["pending".into(), "done".into()]);
+    let step = LeaseRepair::new(jobs.lease.clone(), s)
+        .unwrap()
+        .batch_size(2)
+        .unwrap();
+    let r = run(&step, false).await;
+    assert_eq!(
+        (
+            r.count(ANOMALIES),
+            r.count(JOBS_REQUEUED),
+            r.count(LEASES_REPAIRED)
+        ),
+        (6, 1, 0),
+        "{}",
+        be.name()
+    );
+    let listed: Vec<(String, String, String)> = r.details()["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["key"].as_str().unwrap().into(),
+                a["kind"].as_str().unwrap().into(),
+                a["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = [1, 2, 3, 4, 5, 9]
+        .iter()
+        .map(|&k| {
+            (
+                k.to_string(),
+                "unknown_status".into(),
+                statuses[k - 1].into(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, want, "{}: compared exactly", be.name());
+    let after = all(&jobs).await;
+    assert_eq!(
+        after[..9],
+        before[..9],
+        "{}: reported rows changed",
+        be.name()
+    );
+    assert_eq!(after[9].row.status, "retry");
+    // a second run reports the same rows again and changes nothing
+    let again = run(&step, false).await;
+    assert_eq!((again.count(ANOMALIES), again.count(JOBS_REQUEUED)), (6, 0));
+    assert_eq!(all(&jobs).await, after);
+}
+
+async fn prune_deletes_old_terminal_jobs_in_batches(be: &Backend<'_>) {
+    let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    let mut rows = Vec::new();
+    for k in 1..=25 {
+        let st = ["done", "failed", "processing", "retry", "done"][(k % 5) as usize];
+        let mut j = StoredJob::new(k, st, None, None, Some(1));
+        j.updated_at = Some(if k <= 20 {
+            t("2023-11-01T00:00:00Z")
+        } else {
+            t("2024-01-20T00:00:00Z")
+        });
+        rows.push(j);
+    }
+    jobs.insert(&rows, Shape::default()).await;
+    let keep: Vec<StoredJob> = rows
+        .iter()
+        .filter(|j| {
+            !(["done", "failed"].contains(&j.row.status.as_str())
+                && j.updated_at < Some(t("2023-12-25T12:00:00Z")))
+        })
+        .cloned()
+        .collect();
+    assert_eq!(keep.len(), 13);
+    let prune = LeasePrune::new(
+        jobs.prune.clone(),
+        vec!["done".to_owned(), "failed".to_owned()],
+        Duration::days(30),
+        PruneMode::Delete,
+    )
+    .unwrap()
+    .batch_size(5)
+    .unwrap();
+    let dry = run(&prune, true).await;
+    assert_eq!(dry.count(PRUNED), 12, "{}", be.name());
+    assert_eq!(all(&jobs).await, rows, "{}: dry run deleted", be.name());
+    let r = run(&prune, false).await;
+    assert_eq!(
+        (r.count(PRUNED), r.count(BATCHES)),
+        (12, 3),
+        "{}",
+        be.name()
+    );
+    assert_eq!(
+        all(&jobs).await,
+        keep,
+        "{}: exactly the old terminal jobs go",
+        be.name()
+    );
+    assert!(
+        archived(&jobs).await.is_empty(),
+        "delete mode archives nothing"
+    );
+    assert_eq!(run(&prune, false).await.count(PRUNED), 0, "idempotent");
 }
 
 crate::conformance!(
@@ -771,4 +1222,7 @@ crate::conformance!(
     verify_names_what_is_missing,
     bad_mappings_are_rejected_before_any_sql,
     a_key_of_the_wrong_type_is_an_error,
+    unknown_status_values_are_reported_when_asked_and_never_changed,
+    prune_deletes_old_terminal_jobs_in_batches,
+    a_reconcile_racing_a_renewal_counts_it_as_skipped_changed,
 );

@@ -86,7 +86,18 @@ pub struct Settings {
     /// negative attempts are taken as 0, and an owner without an expiry is treated as
     /// orphaned. Expiries too far ahead are always only reported. Default: `false`.
     pub repair_anomalies: bool,
+    /// Report rows whose status is none of the host's states (a typo, another case, stray
+    /// spaces, an empty string, NULL) as [`AnomalyKind::UnknownStatus`] anomalies. `None`
+    /// (the default): off. `Some(states)`: the host's states *besides* the four of
+    /// [`JobStates`] (`pending`, `done`, …); any other value is reported, compared exactly
+    /// (byte for byte, also on MariaDB's case-insensitive collations). Such rows are never
+    /// changed. Finding them reads every row of the table once per run, so it is opt-in.
+    pub report_unknown_status: Option<Vec<String>>,
 }
+
+/// At most this many states in [`Settings::report_unknown_status`] (each is a bound value of
+/// one statement).
+pub const MAX_KNOWN_STATES: usize = 1000;
 
 impl Settings {
     /// Scenario A's settings with `policy`.
@@ -98,7 +109,25 @@ impl Settings {
             messages: Messages::default(),
             max_lease: Some(chrono::Duration::hours(24)),
             repair_anomalies: false,
+            report_unknown_status: None,
         }
+    }
+
+    /// Every state the host declared: the four of [`JobStates`] and, when unknown states are
+    /// reported, the listed ones, without duplicates.
+    pub fn known_states(&self) -> Vec<String> {
+        let s = &self.states;
+        let mut v: Vec<String> = Vec::new();
+        let extra = self.report_unknown_status.iter().flatten();
+        for st in [&s.processing, &s.retry, &s.failed, &s.orphaned_to]
+            .into_iter()
+            .chain(extra)
+        {
+            if !v.contains(st) {
+                v.push(st.clone());
+            }
+        }
+        v
     }
 
     /// Reject settings that cannot work: empty states, targets equal to `processing` (the
@@ -131,6 +160,14 @@ impl Settings {
                 )));
             }
         }
+        if let Some(known) = &self.report_unknown_status
+            && known.len() > MAX_KNOWN_STATES
+        {
+            return Err(Error::Settings(format!(
+                "report_unknown_status lists {} states; at most {MAX_KNOWN_STATES} are supported",
+                known.len()
+            )));
+        }
         if self
             .max_lease
             .is_some_and(|m| m <= chrono::Duration::zero())
@@ -154,6 +191,8 @@ pub enum AnomalyKind {
     /// A column holds a value the store could not read (a timestamp in an unknown format,
     /// invalid UTF-8, text in a number column).
     UnreadableValue,
+    /// A status none of the host's states (only with [`Settings::report_unknown_status`]).
+    UnknownStatus,
 }
 
 /// What happens to a repaired job.
@@ -172,6 +211,8 @@ pub enum LeaveReason {
     NotProcessing,
     /// Its lease is live: a live lease is never touched.
     LiveLease,
+    /// Read as an unknown-status candidate, but its status is one of the host's states.
+    KnownStatus,
 }
 
 /// The decision for one row.
@@ -193,6 +234,8 @@ pub enum Action {
 
 /// Decide what to do with `row`, found as a `kind` candidate, at `now`.
 ///
+/// - A [`CandidateKind::UnknownStatus`] candidate is an anomaly when its status is none of
+///   [`Settings::known_states`] (compared exactly), and left alone otherwise.
 /// - A job whose lease has not ended, or that is not `processing`, is left alone.
 /// - NULL or negative attempts, an owner without expiry and an expiry too far ahead are
 ///   anomalies (unless [`Settings::repair_anomalies`] allows the safe repairs).
@@ -200,6 +243,13 @@ pub enum Action {
 ///   attempt is counted); the retry policy decides with them: retry at its time, or give up
 ///   (`attempts >= max` → failed).
 pub fn decide(row: &JobRow, kind: CandidateKind, now: DateTime<Utc>, s: &Settings) -> Action {
+    if kind == CandidateKind::UnknownStatus {
+        return if s.known_states().contains(&row.status) {
+            Action::Leave(LeaveReason::KnownStatus)
+        } else {
+            Action::Anomaly(AnomalyKind::UnknownStatus)
+        };
+    }
     if row.unreadable.is_some() {
         return Action::Anomaly(AnomalyKind::UnreadableValue);
     }

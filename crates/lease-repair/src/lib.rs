@@ -9,8 +9,8 @@ mod reconcile;
 mod store;
 
 pub use decide::{
-    Action, AnomalyKind, JobStates, LeaveReason, MAX_ATTEMPTS, MAX_MESSAGE_BYTES, Messages,
-    Outcome, Settings, TimeBasis, decide,
+    Action, AnomalyKind, JobStates, LeaveReason, MAX_ATTEMPTS, MAX_KNOWN_STATES, MAX_MESSAGE_BYTES,
+    Messages, Outcome, Settings, TimeBasis, decide,
 };
 pub use error::Error;
 pub use memory::{MemoryLeaseStore, StoredJob};

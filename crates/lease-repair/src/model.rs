@@ -68,15 +68,30 @@ pub enum CandidateKind {
     /// expiry, an expiry further ahead than the maximum lease, NULL, negative or absurdly
     /// large attempts.
     Anomaly,
+    /// Rows in a state the host did not declare (`procesing`, `PROCESSING`, `''`, NULL): in
+    /// none of [`CandidateQuery::known_states`] and not the processing state. Only read when
+    /// [`Settings::report_unknown_status`](crate::Settings::report_unknown_status) is set,
+    /// because finding them reads every row of the table once.
+    UnknownStatus,
 }
 
 impl CandidateKind {
-    /// All kinds, in the order lease repair scans them.
-    pub const ALL: [CandidateKind; 3] = [Self::ExpiredLease, Self::Orphaned, Self::Anomaly];
+    /// All kinds, in the order lease repair scans them (`UnknownStatus` only when it is
+    /// turned on).
+    pub const ALL: [CandidateKind; 4] = [
+        Self::ExpiredLease,
+        Self::Orphaned,
+        Self::Anomaly,
+        Self::UnknownStatus,
+    ];
 
     /// Whether `row` belongs to this kind at `now`. This is the reference definition that
     /// every store's query must agree with (the conformance suite checks it).
     pub fn matches(self, row: &JobRow, query: &CandidateQuery) -> bool {
+        if self == Self::UnknownStatus {
+            return row.status != query.processing_state
+                && !query.known_states.contains(&row.status);
+        }
         if row.status != query.processing_state {
             return false;
         }
@@ -99,6 +114,8 @@ impl CandidateKind {
                     .is_none_or(|a| !(0..=crate::MAX_ATTEMPTS).contains(&a));
                 owner_without_expiry || too_far || (live && bad_attempts)
             }
+            // answered before the processing check
+            Self::UnknownStatus => false,
         }
     }
 }
@@ -114,6 +131,9 @@ pub struct CandidateQuery {
     pub now: DateTime<Utc>,
     /// Leases longer than this are anomalies (only for [`CandidateKind::Anomaly`]).
     pub max_lease: Option<chrono::Duration>,
+    /// The states the host uses besides `processing_state` (only for
+    /// [`CandidateKind::UnknownStatus`]; compared exactly, byte for byte, on every backend).
+    pub known_states: Vec<String>,
     /// Keyset position: only keys greater than this.
     pub after: Option<JobKey>,
     /// At most this many rows.

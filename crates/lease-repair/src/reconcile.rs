@@ -154,7 +154,12 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
             t.report.add(c, 0);
         }
         let mut seen = 0_u64;
+        let known_states = self.settings.known_states();
         'kinds: for kind in CandidateKind::ALL {
+            if kind == CandidateKind::UnknownStatus && self.settings.report_unknown_status.is_none()
+            {
+                continue;
+            }
             let mut after: Option<JobKey> = None;
             loop {
                 if ctx.deadline_passed() {
@@ -168,6 +173,11 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
                     processing_state: self.settings.states.processing.clone(),
                     now,
                     max_lease: self.settings.max_lease,
+                    known_states: if kind == CandidateKind::UnknownStatus {
+                        known_states.clone()
+                    } else {
+                        Vec::new()
+                    },
                     after: after.clone(),
                     limit: self.batch_size,
                 };
@@ -249,6 +259,9 @@ fn record_anomaly(t: &mut Tally, row: &crate::JobRow, kind: AnomalyKind) {
         let mut entry = json!({ "key": row.key.to_string(), "kind": kind });
         if let Some(why) = &row.unreadable {
             entry["reason"] = json!(recon_core::truncate(why.clone(), 512));
+        }
+        if kind == AnomalyKind::UnknownStatus {
+            entry["status"] = json!(recon_core::truncate(row.status.clone(), 256));
         }
         t.anomalies.push(entry);
     }

@@ -366,6 +366,7 @@ proptest! {
         let q = |kind| CandidateQuery {
             kind, processing_state: "processing".into(), now: now(),
             max_lease: Some(Duration::hours(24)), after: None, limit: 10,
+            known_states: vec!["processing".into(), "retry".into(), "pending".into()],
         };
         let n = CandidateKind::ALL.iter().filter(|k| k.matches(&r, &q(**k))).count();
         prop_assert!(n <= 1, "{:?} matched {} kinds", r, n);
@@ -627,6 +628,93 @@ async fn prune_deletes_or_archives_old_terminal_jobs_in_batches() {
         )
         .is_err()
     );
+}
+
+#[test]
+fn unknown_status_is_an_anomaly_compared_exactly() {
+    let mut s = settings(false);
+    s.report_unknown_status = Some(vec!["pending".into(), "done".into()]);
+    assert_eq!(
+        s.known_states(),
+        ["processing", "retry", "failed", "pending", "done"]
+    );
+    let k = CandidateKind::UnknownStatus;
+    for unknown in ["procesing", "PROCESSING", "processing ", " pending", ""] {
+        assert_eq!(
+            decide(&row(1, unknown, None, None, Some(0)), k, now(), &s),
+            Action::Anomaly(AnomalyKind::UnknownStatus),
+            "{unknown:?}"
+        );
+    }
+    for known in ["processing", "retry", "failed", "pending", "done"] {
+        assert_eq!(
+            decide(&row(1, known, None, None, Some(0)), k, now(), &s),
+            Action::Leave(LeaveReason::KnownStatus),
+            "{known:?}"
+        );
+    }
+    let mut s = settings(false);
+    s.report_unknown_status = Some(vec!["x".into(); MAX_KNOWN_STATES + 1]);
+    assert!(s.validate().unwrap_err().to_string().contains("at most"));
+}
+
+#[tokio::test]
+async fn unknown_status_is_reported_only_when_asked_and_never_changed() {
+    let store = Arc::new(MemoryLeaseStore::new());
+    store.insert([
+        StoredJob::new(1, "procesing", None, None, Some(0)),
+        StoredJob::new(2, "pending", None, None, Some(0)),
+        StoredJob::new(
+            3,
+            "PROCESSING",
+            Some("w"),
+            Some(t("2024-01-24T10:00:00Z")),
+            Some(0),
+        ),
+        StoredJob::new(4, "processing", None, None, Some(0)),
+        StoredJob::new(5, "done", None, None, Some(0)),
+    ]);
+    let before = store.jobs();
+    // off by default: not read, not reported
+    let mut reads = MockLeaseStore::new();
+    reads
+        .expect_read_candidates()
+        .withf(|q| q.kind != CandidateKind::UnknownStatus)
+        .returning(|_| Ok(vec![]));
+    let r = run(&LeaseRepair::new(reads, settings(false)).unwrap(), false).await;
+    assert_eq!(r.count(ANOMALIES), 0);
+
+    let mut s = settings(false);
+    s.report_unknown_status = Some(vec!["pending".into(), "done".into()]);
+    let step = LeaseRepair::new(store.clone(), s)
+        .unwrap()
+        .batch_size(1)
+        .unwrap();
+    let r = run(&step, false).await;
+    assert_eq!(r.count(ANOMALIES), 2);
+    assert_eq!(r.count(JOBS_REQUEUED), 1, "job 4 is an ordinary orphan");
+    let listed = r.details()["anomalies"].as_array().unwrap();
+    let got: Vec<_> = listed
+        .iter()
+        .map(|a| {
+            (
+                a["key"].as_str().unwrap(),
+                a["kind"].as_str().unwrap(),
+                a["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("1", "unknown_status", "procesing"),
+            ("3", "unknown_status", "PROCESSING")
+        ]
+    );
+    let after = store.jobs();
+    for i in [0, 1, 2, 4] {
+        assert_eq!(after[i], before[i], "job {} changed", i + 1);
+    }
 }
 
 #[test]

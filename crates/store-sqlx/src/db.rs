@@ -558,6 +558,22 @@ impl Db {
         })
     }
 
+    /// Like `fetch_lenient`, but not kept as a prepared statement: planned with the bound
+    /// values on every call. (PostgreSQL switches a prepared statement to a generic plan after
+    /// five executions; for a keyset read that plan can walk the whole primary key of a table
+    /// where nothing matches.)
+    pub(crate) async fn fetch_lenient_replanned(
+        &self,
+        sql: &str,
+        args: &[Value],
+        kinds: &[Kind],
+    ) -> Result<Vec<Vec<std::result::Result<Value, String>>>> {
+        on_backend!(&self.pool, Pool, p, m => {
+            let rows = m::bind(sql, args).context(sql_head(sql))?.persistent(false).fetch_all(p).await.context(sql_head(sql))?;
+            Ok(rows.iter().map(|r| m::decode_lenient(r, kinds)).collect())
+        })
+    }
+
     /// Begin a transaction. On SQLite a writing transaction starts with `BEGIN IMMEDIATE`, so
     /// that it takes the write lock before reading (no upgrade deadlocks between writers).
     pub(crate) async fn begin(&self) -> Result<Tx> {

@@ -403,28 +403,74 @@ impl SqlLeaseStore {
         let d = self.db.dialect();
         let s = &self.q;
         let mut b = Binds::new(d);
-        let processing = b.push(Value::Text(Some(q.processing_state.clone())));
+        // Placeholders are pushed in text order (positional on SQLite and MySQL).
+        let filter = match q.kind {
+            // Every state is compared exactly: MariaDB's usual collations (and a SQLite
+            // column declared NOCASE) would find `PROCESSING` equal to `processing`.
+            CandidateKind::UnknownStatus => {
+                let mut states = vec![Value::Text(Some(q.processing_state.clone()))];
+                states.extend(
+                    q.known_states
+                        .iter()
+                        .map(|st| Value::Text(Some(st.clone()))),
+                );
+                let list = b.list(states);
+                // (A host's non-UTF-8 column may make MySQL over-report here; `decide`
+                // compares again in Rust, so such a row is left alone, never misreported.)
+                let status = match d {
+                    Dialect::MySql => format!("CAST({} AS BINARY)", s.status),
+                    Dialect::Sqlite => format!("{} COLLATE BINARY", s.status),
+                    Dialect::Postgres => s.status.clone(),
+                };
+                format!("({} IS NULL OR {status} NOT IN ({list}))", s.status)
+            }
+            // `status = ?` uses the host's index; the exact comparison then drops the rows
+            // that only a case- or pad-insensitive collation finds equal.
+            _ => {
+                let mut state = || b.push(Value::Text(Some(q.processing_state.clone())));
+                let st = &s.status;
+                match d {
+                    Dialect::MySql => {
+                        let (p1, p2) = (state(), state());
+                        format!("{st} = {p1} AND CAST({st} AS BINARY) = {p2}")
+                    }
+                    Dialect::Sqlite => {
+                        let (p1, p2) = (state(), state());
+                        format!("{st} = {p1} AND {st} COLLATE BINARY = {p2}")
+                    }
+                    Dialect::Postgres => format!("{st} = {}", state()),
+                }
+            }
+        };
+        // PostgreSQL: only `status = ?` and `id > ?` may use an index, so that every batch
+        // walks `(status, id)` in key order and stops at the batch size. Its planner
+        // otherwise picks a `(status, locked_until)` index from statistics taken while few
+        // jobs were processing (the normal case before a crash), reads *every* candidate
+        // through it and sorts them all, for every batch: 35 ms a batch with 78,000 expired
+        // jobs left, against 0.5 ms for the walk. `expiry + interval '0 seconds'` is the
+        // same value as the column but no index matches it.
+        let e = match d {
+            Dialect::Postgres => format!("({} + CAST('0 seconds' AS interval))", s.expiry),
+            _ => s.expiry.clone(),
+        };
         let kind = match q.kind {
+            CandidateKind::UnknownStatus => "1 = 1".to_owned(),
             CandidateKind::ExpiredLease => {
                 let now = b.push(self.ts(Some(q.now)));
-                format!("{e} IS NOT NULL AND {e} < {now}", e = s.expiry)
+                format!("{e} IS NOT NULL AND {e} < {now}")
             }
-            CandidateKind::Orphaned => format!("{} IS NULL AND {} IS NULL", s.owner, s.expiry),
+            CandidateKind::Orphaned => format!("{} IS NULL AND {e} IS NULL", s.owner),
             CandidateKind::Anomaly => {
-                let mut parts = vec![format!(
-                    "({} IS NOT NULL AND {} IS NULL)",
-                    s.owner, s.expiry
-                )];
+                let mut parts = vec![format!("({} IS NOT NULL AND {e} IS NULL)", s.owner)];
                 if let Some(h) = q.max_lease_horizon() {
                     let h = b.push(self.ts(Some(h)));
-                    parts.push(format!("{} > {h}", s.expiry));
+                    parts.push(format!("{e} > {h}"));
                 }
                 let max = b.push(Value::Int(Some(lease_repair::MAX_ATTEMPTS)));
                 let now = b.push(self.ts(Some(q.now)));
                 parts.push(format!(
                     "(({a} IS NULL OR {a} < 0 OR {a} > {max}) AND {e} >= {now})",
                     a = s.attempts,
-                    e = s.expiry
                 ));
                 format!("({})", parts.join(" OR "))
             }
@@ -435,18 +481,34 @@ impl SqlLeaseStore {
         };
         let limit = b.push(Value::Int(Some(i64::try_from(q.limit).unwrap_or(i64::MAX))));
         let (cols, kinds) = self.row_columns();
+        // MariaDB/MySQL: `ORDER BY status, id` (the same order: the status is fixed) names
+        // the order a `(status, id)` index gives. With `ORDER BY id` alone MariaDB walks the
+        // primary key for its order and filters, which reads the whole table when nothing is
+        // stuck (225 ms on 1,000,000 rows, against 0.5 ms).
+        // `IGNORE INDEX FOR ORDER BY (PRIMARY)` keeps it off that walk where its estimates
+        // still prefer it; the primary key can still serve `id > ?`.
+        let (order, hint) = match (d, q.kind) {
+            (Dialect::MySql, kind) if kind != CandidateKind::UnknownStatus => (
+                format!("{}, {}", s.status, s.id),
+                " IGNORE INDEX FOR ORDER BY (PRIMARY)",
+            ),
+            _ => (s.id.clone(), ""),
+        };
         let sql = format!(
-            "SELECT {cols} FROM {t} WHERE {st} = {processing} AND {kind}{after} ORDER BY {id} LIMIT {limit}",
+            "SELECT {cols} FROM {t}{hint} WHERE {filter} AND {kind}{after} ORDER BY {order} LIMIT {limit}",
             t = s.table,
-            st = s.status,
-            id = s.id,
         );
-        self.db
-            .fetch_lenient(&sql, &b.values, &kinds)
-            .await?
-            .into_iter()
-            .map(|r| self.decode_row(r))
-            .collect()
+        // PostgreSQL plans each read with its values: a generic plan cannot know that
+        // `status = 'processing'` is rare and may walk the whole primary key instead.
+        let rows = match d {
+            Dialect::Postgres => {
+                self.db
+                    .fetch_lenient_replanned(&sql, &b.values, &kinds)
+                    .await?
+            }
+            _ => self.db.fetch_lenient(&sql, &b.values, &kinds).await?,
+        };
+        rows.into_iter().map(|r| self.decode_row(r)).collect()
     }
 
     async fn apply_once(&self, repairs: &[Repair], now: DateTime<Utc>) -> Result<ApplyOutcome> {
@@ -745,16 +807,26 @@ impl SqlLeaseStore {
                     .map(|(p, t)| format!("CAST({p} AS {t}[])"))
                     .collect::<Vec<_>>()
                     .join(", ");
+                // `locked` carries the new values, so the UPDATE joins the job table only
+                // with the rows it locked, by primary key. (Joining `v` again made
+                // PostgreSQL's generic plan, used after five executions, a nested loop over
+                // `v` for every row: 200 ms instead of 11 ms for 500 repairs.)
                 format!(
-                    "WITH v AS (SELECT * FROM unnest({unnest}) AS u({cols})), locked AS (\
-                       SELECT t.{id} AS id FROM {t} AS t JOIN v ON {id_match} \
+                    "WITH u AS (SELECT * FROM unnest({unnest}) AS u({cols})), v AS (\
+                       SELECT t.{id} AS id, u.new_status, u.new_attempts, u.new_error, \
+                              u.new_next_run, u.new_failed \
+                       FROM {t} AS t JOIN u ON {id_match_u} \
                        WHERE t.{st} = {proc_p} \
-                         AND t.{owner} IS NOT DISTINCT FROM v.exp_owner \
-                         AND t.{expiry} IS NOT DISTINCT FROM v.exp_until \
-                         AND t.{attempts} IS NOT DISTINCT FROM v.exp_attempts \
+                         AND t.{owner} IS NOT DISTINCT FROM u.exp_owner \
+                         AND t.{expiry} IS NOT DISTINCT FROM u.exp_until \
+                         AND t.{attempts} IS NOT DISTINCT FROM u.exp_attempts \
                        ORDER BY t.{id} FOR UPDATE OF t SKIP LOCKED) \
                      UPDATE {t} AS t SET {sets} FROM v \
-                     WHERE {id_match} AND t.{id} IN (SELECT id FROM locked) RETURNING {returning}",
+                     WHERE t.{id} = v.id RETURNING {returning}",
+                    id_match_u = match self.map.key_kind {
+                        KeyKind::Uuid => format!("t.{} = CAST(u.id AS uuid)", s.id),
+                        _ => format!("t.{} = u.id", s.id),
+                    },
                     cols = names.join(", "),
                     id = s.id,
                     owner = s.owner,
@@ -765,14 +837,16 @@ impl SqlLeaseStore {
             Dialect::Sqlite => {
                 // Text timestamps are compared after normalising both sides (a host may store
                 // another text form than recon writes); integer ones compare as they are.
+                // Equal text is the same instant, so the common case skips the two
+                // `strftime` calls (about a quarter of the statement's time per row).
                 let until = match self.map.timestamps {
                     TimestampFormat::UnixSeconds | TimestampFormat::UnixMillis => {
                         format!("t.{} IS {}", s.expiry, v("exp_until"))
                     }
                     _ => format!(
-                        "strftime('%Y-%m-%d %H:%M:%f', t.{}) IS strftime('%Y-%m-%d %H:%M:%f', {})",
-                        s.expiry,
-                        v("exp_until")
+                        "(t.{e} IS {x} OR strftime('%Y-%m-%d %H:%M:%f', t.{e}) IS strftime('%Y-%m-%d %H:%M:%f', {x}))",
+                        e = s.expiry,
+                        x = v("exp_until")
                     ),
                 };
                 format!(
