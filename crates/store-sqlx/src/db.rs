@@ -552,10 +552,7 @@ impl Db {
         args: &[Value],
         kinds: &[Kind],
     ) -> Result<Vec<Vec<std::result::Result<Value, String>>>> {
-        on_backend!(&self.pool, Pool, p, m => {
-            let rows = m::bind(sql, args).context(sql_head(sql))?.fetch_all(p).await.context(sql_head(sql))?;
-            Ok(rows.iter().map(|r| m::decode_lenient(r, kinds)).collect())
-        })
+        self.fetch_lenient_with(sql, args, kinds, true).await
     }
 
     /// Like `fetch_lenient`, but not kept as a prepared statement: planned with the bound
@@ -568,8 +565,23 @@ impl Db {
         args: &[Value],
         kinds: &[Kind],
     ) -> Result<Vec<Vec<std::result::Result<Value, String>>>> {
+        self.fetch_lenient_with(sql, args, kinds, false).await
+    }
+
+    async fn fetch_lenient_with(
+        &self,
+        sql: &str,
+        args: &[Value],
+        kinds: &[Kind],
+        persistent: bool,
+    ) -> Result<Vec<Vec<std::result::Result<Value, String>>>> {
         on_backend!(&self.pool, Pool, p, m => {
-            let rows = m::bind(sql, args).context(sql_head(sql))?.persistent(false).fetch_all(p).await.context(sql_head(sql))?;
+            let rows = m::bind(sql, args)
+                .context(sql_head(sql))?
+                .persistent(persistent)
+                .fetch_all(p)
+                .await
+                .context(sql_head(sql))?;
             Ok(rows.iter().map(|r| m::decode_lenient(r, kinds)).collect())
         })
     }

@@ -14,6 +14,15 @@ use crate::sql::{Binds, CHUNK, with_deadlock_retry};
 use crate::value::{Kind, Value};
 use crate::{Db, Dialect, Error, Ident, Result, TableName, TimestampFormat};
 
+/// The kinds of a job row as the queue reads it: id, kind, entity key, its type, run_at.
+const JOB_ROW_KINDS: [Kind; 5] = [
+    Kind::Text,
+    Kind::Text,
+    Kind::Text,
+    Kind::Text,
+    Kind::Ts(TimestampFormat::Rfc3339),
+];
+
 /// The table [`SqlJobQueue`] keeps jobs in, created by [`Db::migrate`].
 pub const QUEUED_JOBS_TABLE: &str = "recon_queued_jobs";
 
@@ -158,22 +167,12 @@ impl OrphanSweeper for SqlOrphanSweeper {
             s = q.c("state"),
         );
         let rows =
-            q.db.fetch(
-                &sql,
-                &b.values,
-                &[
-                    Kind::Text,
-                    Kind::Text,
-                    Kind::Text,
-                    Kind::Text,
-                    Kind::Ts(TimestampFormat::Rfc3339),
-                ],
-            )
-            .await
-            .map_err(store_err(format!(
-                "list jobs of queue {} that cannot be judged",
-                q.queue
-            )))?;
+            q.db.fetch(&sql, &b.values, &JOB_ROW_KINDS)
+                .await
+                .map_err(store_err(format!(
+                    "list jobs of queue {} that cannot be judged",
+                    q.queue
+                )))?;
         rows.into_iter()
             .map(|r| q.decode(r).map_err(QError::from))
             .collect::<QResult<Vec<_>>>()
@@ -736,17 +735,7 @@ impl JobQueue for SqlJobQueue {
         );
         let rows = self
             .db
-            .fetch(
-                &sql,
-                &b.values,
-                &[
-                    Kind::Text,
-                    Kind::Text,
-                    Kind::Text,
-                    Kind::Text,
-                    Kind::Ts(TimestampFormat::Rfc3339),
-                ],
-            )
+            .fetch(&sql, &b.values, &JOB_ROW_KINDS)
             .await
             .map_err(store_err(format!("read queue {}", self.queue)))?;
         rows.into_iter()
