@@ -310,6 +310,12 @@ pub struct ConnectOptions {
     pub search_path: Option<String>,
     /// PostgreSQL only: the `application_name` shown in `pg_stat_activity`.
     pub application_name: Option<String>,
+    /// SQLite only: `PRAGMA mmap_size` in bytes for every connection (default `None`: SQLite's
+    /// own default, no memory-mapped I/O). Large fingerprint or job tables read about twice as
+    /// fast with it (`docs/benchmarks.md`, classify); the cost is that an I/O error on the file
+    /// arrives as a signal (SIGBUS) instead of an error code, which is why it is off unless
+    /// asked for.
+    pub sqlite_mmap_size: Option<u64>,
 }
 
 impl Default for ConnectOptions {
@@ -320,6 +326,7 @@ impl Default for ConnectOptions {
             busy_timeout: Duration::from_secs(10),
             search_path: None,
             application_name: None,
+            sqlite_mmap_size: None,
         }
     }
 }
@@ -386,11 +393,14 @@ impl Db {
                 #[cfg(feature = "sqlite")]
                 {
                     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
-                    let opts = SqliteConnectOptions::from_str(url)
+                    let mut opts = SqliteConnectOptions::from_str(url)
                         .map_err(|e| unsupported(&e.to_string()))?
                         .create_if_missing(true)
                         .journal_mode(SqliteJournalMode::Wal)
                         .busy_timeout(options.busy_timeout);
+                    if let Some(bytes) = options.sqlite_mmap_size {
+                        opts = opts.pragma("mmap_size", bytes.to_string());
+                    }
                     let pool = open(&options, opts).await.context(&what)?;
                     Ok(Self::from_pool(Pool::Sqlite(pool)))
                 }
@@ -661,4 +671,55 @@ fn sql_head(sql: &str) -> &str {
         .map(|(i, _)| i)
         .unwrap_or(sql.len());
     sql[..end].trim()
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+
+    async fn mmap_size(db: &Db) -> i64 {
+        sqlx::query_scalar::<_, i64>("PRAGMA mmap_size")
+            .fetch_one(db.as_sqlite().expect("a SQLite pool"))
+            .await
+            .expect("PRAGMA mmap_size")
+    }
+
+    #[tokio::test]
+    async fn sqlite_mmap_size_is_set_on_every_connection_only_when_asked() {
+        let path = std::env::temp_dir().join(format!(
+            "recon-mmap-{}-{}.sqlite",
+            std::process::id(),
+            Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ));
+        let url = format!("sqlite:{}", path.display());
+        let plain = Db::connect(&url).await.expect("connect");
+        assert_eq!(mmap_size(&plain).await, 0, "off unless asked for");
+        plain.close().await;
+
+        let options = ConnectOptions {
+            sqlite_mmap_size: Some(64 * 1024 * 1024),
+            max_connections: 2,
+            ..ConnectOptions::default()
+        };
+        let db = Db::connect_with(&url, options).await.expect("connect");
+        // hold one connection so the query runs on a second: each one the pool opens has it
+        let pool = db.as_sqlite().expect("a SQLite pool");
+        let mut first = pool.acquire().await.expect("acquire");
+        let on_first: i64 = sqlx::query_scalar("PRAGMA mmap_size")
+            .fetch_one(&mut *first)
+            .await
+            .expect("PRAGMA mmap_size");
+        assert_eq!(on_first, 64 * 1024 * 1024);
+        assert_eq!(mmap_size(&db).await, 64 * 1024 * 1024);
+        assert_eq!(
+            pool.size(),
+            2,
+            "the second query ran on a second connection"
+        );
+        drop(first);
+        db.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 }
