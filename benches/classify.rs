@@ -10,7 +10,7 @@
 //! cargo bench --bench classify --features postgres
 //! ```
 //! SQLite always runs, twice on the same file: `sqlite` with `Db::connect`'s defaults and
-//! `sqlite_mmap` on a host pool (`Db::from_sqlite`) with `PRAGMA mmap_size = 1 GiB`, which
+//! `sqlite_mmap` with `ConnectOptions::sqlite_mmap_size` = 1 GiB (`PRAGMA mmap_size`), which
 //! reads the table's pages by memory mapping instead of one `pread` per page. PostgreSQL runs
 //! when `RECON_TEST_POSTGRES_URL` is set and the `postgres` feature is on (the bench uses its
 //! own schema, `recon_bench_classify`, and drops it afterwards). `RECON_BENCH_ROWS` changes the record count (default 1,000,000; 1 %
@@ -106,20 +106,17 @@ async fn connect(backend: &str) -> Option<Db> {
             Some(db)
         }
         "sqlite_mmap" => {
-            use std::str::FromStr;
-            let opts = sqlx::sqlite::SqliteConnectOptions::from_str(&format!(
-                "sqlite:{}",
-                sqlite_path().display()
-            ))
-            .expect("SQLite URL")
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .pragma("mmap_size", "1073741824");
-            let pool = sqlx::sqlite::SqlitePoolOptions::new()
-                .max_connections(5)
-                .connect_with(opts)
-                .await
-                .expect("open SQLite with mmap");
-            Some(Db::from_sqlite(pool))
+            // the shipped knob: `Db::connect_with` with `ConnectOptions::sqlite_mmap_size`
+            let db = Db::connect_with(
+                &format!("sqlite:{}", sqlite_path().display()),
+                ConnectOptions {
+                    sqlite_mmap_size: Some(1 << 30),
+                    ..ConnectOptions::default()
+                },
+            )
+            .await
+            .expect("open SQLite with mmap");
+            Some(db)
         }
         "postgres" if cfg!(feature = "postgres") => {
             let url = std::env::var("RECON_TEST_POSTGRES_URL").ok()?;
