@@ -895,52 +895,7 @@ mod demo {
         Time(DateTime<Utc>),
     }
 
-    /// `?` placeholders → `$1, $2, …` (PostgreSQL).
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    fn numbered(sql: &str) -> String {
-        let mut n = 0;
-        sql.split('?')
-            .enumerate()
-            .map(|(i, part)| {
-                if i == 0 {
-                    part.to_owned()
-                } else {
-                    n += 1;
-                    format!("${n}{part}")
-                }
-            })
-            .collect()
-    }
-
-    /// Run `$body` with `$pool` the backend's pool and `$sql` the statement in its dialect.
-    macro_rules! on_backend {
-        ($db:expr, $text:expr, |$pool:ident, $sql:ident| $body:expr) => {
-            match $db.dialect() {
-                #[cfg(feature = "sqlite")]
-                Dialect::Sqlite => {
-                    let $pool = $db.as_sqlite().expect("a SQLite pool");
-                    let $sql = $text.to_owned();
-                    $body
-                }
-                #[cfg(feature = "postgres")]
-                Dialect::Postgres => {
-                    let $pool = $db.as_postgres().expect("a PostgreSQL pool");
-                    let $sql = numbered($text);
-                    $body
-                }
-                #[cfg(feature = "mysql")]
-                Dialect::MySql => {
-                    let $pool = $db.as_mysql().expect("a MySQL pool");
-                    let $sql = $text.to_owned();
-                    $body
-                }
-                #[allow(unreachable_patterns)]
-                d => Err(sqlx::Error::Configuration(
-                    format!("{} support is not compiled in", d.name()).into(),
-                )),
-            }
-        };
-    }
+    use crate::demo_tables::on_backend;
 
     pub(super) async fn exec(db: &Db, sql: &str, args: Vec<Arg>) -> Result<u64, sqlx::Error> {
         on_backend!(db, sql, |pool, sql| {

@@ -12,29 +12,46 @@
 //!
 //! Every example includes this file: `#[path = "common/demo_tables.rs"] mod demo_tables;`.
 
-use store_sqlx::{Db, Dialect, TableName};
+use store_sqlx::{Db, TableName};
 
 type Error = Box<dyn std::error::Error>;
 
+/// `?` placeholders → `$1, $2, …` (PostgreSQL). The examples' SQL has no `?` inside literals.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) fn numbered(sql: &str) -> String {
+    let mut n = 0;
+    sql.split('?')
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part.to_owned()
+            } else {
+                n += 1;
+                format!("${n}{part}")
+            }
+        })
+        .collect()
+}
+
 /// Run `$body` with `$pool` the backend's pool and `$sql` the statement in its dialect (its
-/// one `?` placeholder numbered for PostgreSQL).
+/// `?` placeholders numbered for PostgreSQL). Shared by the examples that include this file.
 macro_rules! on_backend {
     ($db:expr, $text:expr, |$pool:ident, $sql:ident| $body:expr) => {
         match $db.dialect() {
             #[cfg(feature = "sqlite")]
-            Dialect::Sqlite => {
+            store_sqlx::Dialect::Sqlite => {
                 let $pool = $db.as_sqlite().expect("a SQLite pool");
                 let $sql = $text.to_owned();
                 $body
             }
             #[cfg(feature = "postgres")]
-            Dialect::Postgres => {
+            store_sqlx::Dialect::Postgres => {
                 let $pool = $db.as_postgres().expect("a PostgreSQL pool");
-                let $sql = $text.replacen('?', "$1", 1);
+                let $sql = $crate::demo_tables::numbered($text);
                 $body
             }
             #[cfg(feature = "mysql")]
-            Dialect::MySql => {
+            store_sqlx::Dialect::MySql => {
                 let $pool = $db.as_mysql().expect("a MySQL pool");
                 let $sql = $text.to_owned();
                 $body
@@ -46,6 +63,8 @@ macro_rules! on_backend {
         }
     };
 }
+#[allow(unused_imports)]
+pub(crate) use on_backend;
 
 /// A demo table, and the columns the example uses.
 pub(crate) type Table = (&'static str, &'static [&'static str]);

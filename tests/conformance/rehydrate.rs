@@ -895,7 +895,6 @@ async fn bad_inputs_leave_every_table_unchanged(be: &Backend<'_>) {
             .await
             .expect_err("must refuse");
         assert!(e.to_string().contains(says), "{name}: {p:?}: {e}");
-        assert!(derived.is_empty());
         assert_eq!(
             w.source_fx().table_rows(&sessions).await.unwrap(),
             before,

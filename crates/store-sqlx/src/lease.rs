@@ -9,7 +9,7 @@ use lease_repair::{
     PruneStore, Repair,
 };
 
-use crate::sql::{Binds, CHUNK, with_deadlock_retry};
+use crate::sql::{Binds, CHUNK, exact_eq, exact_in, with_deadlock_retry};
 use crate::value::{Array, Kind, Value};
 use crate::{Db, Dialect, Error, Ident, Result, TableName, TimestampFormat};
 
@@ -414,33 +414,17 @@ impl SqlLeaseStore {
                         .iter()
                         .map(|st| Value::Text(Some(st.clone()))),
                 );
-                let list = b.list(states);
-                // (A host's non-UTF-8 column may make MySQL over-report here; `decide`
-                // compares again in Rust, so such a row is left alone, never misreported.)
-                let status = match d {
-                    Dialect::MySql => format!("CAST({} AS BINARY)", s.status),
-                    Dialect::Sqlite => format!("{} COLLATE BINARY", s.status),
-                    Dialect::Postgres => s.status.clone(),
-                };
-                format!("({} IS NULL OR {status} NOT IN ({list}))", s.status)
+                let known = exact_in(d, &s.status, &mut b, states);
+                format!("({} IS NULL OR NOT {known})", s.status)
             }
             // `status = ?` uses the host's index; the exact comparison then drops the rows
             // that only a case- or pad-insensitive collation finds equal.
-            _ => {
-                let mut state = || b.push(Value::Text(Some(q.processing_state.clone())));
-                let st = &s.status;
-                match d {
-                    Dialect::MySql => {
-                        let (p1, p2) = (state(), state());
-                        format!("{st} = {p1} AND CAST({st} AS BINARY) = {p2}")
-                    }
-                    Dialect::Sqlite => {
-                        let (p1, p2) = (state(), state());
-                        format!("{st} = {p1} AND {st} COLLATE BINARY = {p2}")
-                    }
-                    Dialect::Postgres => format!("{st} = {}", state()),
-                }
-            }
+            _ => exact_eq(
+                d,
+                &s.status,
+                &mut b,
+                Value::Text(Some(q.processing_state.clone())),
+            ),
         };
         // PostgreSQL: only `status = ?` and `id > ?` may use an index, so that every batch
         // walks `(status, id)` in key order and stops at the batch size. Its planner

@@ -185,6 +185,56 @@ impl RowsTable {
     }
 }
 
+/// `col = value`, comparing text exactly on every backend.
+///
+/// - SQLite: `(col = ? AND col COLLATE BINARY = ?)` — the first test can use an index on the
+///   column, the second does not ignore case where the column is declared `COLLATE NOCASE`;
+/// - PostgreSQL: `col = $n` (deterministic collations compare equal only identical text);
+/// - MariaDB/MySQL: `(col = ? AND CAST(CONVERT(col USING utf8mb4) AS BINARY) = CAST(? AS
+///   BINARY))` — the first test can use an index in the column's collation, the second
+///   compares the UTF-8 bytes, so `'Pending' <> 'pending'` and `'a' <> 'a '`.
+pub(crate) fn exact_eq(d: Dialect, col: &str, b: &mut Binds, v: Value) -> String {
+    match d {
+        // the first test can use an index on the column, whatever its collation
+        Dialect::Sqlite => {
+            let p1 = b.push(v.clone());
+            let p2 = b.push(v);
+            format!("({col} = {p1} AND {col} COLLATE BINARY = {p2})")
+        }
+        Dialect::Postgres => format!("{col} = {}", b.push(v)),
+        Dialect::MySql => {
+            let p1 = b.push(v.clone());
+            let p2 = b.push(v);
+            format!(
+                "({col} = {p1} AND {} = CAST({p2} AS BINARY))",
+                mysql_bytes(col)
+            )
+        }
+    }
+}
+
+/// `col IN (values)`, comparing text exactly (see [`exact_eq`]).
+pub(crate) fn exact_in(d: Dialect, col: &str, b: &mut Binds, vs: Vec<Value>) -> String {
+    match d {
+        Dialect::Sqlite => format!("{col} COLLATE BINARY IN ({})", b.list(vs)),
+        Dialect::Postgres => format!("{col} IN ({})", b.list(vs)),
+        Dialect::MySql => {
+            let plain = b.list(vs.clone());
+            let bytes = vs
+                .into_iter()
+                .map(|v| format!("CAST({} AS BINARY)", b.push(v)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({col} IN ({plain}) AND {} IN ({bytes}))", mysql_bytes(col))
+        }
+    }
+}
+
+/// The UTF-8 bytes of a MariaDB/MySQL text column, whatever its character set.
+pub(crate) fn mysql_bytes(col: &str) -> String {
+    format!("CAST(CONVERT({col} USING utf8mb4) AS BINARY)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

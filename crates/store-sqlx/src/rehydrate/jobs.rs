@@ -23,6 +23,19 @@ const JOB_ROW_KINDS: [Kind; 5] = [
     Kind::Ts(TimestampFormat::Rfc3339),
 ];
 
+/// A stored integer key as the reconciler sees it: an integer only in the canonical form the
+/// SQL orphan sweep compares (`-?[0-9]{1,18}`, no `+`, no leading zeros); anything else stays
+/// text, so the reconciler reports it as a key of the wrong type instead of judging `"007"` as
+/// entity 7 while the sweep leaves it alone (it would then be neither swept nor reported).
+fn integer_key(k: String) -> queue_rehydrate::Value {
+    match k.parse::<i64>() {
+        Ok(i) if i.to_string() == k && k.trim_start_matches('-').len() <= 18 => {
+            queue_rehydrate::Value::Int(i)
+        }
+        _ => queue_rehydrate::Value::Text(k),
+    }
+}
+
 /// The table [`SqlJobQueue`] keeps jobs in, created by [`Db::migrate`].
 pub const QUEUED_JOBS_TABLE: &str = "recon_queued_jobs";
 
@@ -353,10 +366,7 @@ impl SqlJobQueue {
         let run_at = run_at.ok_or_else(|| bad("NULL run time"))?;
         let entity_key = match (key, key_type.as_deref()) {
             (None, _) => queue_rehydrate::Value::Null,
-            (Some(k), Some("integer")) => match k.parse::<i64>() {
-                Ok(i) => queue_rehydrate::Value::Int(i),
-                Err(_) => queue_rehydrate::Value::Text(k),
-            },
+            (Some(k), Some("integer")) => integer_key(k),
             (Some(k), _) => queue_rehydrate::Value::Text(k),
         };
         Ok(QueuedJob {
@@ -835,5 +845,35 @@ impl JobQueue for SqlJobQueue {
                 )))?;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::integer_key;
+    use queue_rehydrate::Value;
+
+    #[test]
+    fn only_canonical_integer_keys_decode_as_integers() {
+        for (k, int) in [("7", Some(7)), ("-42", Some(-42)), ("0", Some(0))] {
+            assert_eq!(integer_key(k.into()), Value::Int(int.unwrap()), "{k}");
+        }
+        let longest = "999999999999999999"; // 18 digits: the sweep compares it
+        assert_eq!(
+            integer_key(longest.into()),
+            Value::Int(999_999_999_999_999_999)
+        );
+        for k in [
+            "+7",
+            "007",
+            "-0",
+            " 7",
+            "7 ",
+            "1000000000000000000",
+            "x",
+            "",
+        ] {
+            assert_eq!(integer_key(k.into()), Value::Text(k.into()), "{k:?}");
+        }
     }
 }

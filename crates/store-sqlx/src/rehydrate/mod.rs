@@ -8,7 +8,7 @@
 //! batch are selected with `FOR UPDATE SKIP LOCKED` (PostgreSQL, MariaDB/MySQL) or under
 //! SQLite's `BEGIN IMMEDIATE`, and the `UPDATE` re-checks its condition. Text compares exactly:
 //! on MariaDB/MySQL, whose default collations ignore case (and trailing spaces), text
-//! comparisons are made on the UTF-8 bytes (see [`exact_eq`]).
+//! comparisons are made on the UTF-8 bytes (see `crate::sql::exact_eq`).
 
 mod jobs;
 mod messages;
@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use queue_rehydrate::{ColumnType, Key, KeyType, Row, TableMapping};
 
-use crate::sql::Binds;
+pub(super) use crate::sql::{exact_eq, exact_in, mysql_bytes};
 use crate::value::{Kind, Value};
 use crate::{Db, Dialect, Error, Ident, TableName, TimestampFormat};
 
@@ -209,51 +209,6 @@ fn bind_value(d: Dialect, c: &MappedColumn, v: &queue_rehydrate::Value) -> Value
         Q::Bool(b) => Value::Bool(Some(*b)),
         Q::Timestamp(t) => c.format.value(d, Some(*t)),
     }
-}
-
-/// `col = value`, comparing text exactly on every backend.
-///
-/// - SQLite: `col COLLATE BINARY = ?` (a column declared `COLLATE NOCASE` would otherwise
-///   ignore case);
-/// - PostgreSQL: `col = $n` (deterministic collations compare equal only identical text);
-/// - MariaDB/MySQL: `(col = ? AND CAST(CONVERT(col USING utf8mb4) AS BINARY) = CAST(? AS
-///   BINARY))` — the first test can use an index in the column's collation, the second
-///   compares the UTF-8 bytes, so `'Pending' <> 'pending'` and `'a' <> 'a '`.
-fn exact_eq(d: Dialect, col: &str, b: &mut Binds, v: Value) -> String {
-    match d {
-        Dialect::Sqlite => format!("{col} COLLATE BINARY = {}", b.push(v)),
-        Dialect::Postgres => format!("{col} = {}", b.push(v)),
-        Dialect::MySql => {
-            let p1 = b.push(v.clone());
-            let p2 = b.push(v);
-            format!(
-                "({col} = {p1} AND {} = CAST({p2} AS BINARY))",
-                mysql_bytes(col)
-            )
-        }
-    }
-}
-
-/// `col IN (values)`, comparing text exactly (see [`exact_eq`]).
-fn exact_in(d: Dialect, col: &str, b: &mut Binds, vs: Vec<Value>) -> String {
-    match d {
-        Dialect::Sqlite => format!("{col} COLLATE BINARY IN ({})", b.list(vs)),
-        Dialect::Postgres => format!("{col} IN ({})", b.list(vs)),
-        Dialect::MySql => {
-            let plain = b.list(vs.clone());
-            let bytes = vs
-                .into_iter()
-                .map(|v| format!("CAST({} AS BINARY)", b.push(v)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            format!("({col} IN ({plain}) AND {} IN ({bytes}))", mysql_bytes(col))
-        }
-    }
-}
-
-/// The UTF-8 bytes of a MariaDB/MySQL text column, whatever its character set.
-fn mysql_bytes(col: &str) -> String {
-    format!("CAST(CONVERT({col} USING utf8mb4) AS BINARY)")
 }
 
 fn limit_value(n: usize) -> Value {

@@ -161,12 +161,14 @@ mod tests {
         let mut b = Binds::new(Dialect::Sqlite);
         let sql = compile(&eligible(), &sqlite, now(), &mut b).unwrap();
         assert!(
-            sql.starts_with("(\"contact_status\" COLLATE BINARY = ? AND"),
+            sql.starts_with(
+                "((\"contact_status\" = ? AND \"contact_status\" COLLATE BINARY = ?) AND"
+            ),
             "{sql}"
         );
-        // SQLite binds the instant in the column's text format
+        // SQLite binds the instant in the column's text format (the status is bound twice)
         assert_eq!(
-            b.values[3],
+            b.values[4],
             crate::value::Value::Text(Some("2023-01-24T12:00:00+00:00".into()))
         );
 
