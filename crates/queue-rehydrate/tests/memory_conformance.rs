@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use queue_rehydrate::conformance::{self, MemoryHarness};
-use queue_rehydrate::memory::MemoryOrphanSweeper;
 use queue_rehydrate::{EntitySource, FailedMessageStore, JobQueue, MessageStore, SourceStore};
 
 fn source(h: &MemoryHarness) -> Arc<dyn SourceStore> {
@@ -94,22 +93,6 @@ async fn scenario_b_uses_one_lookup_per_batch() {
         Some(&1),
         "both orphans sat in one page"
     );
-}
-
-#[tokio::test]
-async fn scenario_b_with_orphan_sweeper() {
-    let h = MemoryHarness::new();
-    let entities = h.reservations();
-    let sweeper = Arc::new(MemoryOrphanSweeper::new(h.queue.clone(), entities.clone()));
-    conformance::scenario_b_with_orphan_sweeper(
-        h.queue.clone(),
-        h.queue.as_ref(),
-        entities,
-        sweeper,
-        &conformance::reservations(),
-        &h.source,
-    )
-    .await;
 }
 
 #[tokio::test]

@@ -161,13 +161,7 @@ impl OrphanSweeper for SqlOrphanSweeper {
             Some(a) => format!(" AND {id} > {}", b.push(Value::Text(Some(a)))),
             None => String::new(),
         };
-        let ty = b.push(Value::Text(Some(
-            match m.key_type {
-                KeyType::Integer => "integer",
-                KeyType::Text => "text",
-            }
-            .into(),
-        )));
+        let ty = b.push(Value::Text(Some(m.key_type.to_string())));
         let lim = b.push(limit_value(limit));
         let sql = format!(
             "SELECT {id}, {kind}, {key}, {kt}, {run} FROM {t} WHERE {qc} = {queue} AND {s} = {st}\
@@ -584,13 +578,7 @@ impl SqlJobQueue {
             let mut b = Binds::new(d);
             let queue = b.push(self.queue_value());
             let st = b.push(Self::state_value(JobState::Waiting));
-            let ty = b.push(Value::Text(Some(
-                match m.key_type {
-                    KeyType::Integer => "integer",
-                    KeyType::Text => "text",
-                }
-                .into(),
-            )));
+            let ty = b.push(Value::Text(Some(m.key_type.to_string())));
             let which = match scope {
                 Scope::Ids(_) => {
                     let list = b.list(chunk.iter().map(|i| Value::Text(Some(i.clone()))));
