@@ -10,7 +10,16 @@
 //! Plus `clean_table`: a full `LeaseRepair` reconcile of the same 1,000,000 rows when nothing is
 //! stuck (the cost of running it at every start).
 //!
-//! `LeaseRepair` runs with its default settings and default batch size. Every timed iteration's
+//! `LeaseRepair` runs twice, both times with its default batch size:
+//!
+//! - `lease_repair_in_database`: scenario A's policy without jitter, the hand-written
+//!   statement's own rule. The decision then depends only on the attempts count, so
+//!   `LeaseRepair` applies it inside the database (`RepairPlan`), one guarded statement per
+//!   batch — the like-for-like comparison with the single UPDATE;
+//! - `lease_repair`: its default settings with the `startup_jobs` preset, whose jitter makes
+//!   every job's retry time its own: read, decided and written back row by row in batches.
+//!
+//! Every timed iteration's
 //! outcome is checked with exact equality, untimed: the counters (repaired, requeued, failed,
 //! anomalies, skipped), the rows per status, and the 0.1 % of jobs with a live lease untouched.
 //!
@@ -261,16 +270,29 @@ fn settings() -> Settings {
     Settings::new(retry_policy::presets::startup_jobs())
 }
 
+/// Scenario A's policy without its jitter — the hand-written statement's rule (`attempts >= 3`
+/// → failed) with the policy's 10 s / 20 s retry times: the decision then depends only on the
+/// attempts count, and `LeaseRepair` applies it inside the database.
+fn plain_settings() -> Settings {
+    Settings::new(
+        retry_policy::presets::startup_jobs()
+            .to_builder()
+            .jitter(retry_policy::Jitter::None)
+            .build()
+            .unwrap(),
+    )
+}
+
 /// `LeaseRepair` as a host would configure it: default settings, default batch size
 /// (`RECON_BENCH_BATCH` overrides the batch size, for exploring only: the documented figures
 /// use the default).
-fn step(db: &Db) -> LeaseRepair<store_sqlx::SqlLeaseStore> {
+fn step(db: &Db, settings: Settings) -> LeaseRepair<store_sqlx::SqlLeaseStore> {
     let map = JobTable::builder(T)
         .next_run_at("next_run_at")
         .updated_at("updated_at")
         .build()
         .unwrap();
-    let step = LeaseRepair::new(db.lease_store(map), settings()).unwrap();
+    let step = LeaseRepair::new(db.lease_store(map), settings).unwrap();
     match std::env::var("RECON_BENCH_BATCH")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -431,7 +453,7 @@ fn bench(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     rt.block_on(make_stuck(&db));
-                    let s = step(&db);
+                    let s = step(&db, settings());
                     let t0 = Instant::now();
                     let r = rt.block_on(s.reconcile(&ctx)).unwrap();
                     let took = t0.elapsed();
@@ -458,6 +480,43 @@ fn bench(c: &mut Criterion) {
                         rt.block_on(census(&db, rows())),
                         all.census(),
                         "{backend}: LeaseRepair rows (retry, failed, live untouched, processing)"
+                    );
+                }
+                total
+            })
+        });
+        g.bench_function("lease_repair_in_database", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    rt.block_on(make_stuck(&db));
+                    let s = step(&db, plain_settings());
+                    let t0 = Instant::now();
+                    let r = rt.block_on(s.reconcile(&ctx)).unwrap();
+                    let took = t0.elapsed();
+                    total += took;
+                    record("lease_repair_in_database", took);
+                    assert_eq!(
+                        [
+                            r.count(counters::LEASES_REPAIRED),
+                            r.count(counters::JOBS_REQUEUED),
+                            r.count(counters::JOBS_FAILED),
+                            r.count(counters::ANOMALIES),
+                            r.count(counters::SKIPPED_CHANGED),
+                        ],
+                        [
+                            all.expired,
+                            all.orphans - all.orphans_failed,
+                            all.failed(),
+                            0,
+                            0
+                        ],
+                        "{backend}: LeaseRepair (in the database) counters"
+                    );
+                    assert_eq!(
+                        rt.block_on(census(&db, rows())),
+                        all.census(),
+                        "{backend}: LeaseRepair (in the database) rows (retry, failed, live untouched, processing)"
                     );
                 }
                 total
@@ -519,7 +578,7 @@ fn bench(c: &mut Criterion) {
                 all.census(),
                 "{backend}: nothing stuck before clean_table"
             );
-            let s = step(&db);
+            let s = step(&db, settings());
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
@@ -572,39 +631,50 @@ fn ms(d: Duration) -> f64 {
 /// included), per-job costs, the per-row loop extrapolated from its sample, and the ratios.
 fn summary(backend: &str, all: &Expect, sample: &Expect, seen: &[(&str, Duration)]) {
     let lr = median(seen, "lease_repair");
+    let db = median(seen, "lease_repair_in_database");
     let su = median(seen, "single_update");
     let pr = median(seen, "per_row_loop");
     let clean = median(seen, "clean_table");
     let per_job_us = |d: Duration, n: u64| d.as_secs_f64() * 1e6 / n as f64;
     let pr_job = per_job_us(pr, sample.stuck());
     let pr_full_ms = pr_job * all.stuck() as f64 / 1e3;
+    let count = |name: &str| seen.iter().filter(|(n, _)| *n == name).count();
     println!(
-        "SUMMARY {backend}: {} rows, {} stuck, {} live | LeaseRepair (batch {}) {:.0} ms ({:.2} µs/job) \
-         | single UPDATE {:.0} ms ({:.2} µs/job) -> LeaseRepair / single = {:.2}x (target <= 1.5) \
+        "SUMMARY {backend}: {} rows, {} stuck, {} live (batch {}) \
+         | LeaseRepair in the database (no jitter) {:.0} ms ({:.2} µs/job) \
+         | LeaseRepair row by row (jittered preset) {:.0} ms ({:.2} µs/job) \
+         | single UPDATE {:.0} ms ({:.2} µs/job) \
+         -> in the database / single = {:.2}x (target <= 1.5), row by row / single = {:.2}x \
          | per-row loop MEASURED {:.0} ms on a 2 % sample of {} jobs ({:.1} µs/job), EXTRAPOLATED to {} jobs: {:.0} ms \
-         -> per-row / LeaseRepair = {:.1}x (target >= 10) | clean {}-row table {:.2} ms (target <= 20) \
-         | iterations: {} / {} / {} / {}",
+         -> per-row / in the database = {:.1}x, per-row / row by row = {:.1}x (target >= 10) \
+         | clean {}-row table {:.2} ms (target <= 20) \
+         | iterations: {} / {} / {} / {} / {}",
         rows(),
         all.stuck(),
         all.live,
         std::env::var("RECON_BENCH_BATCH").unwrap_or_else(|_| "default".into()),
+        ms(db),
+        per_job_us(db, all.stuck()),
         ms(lr),
         per_job_us(lr, all.stuck()),
         ms(su),
         per_job_us(su, all.stuck()),
+        db.as_secs_f64() / su.as_secs_f64(),
         lr.as_secs_f64() / su.as_secs_f64(),
         ms(pr),
         sample.stuck(),
         pr_job,
         all.stuck(),
         pr_full_ms,
+        pr_full_ms / ms(db),
         pr_full_ms / ms(lr),
         rows(),
         ms(clean),
-        seen.iter().filter(|(n, _)| *n == "lease_repair").count(),
-        seen.iter().filter(|(n, _)| *n == "single_update").count(),
-        seen.iter().filter(|(n, _)| *n == "per_row_loop").count(),
-        seen.iter().filter(|(n, _)| *n == "clean_table").count(),
+        count("lease_repair_in_database"),
+        count("lease_repair"),
+        count("single_update"),
+        count("per_row_loop"),
+        count("clean_table"),
     );
 }
 

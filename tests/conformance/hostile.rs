@@ -37,8 +37,16 @@ fn now() -> DateTime<Utc> {
     "2024-01-24T12:00:00Z".parse().unwrap()
 }
 
+/// Scenario A's policy without its jitter, so that lease repair takes its fastest path —
+/// repairs inside the database (`RepairPlan`) — and every hostile row below must still reach
+/// the row-by-row path that reports it.
 fn settings() -> Settings {
-    Settings::new(retry_policy::presets::startup_jobs())
+    let policy = retry_policy::presets::startup_jobs()
+        .to_builder()
+        .jitter(retry_policy::Jitter::None)
+        .build()
+        .unwrap();
+    Settings::new(policy)
 }
 
 async fn run(step: &impl Reconciler) -> recon_core::Result<StepReport> {

@@ -29,6 +29,174 @@ fn settings(count_interrupted: bool) -> Settings {
     s
 }
 
+/// Scenario A's policy without its jitter: the decision then depends only on the attempts
+/// count, so `LeaseRepair` applies it inside the database (`RepairPlan`).
+fn plain_settings(count_interrupted: bool) -> Settings {
+    let policy = presets::startup_jobs()
+        .to_builder()
+        .jitter(retry_policy::Jitter::None)
+        .build()
+        .unwrap();
+    let mut s = Settings::new(policy);
+    s.count_interrupted_attempt = count_interrupted;
+    s
+}
+
+/// Passes every call through, counting the batches the store repaired inside the database.
+struct CountPlanned {
+    inner: Arc<dyn lease_repair::LeaseStore>,
+    planned: std::sync::atomic::AtomicU64,
+}
+
+impl CountPlanned {
+    fn new(inner: Arc<dyn lease_repair::LeaseStore>) -> Self {
+        Self {
+            inner,
+            planned: 0.into(),
+        }
+    }
+
+    fn planned(&self) -> u64 {
+        self.planned.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[recon_core::async_trait]
+impl lease_repair::LeaseStore for CountPlanned {
+    async fn read_candidates(&self, q: CandidateQuery) -> recon_core::Result<Vec<JobRow>> {
+        self.inner.read_candidates(q).await
+    }
+
+    async fn apply(
+        &self,
+        repairs: &[lease_repair::Repair],
+        now: DateTime<Utc>,
+    ) -> recon_core::Result<lease_repair::ApplyOutcome> {
+        self.inner.apply(repairs, now).await
+    }
+
+    async fn database_now(&self) -> recon_core::Result<DateTime<Utc>> {
+        self.inner.database_now().await
+    }
+
+    async fn repair_planned(
+        &self,
+        plan: &lease_repair::RepairPlan,
+        after: Option<JobKey>,
+        limit: usize,
+    ) -> recon_core::Result<Option<lease_repair::PlannedBatch>> {
+        let out = self.inner.repair_planned(plan, after, limit).await?;
+        if out.as_ref().is_some_and(|b| b.repaired() > 0) {
+            self.planned
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(out)
+    }
+}
+
+/// Jobs of every sort: expired leases and orphans with attempts 0 to 4 (3 and 4 fail under
+/// scenario A's policy), live leases, finished jobs, and the anomalies only the row-by-row
+/// path judges (NULL and negative attempts, an owner without an expiry, a lease too long).
+fn mixed(n: i64) -> Vec<StoredJob> {
+    (1..=n)
+        .map(|k| {
+            let a = Some(k % 5);
+            let ago = now() - Duration::minutes(1 + k % 90);
+            match k % 9 {
+                // an owner that is not ASCII: SQLite's in-database pass leaves it to the
+                // row-by-row pass (and has to undo its cheaper update of the batch around it)
+                0 if k % 4 == 0 => StoredJob::new(k, "processing", Some("wörker-ü"), Some(ago), a),
+                0..=2 => StoredJob::new(k, "processing", Some("w"), Some(ago), a),
+                3 | 4 => StoredJob::new(k, "processing", None, None, a),
+                5 => StoredJob::new(
+                    k,
+                    "processing",
+                    Some("w"),
+                    Some(now() + Duration::minutes(5)),
+                    a,
+                ),
+                6 => StoredJob::new(k, "done", None, None, a),
+                7 => {
+                    let bad = if k % 2 == 0 { None } else { Some(-1) };
+                    if k % 4 == 3 {
+                        StoredJob::new(k, "processing", None, None, bad)
+                    } else {
+                        StoredJob::new(k, "processing", Some("w"), Some(ago), bad)
+                    }
+                }
+                _ => {
+                    if k % 2 == 0 {
+                        StoredJob::new(k, "processing", Some("w"), None, a)
+                    } else {
+                        StoredJob::new(
+                            k,
+                            "processing",
+                            Some("w"),
+                            Some(now() + Duration::days(3)),
+                            a,
+                        )
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+/// The same jobs repaired inside the database and row by row come out identical, every
+/// column (next run, failed and updated times included), with the same counters and the same
+/// anomalies listed.
+async fn in_the_database_and_row_by_row_give_the_same_jobs(be: &Backend<'_>) {
+    for count in [false, true] {
+        let mut outcomes = Vec::new();
+        for in_db in [true, false] {
+            let table = format!("same_jobs_{}_{}", u8::from(count), u8::from(in_db));
+            let jobs = Jobs::new(be, &table, Shape::default()).await;
+            jobs.insert(&mixed(600), Shape::default()).await;
+            let store = Arc::new(CountPlanned::new(jobs.lease.clone()));
+            let step = LeaseRepair::new(store.clone(), plain_settings(count))
+                .unwrap()
+                .batch_size(37)
+                .unwrap()
+                .in_database(in_db);
+            let r = run(&step, false).await;
+            assert_eq!(store.planned() > 0, in_db, "{}", be.name());
+            let counters: Vec<u64> = [
+                LEASES_REPAIRED,
+                JOBS_REQUEUED,
+                JOBS_FAILED,
+                ANOMALIES,
+                SKIPPED_CHANGED,
+            ]
+            .iter()
+            .map(|c| r.count(*c))
+            .collect();
+            outcomes.push((
+                counters,
+                all(&jobs).await,
+                r.details().get("anomalies").cloned(),
+            ));
+        }
+        let (counters, after, _) = &outcomes[0];
+        // every sort of outcome is there to compare
+        assert!(
+            counters[0] > 150 && counters[1] > 50 && counters[2] > 50 && counters[3] > 50,
+            "{}: {counters:?}",
+            be.name()
+        );
+        assert!(
+            after
+                .iter()
+                .any(|j| j.next_run_at.is_some() && j.failed_at.is_none())
+        );
+        assert_eq!(
+            outcomes[0],
+            outcomes[1],
+            "{}: count_interrupted_attempt = {count}: in the database vs row by row",
+            be.name()
+        );
+    }
+}
+
 fn scenario_a() -> Vec<StoredJob> {
     let j = |k: i64, st: &str, o: Option<&str>, u: Option<&str>, a: i64| {
         StoredJob::new(k, st, o, u.map(t), Some(a))
@@ -539,7 +707,13 @@ async fn stuck_sets_larger_than_a_batch_are_repaired_in_keyset_batches(be: &Back
 }
 
 async fn four_concurrent_reconcilers_repair_every_job_exactly_once(be: &Backend<'_>) {
-    let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
+    // row by row (scenario A's jittered policy), then inside the database (no jitter)
+    four_concurrent(be, "processing_jobs", settings(true), false).await;
+    four_concurrent(be, "planned_jobs", plain_settings(true), true).await;
+}
+
+async fn four_concurrent(be: &Backend<'_>, table: &str, s: Settings, in_db: bool) {
+    let jobs = Jobs::new(be, table, Shape::default()).await;
     let n = 2000;
     let seed: Vec<_> = (1..=n)
         .map(|k| {
@@ -565,10 +739,11 @@ async fn four_concurrent_reconcilers_repair_every_job_exactly_once(be: &Backend<
         })
         .collect();
     jobs.insert(&live, Shape::default()).await;
+    let store = Arc::new(CountPlanned::new(jobs.lease.clone()));
     let mut tasks = Vec::new();
     for _ in 0..4 {
         // counting the interrupted attempt makes a double repair visible as attempts 2
-        let step = LeaseRepair::new(jobs.lease.clone(), settings(true))
+        let step = LeaseRepair::new(store.clone(), s.clone())
             .unwrap()
             .batch_size(50)
             .unwrap();
@@ -578,6 +753,12 @@ async fn four_concurrent_reconcilers_repair_every_job_exactly_once(be: &Backend<
     for task in tasks {
         repaired += task.await.unwrap().count(LEASES_REPAIRED);
     }
+    assert_eq!(
+        store.planned() > 0,
+        in_db,
+        "{}: repaired inside the database",
+        be.name()
+    );
     assert_eq!(
         repaired,
         n as u64,
@@ -1207,6 +1388,7 @@ async fn prune_deletes_old_terminal_jobs_in_batches(be: &Backend<'_>) {
 }
 
 crate::conformance!(
+    in_the_database_and_row_by_row_give_the_same_jobs,
     scenario_a_jobs_row_by_row,
     scenario_a_jobs_counting_the_interrupted_attempt,
     a_lease_renewed_between_read_and_write_is_not_clobbered,
@@ -1226,3 +1408,106 @@ crate::conformance!(
     prune_deletes_old_terminal_jobs_in_batches,
     a_reconcile_racing_a_renewal_counts_it_as_skipped_changed,
 );
+
+/// Tests that need a real database's locks.
+mod locks {
+    use super::*;
+    use crate::common::TestDb;
+
+    /// A worker holds job 42's row in an open transaction, renewing its lease, while the step
+    /// repairs inside the database. PostgreSQL and MariaDB skip the row it holds (the row-by-row
+    /// pass after the plan then finds it locked too and counts it as `skipped_changed`); SQLite
+    /// has one writer at a time, so the step waits for the worker and then sees the renewal.
+    /// Either way the renewal stands.
+    async fn a_row_a_worker_holds_is_never_repaired_in_the_database(t: &TestDb) {
+        let be = Backend::Sql(t);
+        let jobs = Jobs::new(&be, "processing_jobs", Shape::default()).await;
+        jobs.insert(&scenario_a(), Shape::default()).await;
+        let d = t.db.dialect();
+        let renew = format!(
+            "UPDATE processing_jobs SET locked_until = {} WHERE id = 42",
+            crate::jobs::ts_lit(d, TimestampFormat::Rfc3339, Some(super::t(RENEWED_UNTIL)))
+        );
+        let store = Arc::new(CountPlanned::new(jobs.lease.clone()));
+        let step = LeaseRepair::new(store.clone(), plain_settings(false)).unwrap();
+        macro_rules! hold {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await.unwrap();
+                let n = sqlx::query(sqlx::AssertSqlSafe(renew.clone()))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap()
+                    .rows_affected();
+                assert_eq!(n, 1);
+                if d == Dialect::Sqlite {
+                    let commit = tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                        tx.commit().await.unwrap();
+                    });
+                    let r = run(&step, false).await;
+                    commit.await.unwrap();
+                    r
+                } else {
+                    let r = run(&step, false).await;
+                    tx.commit().await.unwrap();
+                    r
+                }
+            }};
+        }
+        let r = match d {
+            Dialect::Sqlite => hold!(t.db.as_sqlite().unwrap()),
+            #[cfg(feature = "postgres")]
+            Dialect::Postgres => hold!(t.db.as_postgres().unwrap()),
+            #[cfg(feature = "mysql")]
+            Dialect::MySql => hold!(t.db.as_mysql().unwrap()),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!(),
+        };
+        let skipped = u64::from(d != Dialect::Sqlite);
+        assert_eq!(
+            [
+                r.count(LEASES_REPAIRED),
+                r.count(JOBS_REQUEUED),
+                r.count(JOBS_FAILED),
+                r.count(SKIPPED_CHANGED),
+            ],
+            [1, 1, 1, skipped],
+            "{}: 46 failed, 43 requeued, 42 left to its worker",
+            be.name()
+        );
+        assert!(
+            store.planned() > 0,
+            "{}: repaired inside the database",
+            be.name()
+        );
+        let after = all(&jobs).await;
+        assert_eq!(
+            brief(&after),
+            vec![
+                b(
+                    42,
+                    "processing",
+                    Some("worker-001"),
+                    Some(RENEWED_UNTIL),
+                    1,
+                    None
+                ),
+                b(43, "retry", None, None, 2, Some(ORPHANED)),
+                b(44, "pending", None, None, 0, None),
+                b(
+                    45,
+                    "processing",
+                    Some("worker-002"),
+                    Some("2024-01-24T13:00:00Z"),
+                    0,
+                    None
+                ),
+                b(46, "failed", None, None, 3, Some(EXPIRED)),
+            ],
+            "{}",
+            be.name()
+        );
+    }
+
+    crate::conformance_sql!(a_row_a_worker_holds_is_never_repaired_in_the_database);
+}

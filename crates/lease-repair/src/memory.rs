@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use recon_core::{Clock, Result, SystemClock};
 
 use crate::{
-    ApplyOutcome, CandidateQuery, JobKey, JobRow, LeaseStore, PruneMode, PruneQuery, PruneStore,
-    Repair,
+    ApplyOutcome, CandidateQuery, JobKey, JobRow, LeaseStore, PlannedBatch, PruneMode, PruneQuery,
+    PruneStore, Repair, RepairPlan,
 };
 
 /// A job with every column lease repair may touch.
@@ -145,16 +145,7 @@ impl LeaseStore for MemoryLeaseStore {
             let key = &r.expected.key;
             match t.jobs.get_mut(key) {
                 Some(j) if j.row == r.expected => {
-                    j.row.status = r.status.clone();
-                    j.row.lease_owner = None;
-                    j.row.lease_expires_at = None;
-                    j.row.attempts = Some(r.attempts);
-                    j.last_error = Some(r.last_error.clone());
-                    j.next_run_at = r.next_run_at;
-                    if r.failed {
-                        j.failed_at = Some(now);
-                    }
-                    j.updated_at = Some(now);
+                    write(j, r, now);
                     out.applied.push(key.clone());
                 }
                 _ => out.skipped.push(key.clone()),
@@ -166,6 +157,52 @@ impl LeaseStore for MemoryLeaseStore {
     async fn database_now(&self) -> Result<DateTime<Utc>> {
         Ok(self.clock.now())
     }
+
+    async fn repair_planned(
+        &self,
+        plan: &RepairPlan,
+        after: Option<JobKey>,
+        limit: usize,
+    ) -> Result<Option<PlannedBatch>> {
+        let start = match after {
+            Some(k) => std::ops::Bound::Excluded(k),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut t = self.lock();
+        let repairs: Vec<Repair> = t
+            .jobs
+            .range((start, std::ops::Bound::Unbounded))
+            .filter_map(|(_, j)| plan.repair_for(&j.row))
+            .take(limit)
+            .collect();
+        let mut out = PlannedBatch::default();
+        for r in repairs {
+            if let Some(j) = t.jobs.get_mut(&r.expected.key) {
+                write(j, &r, plan.now);
+            }
+            if r.failed {
+                out.failed += 1;
+            } else {
+                out.requeued += 1;
+            }
+            out.last = Some(r.expected.key);
+        }
+        Ok(Some(out))
+    }
+}
+
+/// A repair as every store writes it.
+fn write(j: &mut StoredJob, r: &Repair, now: DateTime<Utc>) {
+    j.row.status = r.status.clone();
+    j.row.lease_owner = None;
+    j.row.lease_expires_at = None;
+    j.row.attempts = Some(r.attempts);
+    j.last_error = Some(r.last_error.clone());
+    j.next_run_at = r.next_run_at;
+    if r.failed {
+        j.failed_at = Some(now);
+    }
+    j.updated_at = Some(now);
 }
 
 fn prunable(j: &StoredJob, q: &PruneQuery) -> bool {

@@ -10,8 +10,8 @@ use serde_json::json;
 use crate::counters::*;
 use crate::decide::{Action, AnomalyKind, Outcome, Settings, TimeBasis, decide};
 use crate::{
-    ApplyOutcome, CandidateKind, CandidateQuery, Error, JobKey, LeaseStore, PruneMode, PruneQuery,
-    PruneStore, Repair,
+    ApplyOutcome, CandidateKind, CandidateQuery, Error, JobKey, LeaseStore, PlannedBatch,
+    PruneMode, PruneQuery, PruneStore, Repair, RepairPlan,
 };
 
 /// Largest batch a reconciler accepts (bounded memory and statement size).
@@ -29,6 +29,14 @@ impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
     }
     async fn database_now(&self) -> recon_core::Result<DateTime<Utc>> {
         (**self).database_now().await
+    }
+    async fn repair_planned(
+        &self,
+        plan: &RepairPlan,
+        after: Option<JobKey>,
+        limit: usize,
+    ) -> recon_core::Result<Option<PlannedBatch>> {
+        (**self).repair_planned(plan, after, limit).await
     }
 }
 
@@ -59,12 +67,22 @@ fn check_batch(n: usize) -> Result<usize, Error> {
 /// [`decide`] and applied in one guarded, set-based store call, so a job that a live worker
 /// renewed or finished in between is left alone (counted as `skipped_changed`). Dry runs read
 /// and decide but apply nothing. The step stops between batches once the run's deadline passed.
+///
+/// **In the database.** When the retry policy has no jitter, the decision for expired leases
+/// and orphans depends only on the attempts count: the step then builds a [`RepairPlan`] (the
+/// same [`decide`], evaluated per attempts count) and lets the store apply it in keyset
+/// batches without reading the rows out ([`LeaseStore::repair_planned`]), each batch one
+/// guarded statement. Whatever the plan does not cover — unreadable values, attempts out of
+/// range, rows another transaction held — is then read, decided and reported row by row as
+/// above. Same outcome, row for row (the conformance suite checks it on every backend); turn
+/// it off with [`in_database(false)`](Self::in_database).
 pub struct LeaseRepair<S> {
     store: S,
     settings: Settings,
     name: String,
     batch_size: usize,
     time_basis: TimeBasis,
+    in_database: bool,
 }
 
 impl<S: LeaseStore> LeaseRepair<S> {
@@ -77,7 +95,16 @@ impl<S: LeaseStore> LeaseRepair<S> {
             name: "lease-repair".into(),
             batch_size: 500,
             time_basis: TimeBasis::Run,
+            in_database: true,
         })
+    }
+
+    /// Whether repairs a [`RepairPlan`] can express are applied inside the database (default
+    /// `true`; used only when the policy has no jitter and the store supports it).
+    #[must_use]
+    pub fn in_database(mut self, on: bool) -> Self {
+        self.in_database = on;
+        self
     }
 
     /// Rows per batch (1 to [`MAX_BATCH_SIZE`], default 500).
@@ -113,6 +140,23 @@ struct Tally {
 }
 
 impl Tally {
+    /// Count `n` jobs of `kind` repaired with `outcome`.
+    fn count_repaired(&mut self, kind: CandidateKind, outcome: Outcome, n: u64) {
+        self.repaired += n;
+        match kind {
+            CandidateKind::ExpiredLease => {
+                self.report.add(LEASES_REPAIRED, n);
+            }
+            _ if outcome == Outcome::Requeued => {
+                self.report.add(JOBS_REQUEUED, n);
+            }
+            _ => {}
+        }
+        if outcome == Outcome::Failed {
+            self.report.add(JOBS_FAILED, n);
+        }
+    }
+
     fn fail(&self, what: &str, e: recon_core::Error) -> recon_core::Error {
         let context = format!(
             "{what} (after {} repairs in {} batches)",
@@ -159,6 +203,35 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
             if kind == CandidateKind::UnknownStatus && self.settings.report_unknown_status.is_none()
             {
                 continue;
+            }
+            let plan = if self.in_database && !ctx.is_dry_run() {
+                RepairPlan::new(kind, now, &self.settings)
+            } else {
+                None
+            };
+            if let Some(plan) = plan {
+                // One row tells whether there is anything of this kind at all (a clean table
+                // costs the same one read as without a plan).
+                let peek = CandidateQuery {
+                    kind,
+                    processing_state: self.settings.states.processing.clone(),
+                    now,
+                    max_lease: self.settings.max_lease,
+                    known_states: Vec::new(),
+                    after: None,
+                    limit: 1,
+                };
+                let any = self
+                    .store
+                    .read_candidates(peek)
+                    .await
+                    .map_err(|e| t.fail("read stuck jobs", e))?;
+                if any.is_empty() {
+                    continue;
+                }
+                if !self.run_plan(&plan, ctx, &mut t, &mut seen).await? {
+                    break 'kinds;
+                }
             }
             let mut after: Option<JobKey> = None;
             loop {
@@ -220,21 +293,8 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
                     let applied_keys: std::collections::HashSet<&JobKey> =
                         applied.applied.iter().collect();
                     for (key, outcome, kind) in &outcomes {
-                        if !applied_keys.contains(key) {
-                            continue;
-                        }
-                        t.repaired += 1;
-                        match kind {
-                            CandidateKind::ExpiredLease => {
-                                t.report.add(LEASES_REPAIRED, 1);
-                            }
-                            _ if *outcome == Outcome::Requeued => {
-                                t.report.add(JOBS_REQUEUED, 1);
-                            }
-                            _ => {}
-                        }
-                        if *outcome == Outcome::Failed {
-                            t.report.add(JOBS_FAILED, 1);
+                        if applied_keys.contains(key) {
+                            t.count_repaired(*kind, *outcome, 1);
                         }
                     }
                     t.report.add(SKIPPED_CHANGED, applied.skipped.len() as u64);
@@ -250,6 +310,49 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
         }
         tracing::debug!(repaired = t.repaired, seen, "lease repair finished");
         Ok(t.report)
+    }
+}
+
+impl<S: LeaseStore> LeaseRepair<S> {
+    /// Apply `plan` in keyset batches until a batch comes back short. Returns `false` when
+    /// the deadline stopped it (noted in the report).
+    async fn run_plan(
+        &self,
+        plan: &RepairPlan,
+        ctx: &RunContext,
+        t: &mut Tally,
+        seen: &mut u64,
+    ) -> recon_core::Result<bool> {
+        let mut after: Option<JobKey> = None;
+        loop {
+            if ctx.deadline_passed() {
+                t.report.note(format!(
+                    "stopped at the deadline before finishing {:?} candidates; the next run continues",
+                    plan.kind
+                ));
+                return Ok(false);
+            }
+            let Some(b) = self
+                .store
+                .repair_planned(plan, after.clone(), self.batch_size)
+                .await
+                .map_err(|e| t.fail("repair stuck jobs in the database", e))?
+            else {
+                return Ok(true);
+            };
+            if b.repaired() == 0 {
+                return Ok(true);
+            }
+            t.report.add(BATCHES, 1);
+            t.count_repaired(plan.kind, Outcome::Requeued, b.requeued);
+            t.count_repaired(plan.kind, Outcome::Failed, b.failed);
+            *seen += b.repaired();
+            ctx.report_progress(*seen, None);
+            if b.repaired() < self.batch_size as u64 || b.last.is_none() {
+                return Ok(true);
+            }
+            after = b.last;
+        }
     }
 }
 

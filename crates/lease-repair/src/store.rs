@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use recon_core::Result;
 
-use crate::{ApplyOutcome, CandidateQuery, JobRow, PruneQuery, Repair};
+use crate::{
+    ApplyOutcome, CandidateQuery, JobKey, JobRow, PlannedBatch, PruneQuery, Repair, RepairPlan,
+};
 
 /// Where the host's jobs live, shaped around batches.
 ///
@@ -26,6 +28,25 @@ pub trait LeaseStore: Send + Sync {
 
     /// The database's current time, for [`TimeBasis::Database`](crate::TimeBasis::Database).
     async fn database_now(&self) -> Result<DateTime<Utc>>;
+
+    /// Apply `plan` to the next batch, inside the store, without reading the rows out: up to
+    /// `limit` rows the plan covers (see [`RepairPlan`]), with keys after `after`, in key
+    /// order, each repaired as [`RepairPlan::repair_for`] says, in one transaction, with the
+    /// candidate condition checked in the same statement that writes (so a lease renewed or a
+    /// job finished before it is left alone) and rows another transaction holds skipped.
+    ///
+    /// A batch that repairs fewer than `limit` rows is the last. Returns `Ok(None)` when the
+    /// store cannot apply plans; [`LeaseRepair`](crate::LeaseRepair) then reads and decides
+    /// row by row. The default implementation returns `Ok(None)`.
+    async fn repair_planned(
+        &self,
+        plan: &RepairPlan,
+        after: Option<JobKey>,
+        limit: usize,
+    ) -> Result<Option<PlannedBatch>> {
+        let _ = (plan, after, limit);
+        Ok(None)
+    }
 }
 
 /// Deletes or archives old terminal jobs in batches.

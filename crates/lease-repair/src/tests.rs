@@ -723,3 +723,241 @@ fn keys_order_and_display() {
     assert!(JobKey::Int(i64::MAX) < JobKey::Text(String::new()));
     assert_eq!(JobKey::from("a1").to_string(), "a1");
 }
+
+// ---- repair plans: `decide` evaluated per attempts count, applied inside the store ----
+
+fn secs(s: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(s)
+}
+
+/// Policies without jitter, of every backoff kind, with and without limits.
+fn arb_plain_policy() -> impl Strategy<Value = retry_policy::RetryPolicy> {
+    use retry_policy::{Backoff, RetryPolicy};
+    (
+        0_u8..5,
+        1_u64..120,
+        prop::option::of(1_u32..12),
+        prop::option::of(1_u64..4000),
+        0_u64..3,
+    )
+        .prop_filter_map(
+            "a policy the builder accepts",
+            |(kind, base, max_attempts, max_delay, min_delay)| {
+                let backoff = match kind {
+                    0 => Backoff::constant(secs(base)),
+                    1 => Backoff::linear(secs(base), secs(base / 2 + 1)),
+                    2 => Backoff::exponential(secs(base), 1.7),
+                    3 => Backoff::schedule([secs(base), secs(base * 3), secs(base * 7)]),
+                    _ => Backoff::schedule_repeating([secs(base), secs(base + 5)]),
+                };
+                let mut b = RetryPolicy::builder()
+                    .backoff(backoff)
+                    .min_delay(secs(min_delay));
+                if let Some(m) = max_attempts {
+                    b = b.max_attempts(m);
+                }
+                if let Some(d) = max_delay {
+                    b = b.max_delay(secs(d.max(min_delay)));
+                }
+                b.build().ok()
+            },
+        )
+}
+
+fn arb_stuck_row() -> impl Strategy<Value = (JobRow, CandidateKind)> {
+    (
+        0_i64..1000,
+        any::<bool>(),
+        prop_oneof![
+            0_i64..20,
+            20_i64..200,
+            Just(MAX_ATTEMPTS - 1),
+            Just(MAX_ATTEMPTS),
+            Just(MAX_ATTEMPTS + 1),
+            Just(-1_i64),
+        ],
+        1_i64..100_000,
+    )
+        .prop_map(|(k, expired, a, ago)| {
+            let kind = if expired {
+                CandidateKind::ExpiredLease
+            } else {
+                CandidateKind::Orphaned
+            };
+            let row = JobRow {
+                key: JobKey::Int(k),
+                status: "processing".into(),
+                lease_owner: expired.then(|| "w".into()),
+                lease_expires_at: expired.then(|| now() - Duration::seconds(ago)),
+                attempts: Some(a),
+                unreadable: None,
+            };
+            (row, kind)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The plan is `decide`, row for row: every row it covers gets exactly `decide`'s
+    /// repair, and every row `decide` repairs with readable, in-range attempts within the
+    /// plan's range is covered.
+    #[test]
+    fn a_plan_repairs_every_row_it_covers_exactly_as_decide_does(
+        policy in arb_plain_policy(),
+        count in any::<bool>(),
+        (r, kind) in arb_stuck_row(),
+    ) {
+        let mut s = Settings::new(policy);
+        s.count_interrupted_attempt = count;
+        let plan = RepairPlan::new(kind, now(), &s).expect("a policy without jitter is plannable");
+        prop_assert!(!plan.retry_at.is_empty() || plan.fail_from == Some(0));
+        let decided = match decide(&r, kind, now(), &s) {
+            Action::Repair { repair, .. } => Some(repair),
+            _ => None,
+        };
+        match plan.repair_for(&r) {
+            Some(p) => prop_assert_eq!(Some(p), decided, "plan {:?}", plan),
+            None => {
+                let a = r.attempts.unwrap();
+                prop_assert!(
+                    decided.is_none() || a > plan.max_attempts,
+                    "{:?} not covered by {:?}", r, plan
+                );
+            }
+        }
+    }
+
+    /// Rows that are not candidates of the plan's kind are never covered.
+    #[test]
+    fn a_plan_covers_only_candidates_of_its_kind(
+        policy in arb_plain_policy(),
+        r in arb_row(),
+    ) {
+        let s = Settings::new(policy);
+        for kind in [CandidateKind::ExpiredLease, CandidateKind::Orphaned] {
+            let plan = RepairPlan::new(kind, now(), &s).unwrap();
+            if let Some(p) = plan.repair_for(&r) {
+                let decided = decide(&r, kind, now(), &s);
+                prop_assert!(
+                    matches!(&decided, Action::Repair { repair, .. } if *repair == p),
+                    "{:?}: plan {:?}, decide {:?}", r, p, decided
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn no_plan_for_jitter_or_for_anomalies() {
+    for policy in [
+        presets::startup_jobs(),
+        presets::aws_full_jitter(),
+        presets::grpc_connection(),
+    ] {
+        let s = Settings::new(policy);
+        assert_eq!(
+            RepairPlan::new(CandidateKind::ExpiredLease, now(), &s),
+            None
+        );
+    }
+    let s = Settings::new(presets::api_call());
+    for kind in [CandidateKind::Anomaly, CandidateKind::UnknownStatus] {
+        assert_eq!(RepairPlan::new(kind, now(), &s), None);
+    }
+    let plan = RepairPlan::new(CandidateKind::ExpiredLease, now(), &s).unwrap();
+    // api_call: 1 s, 2 s, 4 s, then give up at 4 attempts.
+    assert_eq!(plan.fail_from, Some(4));
+    assert_eq!(plan.max_attempts, MAX_ATTEMPTS);
+    assert_eq!(
+        plan.retry_at,
+        [1, 1, 2, 4].map(|s| now() + Duration::seconds(s))
+    );
+}
+
+#[test]
+fn an_unlimited_policy_that_keeps_growing_is_planned_for_the_first_counts_only() {
+    let policy = retry_policy::RetryPolicy::builder()
+        .backoff(retry_policy::Backoff::linear(secs(1), secs(1)))
+        .build()
+        .unwrap();
+    let plan = RepairPlan::new(CandidateKind::Orphaned, now(), &Settings::new(policy)).unwrap();
+    assert_eq!(plan.fail_from, None);
+    assert_eq!(plan.retry_at.len(), MAX_PLAN_STEPS);
+    assert_eq!(plan.max_attempts, MAX_PLAN_STEPS as i64 - 1);
+    let beyond = row(1, "processing", None, None, Some(MAX_PLAN_STEPS as i64));
+    assert_eq!(
+        plan.repair_for(&beyond),
+        None,
+        "left to the row-by-row path"
+    );
+}
+
+/// Stuck jobs of every sort, including ones only the row-by-row path can judge.
+fn mixed_jobs(n: i64) -> Vec<StoredJob> {
+    (1..=n)
+        .map(|k| {
+            let attempts = match k % 13 {
+                0 => None,
+                1 => Some(-1),
+                _ => Some(k % 5),
+            };
+            match k % 4 {
+                0 => StoredJob::new(
+                    k,
+                    "processing",
+                    Some("w"),
+                    Some(now() - Duration::minutes(k)),
+                    attempts,
+                ),
+                1 => StoredJob::new(k, "processing", None, None, attempts),
+                2 => StoredJob::new(
+                    k,
+                    "processing",
+                    Some("w"),
+                    Some(now() + Duration::minutes(5)),
+                    attempts,
+                ),
+                _ => StoredJob::new(k, "done", None, None, attempts),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn in_the_database_or_row_by_row_the_outcome_is_the_same() {
+    for count in [false, true] {
+        let mut s = Settings::new(presets::api_call());
+        s.count_interrupted_attempt = count;
+        let mut outcomes = Vec::new();
+        for in_db in [true, false] {
+            let store = Arc::new(MemoryLeaseStore::new());
+            store.insert(mixed_jobs(2_000));
+            let step = LeaseRepair::new(store.clone(), s.clone())
+                .unwrap()
+                .batch_size(97)
+                .unwrap()
+                .in_database(in_db);
+            let r = run(&step, false).await;
+            let counts: Vec<u64> = [
+                LEASES_REPAIRED,
+                JOBS_REQUEUED,
+                JOBS_FAILED,
+                ANOMALIES,
+                SKIPPED_CHANGED,
+            ]
+            .iter()
+            .map(|c| r.count(*c))
+            .collect();
+            assert!(
+                counts[0] > 0 && counts[1] > 0 && counts[2] > 0 && counts[3] > 0,
+                "{counts:?}"
+            );
+            outcomes.push((counts, store.jobs(), r.details().get("anomalies").cloned()));
+        }
+        assert_eq!(
+            outcomes[0], outcomes[1],
+            "count_interrupted_attempt = {count}"
+        );
+    }
+}

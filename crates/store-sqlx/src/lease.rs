@@ -5,13 +5,15 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use lease_repair::{
-    ApplyOutcome, CandidateKind, CandidateQuery, JobKey, JobRow, LeaseStore, PruneMode, PruneQuery,
-    PruneStore, Repair,
+    ApplyOutcome, CandidateKind, CandidateQuery, JobKey, JobRow, LeaseStore, PlannedBatch,
+    PruneMode, PruneQuery, PruneStore, Repair, RepairPlan,
 };
 
 use crate::sql::{Binds, CHUNK, exact_eq, exact_in, with_deadlock_retry};
 use crate::value::{Array, Kind, Value};
 use crate::{Db, Dialect, Error, Ident, Result, TableName, TimestampFormat};
+
+mod plan;
 
 /// How the host's job ids are typed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -399,6 +401,20 @@ impl SqlLeaseStore {
         })
     }
 
+    /// The lease expiry as candidate conditions compare it. PostgreSQL: only `status = ?`
+    /// and `id > ?` may use an index, so that every batch walks `(status, id)` in key order
+    /// and stops at the batch size. Its planner otherwise picks a `(status, locked_until)`
+    /// index from statistics taken while few jobs were processing (the normal case before a
+    /// crash), reads *every* candidate through it and sorts them all, for every batch: 35 ms
+    /// a batch with 78,000 expired jobs left, against 0.5 ms for the walk. `expiry +
+    /// interval '0 seconds'` is the same value as the column but no index matches it.
+    fn expiry_for_filter(&self) -> String {
+        match self.db.dialect() {
+            Dialect::Postgres => format!("({} + CAST('0 seconds' AS interval))", self.q.expiry),
+            _ => self.q.expiry.clone(),
+        }
+    }
+
     async fn read(&self, q: &CandidateQuery) -> Result<Vec<JobRow>> {
         let d = self.db.dialect();
         let s = &self.q;
@@ -426,17 +442,7 @@ impl SqlLeaseStore {
                 Value::Text(Some(q.processing_state.clone())),
             ),
         };
-        // PostgreSQL: only `status = ?` and `id > ?` may use an index, so that every batch
-        // walks `(status, id)` in key order and stops at the batch size. Its planner
-        // otherwise picks a `(status, locked_until)` index from statistics taken while few
-        // jobs were processing (the normal case before a crash), reads *every* candidate
-        // through it and sorts them all, for every batch: 35 ms a batch with 78,000 expired
-        // jobs left, against 0.5 ms for the walk. `expiry + interval '0 seconds'` is the
-        // same value as the column but no index matches it.
-        let e = match d {
-            Dialect::Postgres => format!("({} + CAST('0 seconds' AS interval))", s.expiry),
-            _ => s.expiry.clone(),
-        };
+        let e = self.expiry_for_filter();
         let kind = match q.kind {
             CandidateKind::UnknownStatus => "1 = 1".to_owned(),
             CandidateKind::ExpiredLease => {
@@ -1007,6 +1013,20 @@ impl LeaseStore for SqlLeaseStore {
 
     async fn database_now(&self) -> recon_core::Result<DateTime<Utc>> {
         Ok(self.db.now().await?)
+    }
+
+    async fn repair_planned(
+        &self,
+        plan: &RepairPlan,
+        after: Option<JobKey>,
+        limit: usize,
+    ) -> recon_core::Result<Option<PlannedBatch>> {
+        if let Some(k) = &after {
+            self.key_value(k)?;
+        }
+        Ok(Some(
+            with_deadlock_retry(|| self.repair_planned_once(plan, after.as_ref(), limit)).await?,
+        ))
     }
 }
 
