@@ -29,8 +29,9 @@
 //! SQLite always runs; PostgreSQL and MariaDB run when `RECON_TEST_POSTGRES_URL` /
 //! `RECON_TEST_MYSQL_URL` are set (and the features are on). `RECON_BENCH_ROWS` changes the
 //! table size (default 1,000,000; stuck rows stay 10 % expired + 2 % orphaned);
-//! `RECON_BENCH_BACKENDS=postgres,mysql` runs only the listed backends; `RECON_BENCH_BATCH`
-//! overrides LeaseRepair's batch size (exploration only; the summary line says which).
+//! `RECON_BENCH_BACKENDS=postgres,mysql` runs only the listed backends; `RECON_BENCH_BATCH` and
+//! `RECON_BENCH_PLAN_BATCH` override LeaseRepair's row-by-row and in-database batch sizes
+//! (exploration only; the summary line says which).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -283,23 +284,24 @@ fn plain_settings() -> Settings {
     )
 }
 
-/// `LeaseRepair` as a host would configure it: default settings, default batch size
-/// (`RECON_BENCH_BATCH` overrides the batch size, for exploring only: the documented figures
-/// use the default).
+/// `LeaseRepair` as a host would configure it: default batch sizes (`RECON_BENCH_BATCH` and
+/// `RECON_BENCH_PLAN_BATCH` override the row-by-row and the in-database batch size, for
+/// exploring only: the documented figures use the defaults).
 fn step(db: &Db, settings: Settings) -> LeaseRepair<store_sqlx::SqlLeaseStore> {
     let map = JobTable::builder(T)
         .next_run_at("next_run_at")
         .updated_at("updated_at")
         .build()
         .unwrap();
-    let step = LeaseRepair::new(db.lease_store(map), settings).unwrap();
-    match std::env::var("RECON_BENCH_BATCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        Some(n) => step.batch_size(n).unwrap(),
-        None => step,
+    let mut step = LeaseRepair::new(db.lease_store(map), settings).unwrap();
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    if let Some(n) = var("RECON_BENCH_BATCH") {
+        step = step.batch_size(n).unwrap();
     }
+    if let Some(n) = var("RECON_BENCH_PLAN_BATCH") {
+        step = step.plan_batch_size(n).unwrap();
+    }
+    step
 }
 
 /// The hand-written statement of seeds 000/001; returns the rows it changed.
@@ -640,7 +642,7 @@ fn summary(backend: &str, all: &Expect, sample: &Expect, seen: &[(&str, Duration
     let pr_full_ms = pr_job * all.stuck() as f64 / 1e3;
     let count = |name: &str| seen.iter().filter(|(n, _)| *n == name).count();
     println!(
-        "SUMMARY {backend}: {} rows, {} stuck, {} live (batch {}) \
+        "SUMMARY {backend}: {} rows, {} stuck, {} live (batch {}, in the database {}) \
          | LeaseRepair in the database (no jitter) {:.0} ms ({:.2} µs/job) \
          | LeaseRepair row by row (jittered preset) {:.0} ms ({:.2} µs/job) \
          | single UPDATE {:.0} ms ({:.2} µs/job) \
@@ -653,6 +655,7 @@ fn summary(backend: &str, all: &Expect, sample: &Expect, seen: &[(&str, Duration
         all.stuck(),
         all.live,
         std::env::var("RECON_BENCH_BATCH").unwrap_or_else(|_| "default".into()),
+        std::env::var("RECON_BENCH_PLAN_BATCH").unwrap_or_else(|_| "default".into()),
         ms(db),
         per_job_us(db, all.stuck()),
         ms(lr),

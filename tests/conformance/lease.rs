@@ -157,6 +157,8 @@ async fn in_the_database_and_row_by_row_give_the_same_jobs(be: &Backend<'_>) {
                 .unwrap()
                 .batch_size(37)
                 .unwrap()
+                .plan_batch_size(29)
+                .unwrap()
                 .in_database(in_db);
             let r = run(&step, false).await;
             assert_eq!(store.planned() > 0, in_db, "{}", be.name());
@@ -746,6 +748,8 @@ async fn four_concurrent(be: &Backend<'_>, table: &str, s: Settings, in_db: bool
         let step = LeaseRepair::new(store.clone(), s.clone())
             .unwrap()
             .batch_size(50)
+            .unwrap()
+            .plan_batch_size(50)
             .unwrap();
         tasks.push(tokio::spawn(async move { run(&step, false).await }));
     }

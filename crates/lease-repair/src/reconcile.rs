@@ -83,6 +83,7 @@ pub struct LeaseRepair<S> {
     batch_size: usize,
     time_basis: TimeBasis,
     in_database: bool,
+    plan_batch_size: usize,
 }
 
 impl<S: LeaseStore> LeaseRepair<S> {
@@ -96,6 +97,7 @@ impl<S: LeaseStore> LeaseRepair<S> {
             batch_size: 500,
             time_basis: TimeBasis::Run,
             in_database: true,
+            plan_batch_size: 5_000,
         })
     }
 
@@ -105,6 +107,14 @@ impl<S: LeaseStore> LeaseRepair<S> {
     pub fn in_database(mut self, on: bool) -> Self {
         self.in_database = on;
         self
+    }
+
+    /// Rows per batch repaired inside the database (1 to [`MAX_BATCH_SIZE`], default 5,000).
+    /// No row travels, so this bounds only how many rows one transaction holds (and how often
+    /// the deadline is checked); [`batch_size`](Self::batch_size) bounds the row-by-row path.
+    pub fn plan_batch_size(mut self, n: usize) -> Result<Self, Error> {
+        self.plan_batch_size = check_batch(n)?;
+        Ok(self)
     }
 
     /// Rows per batch (1 to [`MAX_BATCH_SIZE`], default 500).
@@ -334,7 +344,7 @@ impl<S: LeaseStore> LeaseRepair<S> {
             }
             let Some(b) = self
                 .store
-                .repair_planned(plan, after.clone(), self.batch_size)
+                .repair_planned(plan, after.clone(), self.plan_batch_size)
                 .await
                 .map_err(|e| t.fail("repair stuck jobs in the database", e))?
             else {
@@ -348,7 +358,7 @@ impl<S: LeaseStore> LeaseRepair<S> {
             t.count_repaired(plan.kind, Outcome::Failed, b.failed);
             *seen += b.repaired();
             ctx.report_progress(*seen, None);
-            if b.repaired() < self.batch_size as u64 || b.last.is_none() {
+            if b.repaired() < self.plan_batch_size as u64 || b.last.is_none() {
                 return Ok(true);
             }
             after = b.last;

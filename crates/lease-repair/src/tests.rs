@@ -937,6 +937,8 @@ async fn in_the_database_or_row_by_row_the_outcome_is_the_same() {
                 .unwrap()
                 .batch_size(97)
                 .unwrap()
+                .plan_batch_size(41)
+                .unwrap()
                 .in_database(in_db);
             let r = run(&step, false).await;
             let counts: Vec<u64> = [

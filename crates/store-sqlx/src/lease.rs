@@ -488,12 +488,13 @@ impl SqlLeaseStore {
             "SELECT {cols} FROM {t}{hint} WHERE {filter} AND {kind}{after} ORDER BY {order} LIMIT {limit}",
             t = s.table,
         );
-        // PostgreSQL plans each read with its values: a generic plan cannot know that
-        // `status = 'processing'` is rare and may walk the whole primary key instead.
+        // PostgreSQL plans each read with its values (a generic plan cannot know that
+        // `status = 'processing'` is rare and may walk the whole primary key instead) and
+        // without bitmap scans (see `Db::fetch_lenient_walking`).
         let rows = match d {
             Dialect::Postgres => {
                 self.db
-                    .fetch_lenient_replanned(&sql, &b.values, &kinds)
+                    .fetch_lenient_walking(&sql, &b.values, &kinds)
                     .await?
             }
             _ => self.db.fetch_lenient(&sql, &b.values, &kinds).await?,

@@ -10,9 +10,8 @@
 //!   LOCKED), done AS (UPDATE … FROM picked … RETURNING …) SELECT COUNT(*), …, MAX(id) FROM
 //!   done`. Rows another transaction holds are skipped; a row changed and committed since the
 //!   statement's snapshot is re-checked against the condition when it is locked.
-//! - SQLite: under the write lock (`BEGIN IMMEDIATE`), the batch's count and last key, then
-//!   one `UPDATE … WHERE <condition> AND id > after AND id <= last`: the same rows, since no
-//!   one else can write in between; anything else is an error and rolls back.
+//! - SQLite: one `UPDATE … WHERE id IN (SELECT id … ORDER BY id LIMIT n) RETURNING id,
+//!   attempts`, atomic under SQLite's single writer lock.
 //! - MariaDB/MySQL: `SELECT id, attempts … FOR UPDATE SKIP LOCKED`, then one `UPDATE … WHERE
 //!   id IN (…)` of exactly the locked rows (MariaDB has no `UPDATE … RETURNING`).
 
@@ -24,24 +23,21 @@ use crate::sql::{Binds, exact_eq};
 use crate::value::{Kind, Value};
 use crate::{Dialect, Error, Result, TimestampFormat};
 
-/// A full date and time (seconds included) at the start of a SQLite text timestamp.
+/// A SQLite text timestamp the row-by-row path reads too: a full date, `T` or a space, a
+/// time with seconds, and nothing after but fractions and a zone (SQLite's own date functions
+/// also take trailing spaces, which the row-by-row path does not).
 const SQLITE_TS_SHAPE: &str =
-    "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][T ][0-9][0-9]:[0-9][0-9]:[0-9][0-9]*";
+    "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][T ][0-9][0-9]:[0-9][0-9]:[0-9][0-9]*[0-9Z]";
 
 impl SqlLeaseStore {
     /// The rows `plan` covers with keys after `after`: the row-by-row read's condition for
     /// the plan's kind, attempts in the plan's range, and values the row-by-row path could
     /// decode.
-    ///
-    /// With `strict` false, only the candidate condition and the attempts range: a superset
-    /// of the strict rows, cheaper to test (SQLite's update of a batch already counted, see
-    /// `repair_planned_once`).
     fn plan_where(
         &self,
         plan: &RepairPlan,
         after: Option<&JobKey>,
         b: &mut Binds,
-        strict: bool,
     ) -> Result<String> {
         let d = self.db.dialect();
         let s = &self.q;
@@ -57,7 +53,6 @@ impl SqlLeaseStore {
                 let now = b.push(self.ts(Some(plan.now)));
                 w.push(format!("{e} IS NOT NULL AND {e} < {now}"));
                 match (d, self.map.timestamps) {
-                    _ if !strict => {}
                     (Dialect::Postgres, _) => w.push(format!("isfinite({})", s.expiry)),
                     // Zero dates and dates with a zero month or day read as no date at all.
                     (Dialect::MySql, _) => w.push(format!(
@@ -77,12 +72,12 @@ impl SqlLeaseStore {
                     (Dialect::Sqlite, _) => {
                         let now = b.push(self.ts(Some(plan.now)));
                         w.push(format!(
-                            "typeof({e}) = 'text' AND {e} GLOB '{SQLITE_TS_SHAPE}' \
-                             AND julianday({e}) < julianday({now})"
+                            "typeof({e}) = 'text' AND julianday({e}) < julianday({now}) \
+                             AND {e} GLOB '{SQLITE_TS_SHAPE}'"
                         ));
                     }
                 }
-                if d == Dialect::Sqlite && strict {
+                if d == Dialect::Sqlite {
                     // An owner the row-by-row path might not read (not text, not UTF-8) is
                     // left to it: it reports such rows instead of repairing them. Printable
                     // ASCII always reads. (Comparing `length` in characters and in bytes is
@@ -103,7 +98,7 @@ impl SqlLeaseStore {
             }
         }
         let a = &s.attempts;
-        if d == Dialect::Sqlite && strict {
+        if d == Dialect::Sqlite {
             w.push(format!("typeof({a}) = 'integer'"));
             let id_type = if self.map.key_kind == KeyKind::Integer {
                 "integer"
@@ -210,7 +205,7 @@ impl SqlLeaseStore {
         match d {
             Dialect::Postgres => {
                 let mut b = Binds::new(d);
-                let w = self.plan_where(plan, after, &mut b, true)?;
+                let w = self.plan_where(plan, after, &mut b)?;
                 let n = b.push(limit_v);
                 let sets = self.plan_sets(plan, "picked.recon_attempts", &mut b);
                 let failed = match plan.fail_from {
@@ -236,11 +231,11 @@ impl SqlLeaseStore {
                     att = s.attempts,
                     t = s.table,
                 );
-                // Planned with its values every time, like the reads (a generic plan may walk
-                // the whole primary key).
+                // Planned with its values every time and walking `(status, id)`, like the
+                // reads (see `Db::fetch_lenient_walking`).
                 let row = self
                     .db
-                    .fetch_lenient_replanned(&sql, &b.values, &[Kind::Int, Kind::Int, key])
+                    .fetch_lenient_walking(&sql, &b.values, &[Kind::Int, Kind::Int, key])
                     .await?
                     .pop()
                     .unwrap_or_default();
@@ -259,88 +254,43 @@ impl SqlLeaseStore {
                     last,
                 })
             }
+            // One statement: atomic under SQLite's write lock, the condition tested once per
+            // row, the batch's keys and new attempts returned.
             Dialect::Sqlite => {
-                let mut tx = self.db.begin().await?;
-                // (positional placeholders: pushed in text order)
                 let mut b = Binds::new(d);
-                let failed = match plan.fail_from {
-                    Some(f) => format!(
-                        "COALESCE(SUM(CASE WHEN recon_attempts >= {} THEN 1 ELSE 0 END), 0)",
-                        b.push(Value::Int(Some(f)))
-                    ),
-                    None => "0".into(),
-                };
-                let w = self.plan_where(plan, after, &mut b, true)?;
+                let sets = self.plan_sets(plan, &format!("t.{}", s.attempts), &mut b);
+                let w = self.plan_where(plan, after, &mut b)?;
                 let n = b.push(limit_v);
                 let sql = format!(
-                    "SELECT COUNT(*), {failed}, MAX(recon_key) FROM (\
-                       SELECT {id} AS recon_key, {att} AS recon_attempts FROM {t} \
-                       WHERE {w} ORDER BY {id} LIMIT {n})",
+                    "UPDATE {t} AS t SET {sets} WHERE {id} IN (\
+                       SELECT {id} FROM {t} WHERE {w} ORDER BY {id} LIMIT {n}) \
+                     RETURNING {id}, {att}",
                     id = s.id,
                     att = s.attempts,
                     t = s.table,
                 );
-                let row = tx
-                    .fetch(&sql, &b.values, &[Kind::Int, Kind::Int, key])
-                    .await?
-                    .pop()
-                    .unwrap_or_default();
-                let total = Self::count_of(row.first());
-                let failed = Self::count_of(row.get(1));
-                let last = match row.get(2) {
-                    Some(v @ (Value::Int(Some(_)) | Value::Text(Some(_)))) => {
-                        Some(self.decode_key(Some(v.clone()))?)
+                let rows = self.db.fetch(&sql, &b.values, &[key, Kind::Int]).await?;
+                let mut out = PlannedBatch::default();
+                for mut r in rows {
+                    // the attempts as written: stored + increment
+                    let a = r.pop().and_then(Value::int).unwrap_or(0) - plan.increment;
+                    let k = self.decode_key(r.pop())?;
+                    if Self::fails(plan, a) {
+                        out.failed += 1;
+                    } else {
+                        out.requeued += 1;
                     }
-                    _ => None,
-                };
-                let Some(last_key) = &last else {
-                    return Ok(PlannedBatch::default());
-                };
-                // The batch is the `total` strict rows in (after, last]. The update tests only
-                // the cheap part of the condition, which every strict row passes: if it
-                // changes `total` rows, they are exactly the batch. If it changes more (a row
-                // the strict test left to the row-by-row path lies in the range), it is undone
-                // and the batch updated with the whole condition.
-                let update = |strict: bool| -> Result<(String, Vec<Value>)> {
-                    let mut b = Binds::new(d);
-                    let sets = self.plan_sets(plan, &format!("t.{}", s.attempts), &mut b);
-                    let w = self.plan_where(plan, after, &mut b, strict)?;
-                    let upto = self.id_param(&mut b, last_key)?;
-                    Ok((
-                        format!(
-                            "UPDATE {t} AS t SET {sets} WHERE {w} AND {id} <= {upto}",
-                            t = s.table,
-                            id = s.id
-                        ),
-                        b.values,
-                    ))
-                };
-                tx.execute("SAVEPOINT recon_plan", &[]).await?;
-                let (sql, values) = update(false)?;
-                let mut changed = tx.execute(&sql, &values).await?;
-                if changed != total {
-                    tx.execute("ROLLBACK TO recon_plan", &[]).await?;
-                    let (sql, values) = update(true)?;
-                    changed = tx.execute(&sql, &values).await?;
+                    // RETURNING has no order: the keyset goes on after the greatest key
+                    if out.last.as_ref().is_none_or(|l| &k > l) {
+                        out.last = Some(k);
+                    }
                 }
-                tx.execute("RELEASE recon_plan", &[]).await?;
-                if changed != total {
-                    return Err(Error::Config(format!(
-                        "internal error: a planned repair of {total} jobs in {} updated {changed} rows under the write lock; nothing was changed",
-                        self.map.table
-                    )));
-                }
-                tx.commit().await?;
-                Ok(PlannedBatch {
-                    requeued: total - failed,
-                    failed,
-                    last,
-                })
+                Ok(out)
             }
             Dialect::MySql => {
                 let mut tx = self.db.begin().await?;
                 let mut b = Binds::new(d);
-                let w = self.plan_where(plan, after, &mut b, true)?;
+                let w = self.plan_where(plan, after, &mut b)?;
                 let n = b.push(limit_v);
                 // `ORDER BY status, id` and the hint: see the row-by-row read.
                 let sql = format!(
