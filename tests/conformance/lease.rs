@@ -919,7 +919,10 @@ async fn candidate_reads_agree_with_the_reference_definition(be: &Backend<'_>) {
         }
     }
     jobs.insert(&rows, Shape::default()).await;
-    for kind in CandidateKind::ALL {
+    for kind in CandidateKind::ALL
+        .into_iter()
+        .chain([CandidateKind::AnyStuck])
+    {
         let q = CandidateQuery {
             kind,
             processing_state: "processing".into(),

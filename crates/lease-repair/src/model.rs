@@ -73,6 +73,10 @@ pub enum CandidateKind {
     /// [`Settings::report_unknown_status`](crate::Settings::report_unknown_status) is set,
     /// because finding them reads every row of the table once.
     UnknownStatus,
+    /// Any of [`ExpiredLease`](Self::ExpiredLease), [`Orphaned`](Self::Orphaned) and
+    /// [`Anomaly`](Self::Anomaly): one read of one row tells whether there is anything to do
+    /// at all (a clean table then costs one read instead of three).
+    AnyStuck,
 }
 
 impl CandidateKind {
@@ -91,6 +95,11 @@ impl CandidateKind {
         if self == Self::UnknownStatus {
             return row.status != query.processing_state
                 && !query.known_states.contains(&row.status);
+        }
+        if self == Self::AnyStuck {
+            return [Self::ExpiredLease, Self::Orphaned, Self::Anomaly]
+                .into_iter()
+                .any(|k| k.matches(row, query));
         }
         if row.status != query.processing_state {
             return false;
@@ -115,7 +124,7 @@ impl CandidateKind {
                 owner_without_expiry || too_far || (live && bad_attempts)
             }
             // answered before the processing check
-            Self::UnknownStatus => false,
+            Self::UnknownStatus | Self::AnyStuck => false,
         }
     }
 }

@@ -209,9 +209,32 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
         }
         let mut seen = 0_u64;
         let known_states = self.settings.known_states();
+        let query = |kind, after, limit| CandidateQuery {
+            kind,
+            processing_state: self.settings.states.processing.clone(),
+            now,
+            max_lease: self.settings.max_lease,
+            known_states: if kind == CandidateKind::UnknownStatus {
+                known_states.clone()
+            } else {
+                Vec::new()
+            },
+            after,
+            limit,
+        };
+        // One row of any stuck kind, or nothing to do but the unknown-status scan.
+        let anything = !self
+            .store
+            .read_candidates(query(CandidateKind::AnyStuck, None, 1))
+            .await
+            .map_err(|e| t.fail("read stuck jobs", e))?
+            .is_empty();
         'kinds: for kind in CandidateKind::ALL {
-            if kind == CandidateKind::UnknownStatus && self.settings.report_unknown_status.is_none()
-            {
+            let wanted = match kind {
+                CandidateKind::UnknownStatus => self.settings.report_unknown_status.is_some(),
+                _ => anything,
+            };
+            if !wanted {
                 continue;
             }
             let plan = if self.in_database && !ctx.is_dry_run() {
@@ -220,20 +243,10 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
                 None
             };
             if let Some(plan) = plan {
-                // One row tells whether there is anything of this kind at all (a clean table
-                // costs the same one read as without a plan).
-                let peek = CandidateQuery {
-                    kind,
-                    processing_state: self.settings.states.processing.clone(),
-                    now,
-                    max_lease: self.settings.max_lease,
-                    known_states: Vec::new(),
-                    after: None,
-                    limit: 1,
-                };
+                // One row tells whether there is anything of this kind at all.
                 let any = self
                     .store
-                    .read_candidates(peek)
+                    .read_candidates(query(kind, None, 1))
                     .await
                     .map_err(|e| t.fail("read stuck jobs", e))?;
                 if any.is_empty() {
@@ -251,22 +264,9 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
                     ));
                     break 'kinds;
                 }
-                let query = CandidateQuery {
-                    kind,
-                    processing_state: self.settings.states.processing.clone(),
-                    now,
-                    max_lease: self.settings.max_lease,
-                    known_states: if kind == CandidateKind::UnknownStatus {
-                        known_states.clone()
-                    } else {
-                        Vec::new()
-                    },
-                    after: after.clone(),
-                    limit: self.batch_size,
-                };
                 let rows = self
                     .store
-                    .read_candidates(query)
+                    .read_candidates(query(kind, after.clone(), self.batch_size))
                     .await
                     .map_err(|e| t.fail("read stuck jobs", e))?;
                 if rows.is_empty() {

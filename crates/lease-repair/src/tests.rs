@@ -425,7 +425,12 @@ async fn dry_run_counts_but_never_applies() {
     )];
     store.expect_read_candidates().returning(move |q| {
         Ok(
-            if q.kind == CandidateKind::ExpiredLease && q.after.is_none() {
+            // the first read asks whether anything is stuck at all
+            if matches!(
+                q.kind,
+                CandidateKind::ExpiredLease | CandidateKind::AnyStuck
+            ) && q.after.is_none()
+            {
                 rows.clone()
             } else {
                 vec![]
@@ -457,7 +462,10 @@ async fn batches_follow_the_keyset_and_skips_are_counted() {
         })
         .collect();
     store.expect_read_candidates().returning(move |q| {
-        if q.kind != CandidateKind::ExpiredLease {
+        if !matches!(
+            q.kind,
+            CandidateKind::ExpiredLease | CandidateKind::AnyStuck
+        ) {
             return Ok(vec![]);
         }
         let after = match q.after {
@@ -497,7 +505,10 @@ async fn batches_follow_the_keyset_and_skips_are_counted() {
 async fn a_store_failure_mid_run_says_what_was_done() {
     let mut store = MockLeaseStore::new();
     let mut calls = 0;
-    store.expect_read_candidates().returning(move |_| {
+    store.expect_read_candidates().returning(move |q| {
+        if q.kind == CandidateKind::AnyStuck {
+            return Ok(vec![row(1, "processing", None, None, Some(0))]);
+        }
         calls += 1;
         if calls == 1 {
             Ok(vec![row(1, "processing", None, None, Some(0))])
@@ -962,4 +973,19 @@ async fn in_the_database_or_row_by_row_the_outcome_is_the_same() {
             "count_interrupted_attempt = {count}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_clean_table_costs_one_read() {
+    let mut store = MockLeaseStore::new();
+    store
+        .expect_read_candidates()
+        .times(1)
+        .withf(|q| q.kind == CandidateKind::AnyStuck && q.limit == 1)
+        .returning(|_| Ok(vec![]));
+    store.expect_apply().never();
+    store.expect_repair_planned().never();
+    let step = LeaseRepair::new(store, settings(false)).unwrap();
+    let r = run(&step, false).await;
+    assert_eq!(r.count(BATCHES), 0);
 }

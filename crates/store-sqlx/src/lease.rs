@@ -415,6 +415,51 @@ impl SqlLeaseStore {
         }
     }
 
+    /// The condition of a candidate kind (`e`: the expiry as filters compare it).
+    fn kind_condition(
+        &self,
+        kind: CandidateKind,
+        q: &CandidateQuery,
+        e: &str,
+        b: &mut Binds,
+    ) -> String {
+        let s = &self.q;
+        match kind {
+            CandidateKind::UnknownStatus => "1 = 1".to_owned(),
+            // positional placeholders: each part pushes its values in text order
+            CandidateKind::AnyStuck => {
+                let parts: Vec<String> = [
+                    CandidateKind::ExpiredLease,
+                    CandidateKind::Orphaned,
+                    CandidateKind::Anomaly,
+                ]
+                .into_iter()
+                .map(|k| self.kind_condition(k, q, e, b))
+                .collect();
+                format!("(({}))", parts.join(") OR ("))
+            }
+            CandidateKind::ExpiredLease => {
+                let now = b.push(self.ts(Some(q.now)));
+                format!("({e} IS NOT NULL AND {e} < {now})")
+            }
+            CandidateKind::Orphaned => format!("({} IS NULL AND {e} IS NULL)", s.owner),
+            CandidateKind::Anomaly => {
+                let mut parts = vec![format!("({} IS NOT NULL AND {e} IS NULL)", s.owner)];
+                if let Some(h) = q.max_lease_horizon() {
+                    let h = b.push(self.ts(Some(h)));
+                    parts.push(format!("{e} > {h}"));
+                }
+                let max = b.push(Value::Int(Some(lease_repair::MAX_ATTEMPTS)));
+                let now = b.push(self.ts(Some(q.now)));
+                parts.push(format!(
+                    "(({a} IS NULL OR {a} < 0 OR {a} > {max}) AND {e} >= {now})",
+                    a = s.attempts,
+                ));
+                format!("({})", parts.join(" OR "))
+            }
+        }
+    }
+
     async fn read(&self, q: &CandidateQuery) -> Result<Vec<JobRow>> {
         let d = self.db.dialect();
         let s = &self.q;
@@ -443,28 +488,7 @@ impl SqlLeaseStore {
             ),
         };
         let e = self.expiry_for_filter();
-        let kind = match q.kind {
-            CandidateKind::UnknownStatus => "1 = 1".to_owned(),
-            CandidateKind::ExpiredLease => {
-                let now = b.push(self.ts(Some(q.now)));
-                format!("{e} IS NOT NULL AND {e} < {now}")
-            }
-            CandidateKind::Orphaned => format!("{} IS NULL AND {e} IS NULL", s.owner),
-            CandidateKind::Anomaly => {
-                let mut parts = vec![format!("({} IS NOT NULL AND {e} IS NULL)", s.owner)];
-                if let Some(h) = q.max_lease_horizon() {
-                    let h = b.push(self.ts(Some(h)));
-                    parts.push(format!("{e} > {h}"));
-                }
-                let max = b.push(Value::Int(Some(lease_repair::MAX_ATTEMPTS)));
-                let now = b.push(self.ts(Some(q.now)));
-                parts.push(format!(
-                    "(({a} IS NULL OR {a} < 0 OR {a} > {max}) AND {e} >= {now})",
-                    a = s.attempts,
-                ));
-                format!("({})", parts.join(" OR "))
-            }
-        };
+        let kind = self.kind_condition(q.kind, q, &e, &mut b);
         let after = match &q.after {
             Some(k) => format!(" AND {} > {}", s.id, self.id_param(&mut b, k)?),
             None => String::new(),
