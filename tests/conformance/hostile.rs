@@ -793,6 +793,72 @@ fn assert_unreadable_reported(r: &StepReport, keys: &[&str], column: &str) {
     }
 }
 
+/// Dates that only look like dates, in the past: SQLite's own date functions roll 30 February
+/// over into March, take hour 24 and trailing spaces; MariaDB stores 30 February under
+/// `ALLOW_INVALID_DATES`. The row-by-row path reads none of them, so they are reported and left
+/// alone — also when the repair runs inside the database, which must leave them to it.
+async fn impossible_past_dates_are_reported_not_repaired(t: &TestDb) {
+    let jobs = jobs_table(t).await;
+    jobs.insert(
+        &[StoredJob::new(
+            1,
+            "processing",
+            Some("w"),
+            Some(now() - chrono::Duration::hours(1)),
+            Some(0),
+        )],
+        Shape::default(),
+    )
+    .await;
+    let insert =
+        "INSERT INTO processing_jobs (id, status, locked_by, locked_until, attempts) VALUES";
+    let bad: &[&str] = match t.db.dialect() {
+        Dialect::Sqlite => {
+            t.exec(&format!(
+                "{insert} (2, 'processing', 'w', '2023-02-30 10:00:00', 0), \
+                 (3, 'processing', 'w', '2023-01-10 24:00:00', 0), \
+                 (4, 'processing', 'w', '2023-01-10 10:00:00 ', 0)"
+            ))
+            .await;
+            &["2", "3", "4"]
+        }
+        Dialect::MySql => {
+            t.exec(&format!(
+                "SET STATEMENT sql_mode = 'ALLOW_INVALID_DATES' FOR {insert} \
+                 (2, 'processing', 'w', '2023-02-30 10:00:00', 0)"
+            ))
+            .await;
+            &["2"]
+        }
+        // a timestamptz column refuses them
+        _ => {
+            #[cfg(feature = "postgres")]
+            assert!(
+                try_exec(
+                    t,
+                    &format!("{insert} (2, 'processing', 'w', '2023-02-30 10:00:00', 0)")
+                )
+                .await
+                .is_err(),
+                "PostgreSQL took 30 February"
+            );
+            &[]
+        }
+    };
+    let r = run(&LeaseRepair::new(jobs.lease.clone(), settings()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.count(LEASES_REPAIRED), 1, "only job 1 is repaired");
+    if !bad.is_empty() {
+        assert_unreadable_reported(&r, bad, "locked_until");
+    }
+    let after = statuses(t).await;
+    for (id, status) in &after[1..] {
+        assert_eq!(status, "processing", "job {id} was changed");
+    }
+    assert_eq!(after.len(), bad.len() + 1);
+}
+
 // 9 (SQLite: text columns hold any bytes)
 async fn non_utf8_text_is_reported_and_the_rest_go_on(t: &TestDb) {
     assert_eq!(t.db.dialect(), Dialect::Sqlite);
@@ -1191,6 +1257,7 @@ conformance_sql!(
     text_keys_with_quotes_and_comment_markers_are_bound,
     predicate_values_with_sql_in_them_are_bound,
     hostile_data_makes_plain_counter_names,
+    impossible_past_dates_are_reported_not_repaired,
     a_huge_error_message_is_stored_truncated_with_a_marker,
     a_clock_that_goes_backwards_between_runs,
     a_watermark_in_the_future_and_one_moved_back,

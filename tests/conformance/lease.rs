@@ -79,6 +79,10 @@ impl lease_repair::LeaseStore for CountPlanned {
         self.inner.database_now().await
     }
 
+    async fn any_stuck(&self, q: CandidateQuery) -> recon_core::Result<bool> {
+        self.inner.any_stuck(q).await
+    }
+
     async fn repair_planned(
         &self,
         plan: &lease_repair::RepairPlan,
@@ -97,39 +101,46 @@ impl lease_repair::LeaseStore for CountPlanned {
 /// Jobs of every sort: expired leases and orphans with attempts 0 to 4 (3 and 4 fail under
 /// scenario A's policy), live leases, finished jobs, and the anomalies only the row-by-row
 /// path judges (NULL and negative attempts, an owner without an expiry, a lease too long).
-fn mixed(n: i64) -> Vec<StoredJob> {
+fn mixed(n: i64, text_keys: bool) -> Vec<StoredJob> {
     (1..=n)
-        .map(|k| {
-            let a = Some(k % 5);
-            let ago = now() - Duration::minutes(1 + k % 90);
-            match k % 9 {
+        .map(|i| {
+            let k: JobKey = if text_keys {
+                JobKey::Text(format!("job-{i:05}"))
+            } else {
+                JobKey::Int(i)
+            };
+            let a = Some(i % 5);
+            let ago = now() - Duration::minutes(1 + i % 90);
+            match i % 9 {
                 // an owner that is not ASCII: SQLite's in-database pass leaves it to the
-                // row-by-row pass (and has to undo its cheaper update of the batch around it)
-                0 if k % 4 == 0 => StoredJob::new(k, "processing", Some("wörker-ü"), Some(ago), a),
-                0..=2 => StoredJob::new(k, "processing", Some("w"), Some(ago), a),
-                3 | 4 => StoredJob::new(k, "processing", None, None, a),
+                // row-by-row pass
+                0 if i % 4 == 0 => {
+                    StoredJob::new(k.clone(), "processing", Some("wörker-ü"), Some(ago), a)
+                }
+                0..=2 => StoredJob::new(k.clone(), "processing", Some("w"), Some(ago), a),
+                3 | 4 => StoredJob::new(k.clone(), "processing", None, None, a),
                 5 => StoredJob::new(
-                    k,
+                    k.clone(),
                     "processing",
                     Some("w"),
                     Some(now() + Duration::minutes(5)),
                     a,
                 ),
-                6 => StoredJob::new(k, "done", None, None, a),
+                6 => StoredJob::new(k.clone(), "done", None, None, a),
                 7 => {
-                    let bad = if k % 2 == 0 { None } else { Some(-1) };
-                    if k % 4 == 3 {
-                        StoredJob::new(k, "processing", None, None, bad)
+                    let bad = if i % 2 == 0 { None } else { Some(-1) };
+                    if i % 4 == 3 {
+                        StoredJob::new(k.clone(), "processing", None, None, bad)
                     } else {
-                        StoredJob::new(k, "processing", Some("w"), Some(ago), bad)
+                        StoredJob::new(k.clone(), "processing", Some("w"), Some(ago), bad)
                     }
                 }
                 _ => {
-                    if k % 2 == 0 {
-                        StoredJob::new(k, "processing", Some("w"), None, a)
+                    if i % 2 == 0 {
+                        StoredJob::new(k.clone(), "processing", Some("w"), None, a)
                     } else {
                         StoredJob::new(
-                            k,
+                            k.clone(),
                             "processing",
                             Some("w"),
                             Some(now() + Duration::days(3)),
@@ -146,14 +157,53 @@ fn mixed(n: i64) -> Vec<StoredJob> {
 /// column (next run, failed and updated times included), with the same counters and the same
 /// anomalies listed.
 async fn in_the_database_and_row_by_row_give_the_same_jobs(be: &Backend<'_>) {
-    for count in [false, true] {
+    use retry_policy::{Backoff, RetryPolicy};
+    let secs = std::time::Duration::from_secs;
+    // scenario A's policy without jitter; one that never retries; one at its longest delay
+    // from the first retry on (the plan's saturated tail)
+    let never = RetryPolicy::builder().max_attempts(1).build().unwrap();
+    let capped = RetryPolicy::builder()
+        .backoff(Backoff::constant(secs(30)))
+        .max_delay(secs(30))
+        .max_attempts(3)
+        .build()
+        .unwrap();
+    let text = Shape {
+        key: KeyKind::Text,
+        ..Shape::default()
+    };
+    let unix = Shape {
+        sqlite_ts: TimestampFormat::UnixSeconds,
+        ..Shape::default()
+    };
+    let cases = [
+        (
+            "plain",
+            plain_settings(false).policy,
+            Shape::default(),
+            false,
+        ),
+        (
+            "plain_counted",
+            plain_settings(true).policy,
+            Shape::default(),
+            true,
+        ),
+        ("never", never, Shape::default(), false),
+        ("capped_text", capped.clone(), text, true),
+        ("capped_unix", capped, unix, false),
+    ];
+    for (name, policy, shape, count) in cases {
+        let mut s = Settings::new(policy);
+        s.count_interrupted_attempt = count;
         let mut outcomes = Vec::new();
         for in_db in [true, false] {
-            let table = format!("same_jobs_{}_{}", u8::from(count), u8::from(in_db));
-            let jobs = Jobs::new(be, &table, Shape::default()).await;
-            jobs.insert(&mixed(600), Shape::default()).await;
+            let table = format!("same_{name}_{}", u8::from(in_db));
+            let jobs = Jobs::new(be, &table, shape).await;
+            jobs.insert(&mixed(600, shape.key == KeyKind::Text), shape)
+                .await;
             let store = Arc::new(CountPlanned::new(jobs.lease.clone()));
-            let step = LeaseRepair::new(store.clone(), plain_settings(count))
+            let step = LeaseRepair::new(store.clone(), s.clone())
                 .unwrap()
                 .batch_size(37)
                 .unwrap()
@@ -161,7 +211,7 @@ async fn in_the_database_and_row_by_row_give_the_same_jobs(be: &Backend<'_>) {
                 .unwrap()
                 .in_database(in_db);
             let r = run(&step, false).await;
-            assert_eq!(store.planned() > 0, in_db, "{}", be.name());
+            assert_eq!(store.planned() > 0, in_db, "{}: {name}", be.name());
             let counters: Vec<u64> = [
                 LEASES_REPAIRED,
                 JOBS_REQUEUED,
@@ -179,21 +229,20 @@ async fn in_the_database_and_row_by_row_give_the_same_jobs(be: &Backend<'_>) {
             ));
         }
         let (counters, after, _) = &outcomes[0];
-        // every sort of outcome is there to compare
+        // every sort of row is there to compare: expired leases, anomalies, failures
         assert!(
-            counters[0] > 150 && counters[1] > 50 && counters[2] > 50 && counters[3] > 50,
-            "{}: {counters:?}",
+            counters[0] > 150 && counters[2] > 50 && counters[3] > 50,
+            "{}: {name}: {counters:?}",
             be.name()
         );
-        assert!(
-            after
-                .iter()
-                .any(|j| j.next_run_at.is_some() && j.failed_at.is_none())
-        );
+        let retried = after
+            .iter()
+            .any(|j| j.next_run_at.is_some() && j.failed_at.is_none());
+        assert_eq!(retried, name != "never", "{}: {name}", be.name());
         assert_eq!(
             outcomes[0],
             outcomes[1],
-            "{}: count_interrupted_attempt = {count}: in the database vs row by row",
+            "{}: {name}: in the database vs row by row",
             be.name()
         );
     }
@@ -919,10 +968,7 @@ async fn candidate_reads_agree_with_the_reference_definition(be: &Backend<'_>) {
         }
     }
     jobs.insert(&rows, Shape::default()).await;
-    for kind in CandidateKind::ALL
-        .into_iter()
-        .chain([CandidateKind::AnyStuck])
-    {
+    for kind in CandidateKind::ALL {
         let q = CandidateQuery {
             kind,
             processing_state: "processing".into(),
@@ -953,6 +999,66 @@ async fn candidate_reads_agree_with_the_reference_definition(be: &Backend<'_>) {
                 be.name()
             );
         }
+    }
+}
+
+/// `any_stuck` says yes for a table with one candidate of any stuck kind, and no for a table
+/// of live leases and finished jobs only.
+async fn any_stuck_answers_for_every_stuck_kind(be: &Backend<'_>) {
+    let calm = [
+        StoredJob::new(
+            1,
+            "processing",
+            Some("w"),
+            Some(now() + Duration::minutes(5)),
+            Some(0),
+        ),
+        StoredJob::new(2, "done", None, None, Some(1)),
+    ];
+    let cases = [
+        ("stuck_none", None, false),
+        (
+            "stuck_expired",
+            Some(StoredJob::new(
+                3,
+                "processing",
+                Some("w"),
+                Some(now() - Duration::minutes(5)),
+                Some(0),
+            )),
+            true,
+        ),
+        (
+            "stuck_orphan",
+            Some(StoredJob::new(3, "processing", None, None, Some(0))),
+            true,
+        ),
+        (
+            "stuck_anomaly",
+            Some(StoredJob::new(3, "processing", Some("w"), None, Some(0))),
+            true,
+        ),
+    ];
+    for (table, extra, want) in cases {
+        let jobs = Jobs::new(be, table, Shape::default()).await;
+        jobs.insert(&calm, Shape::default()).await;
+        jobs.insert(&extra.into_iter().collect::<Vec<_>>(), Shape::default())
+            .await;
+        let q = CandidateQuery {
+            kind: CandidateKind::ExpiredLease,
+            processing_state: "processing".into(),
+            now: now(),
+            max_lease: Some(Duration::hours(24)),
+            known_states: vec![],
+            after: None,
+            limit: 1,
+        };
+        assert_eq!(
+            jobs.lease.any_stuck(q).await.unwrap(),
+            want,
+            "{}: {table}",
+            be.name()
+        );
     }
 }
 
@@ -1396,6 +1502,7 @@ async fn prune_deletes_old_terminal_jobs_in_batches(be: &Backend<'_>) {
 
 crate::conformance!(
     in_the_database_and_row_by_row_give_the_same_jobs,
+    any_stuck_answers_for_every_stuck_kind,
     scenario_a_jobs_row_by_row,
     scenario_a_jobs_counting_the_interrupted_attempt,
     a_lease_renewed_between_read_and_write_is_not_clobbered,

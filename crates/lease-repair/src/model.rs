@@ -73,10 +73,6 @@ pub enum CandidateKind {
     /// [`Settings::report_unknown_status`](crate::Settings::report_unknown_status) is set,
     /// because finding them reads every row of the table once.
     UnknownStatus,
-    /// Any of [`ExpiredLease`](Self::ExpiredLease), [`Orphaned`](Self::Orphaned) and
-    /// [`Anomaly`](Self::Anomaly): one read of one row tells whether there is anything to do
-    /// at all (a clean table then costs one read instead of three).
-    AnyStuck,
 }
 
 impl CandidateKind {
@@ -89,17 +85,15 @@ impl CandidateKind {
         Self::UnknownStatus,
     ];
 
+    /// The kinds of stuck jobs: everything but [`UnknownStatus`](Self::UnknownStatus).
+    pub const STUCK: [CandidateKind; 3] = [Self::ExpiredLease, Self::Orphaned, Self::Anomaly];
+
     /// Whether `row` belongs to this kind at `now`. This is the reference definition that
     /// every store's query must agree with (the conformance suite checks it).
     pub fn matches(self, row: &JobRow, query: &CandidateQuery) -> bool {
         if self == Self::UnknownStatus {
             return row.status != query.processing_state
                 && !query.known_states.contains(&row.status);
-        }
-        if self == Self::AnyStuck {
-            return [Self::ExpiredLease, Self::Orphaned, Self::Anomaly]
-                .into_iter()
-                .any(|k| k.matches(row, query));
         }
         if row.status != query.processing_state {
             return false;
@@ -124,7 +118,7 @@ impl CandidateKind {
                 owner_without_expiry || too_far || (live && bad_attempts)
             }
             // answered before the processing check
-            Self::UnknownStatus | Self::AnyStuck => false,
+            Self::UnknownStatus => false,
         }
     }
 }

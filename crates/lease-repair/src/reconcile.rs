@@ -30,6 +30,9 @@ impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
     async fn database_now(&self) -> recon_core::Result<DateTime<Utc>> {
         (**self).database_now().await
     }
+    async fn any_stuck(&self, q: CandidateQuery) -> recon_core::Result<bool> {
+        (**self).any_stuck(q).await
+    }
     async fn repair_planned(
         &self,
         plan: &RepairPlan,
@@ -222,13 +225,12 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
             after,
             limit,
         };
-        // One row of any stuck kind, or nothing to do but the unknown-status scan.
-        let anything = !self
+        // Anything stuck at all? If not, nothing to do but the unknown-status scan.
+        let anything = self
             .store
-            .read_candidates(query(CandidateKind::AnyStuck, None, 1))
+            .any_stuck(query(CandidateKind::ExpiredLease, None, 1))
             .await
-            .map_err(|e| t.fail("read stuck jobs", e))?
-            .is_empty();
+            .map_err(|e| t.fail("read stuck jobs", e))?;
         'kinds: for kind in CandidateKind::ALL {
             let wanted = match kind {
                 CandidateKind::UnknownStatus => self.settings.report_unknown_status.is_some(),

@@ -29,6 +29,25 @@ pub trait LeaseStore: Send + Sync {
     /// The database's current time, for [`TimeBasis::Database`](crate::TimeBasis::Database).
     async fn database_now(&self) -> Result<DateTime<Utc>>;
 
+    /// Whether any row is a candidate of one of the [`CandidateKind::STUCK`] kinds (the
+    /// query's `kind`, `after` and `limit` are ignored). Lease repair asks this first, so that
+    /// a clean table costs one read. The default reads one row of each kind; a store that can
+    /// ask all three at once (the SQL store does) should.
+    async fn any_stuck(&self, query: CandidateQuery) -> Result<bool> {
+        for kind in crate::CandidateKind::STUCK {
+            let q = CandidateQuery {
+                kind,
+                after: None,
+                limit: 1,
+                ..query.clone()
+            };
+            if !self.read_candidates(q).await?.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Apply `plan` to the next batch, inside the store, without reading the rows out: up to
     /// `limit` rows the plan covers (see [`RepairPlan`]), with keys after `after`, in key
     /// order, each repaired as [`RepairPlan::repair_for`] says, in one transaction, with the

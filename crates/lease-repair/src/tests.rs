@@ -425,18 +425,14 @@ async fn dry_run_counts_but_never_applies() {
     )];
     store.expect_read_candidates().returning(move |q| {
         Ok(
-            // the first read asks whether anything is stuck at all
-            if matches!(
-                q.kind,
-                CandidateKind::ExpiredLease | CandidateKind::AnyStuck
-            ) && q.after.is_none()
-            {
+            if q.kind == CandidateKind::ExpiredLease && q.after.is_none() {
                 rows.clone()
             } else {
                 vec![]
             },
         )
     });
+    store.expect_any_stuck().returning(|_| Ok(true));
     store.expect_apply().never();
     let step = LeaseRepair::new(store, settings(false)).unwrap();
     let r = run(&step, true).await;
@@ -462,10 +458,7 @@ async fn batches_follow_the_keyset_and_skips_are_counted() {
         })
         .collect();
     store.expect_read_candidates().returning(move |q| {
-        if !matches!(
-            q.kind,
-            CandidateKind::ExpiredLease | CandidateKind::AnyStuck
-        ) {
+        if q.kind != CandidateKind::ExpiredLease {
             return Ok(vec![]);
         }
         let after = match q.after {
@@ -479,6 +472,7 @@ async fn batches_follow_the_keyset_and_skips_are_counted() {
             .cloned()
             .collect())
     });
+    store.expect_any_stuck().returning(|_| Ok(true));
     // key 3 was renewed by its worker between read and write
     store.expect_apply().times(3).returning(|repairs, _| {
         let mut out = ApplyOutcome::default();
@@ -505,10 +499,8 @@ async fn batches_follow_the_keyset_and_skips_are_counted() {
 async fn a_store_failure_mid_run_says_what_was_done() {
     let mut store = MockLeaseStore::new();
     let mut calls = 0;
-    store.expect_read_candidates().returning(move |q| {
-        if q.kind == CandidateKind::AnyStuck {
-            return Ok(vec![row(1, "processing", None, None, Some(0))]);
-        }
+    store.expect_any_stuck().returning(|_| Ok(true));
+    store.expect_read_candidates().returning(move |_| {
         calls += 1;
         if calls == 1 {
             Ok(vec![row(1, "processing", None, None, Some(0))])
@@ -688,6 +680,7 @@ async fn unknown_status_is_reported_only_when_asked_and_never_changed() {
     let before = store.jobs();
     // off by default: not read, not reported
     let mut reads = MockLeaseStore::new();
+    reads.expect_any_stuck().returning(|_| Ok(true));
     reads
         .expect_read_candidates()
         .withf(|q| q.kind != CandidateKind::UnknownStatus)
@@ -978,11 +971,8 @@ async fn in_the_database_or_row_by_row_the_outcome_is_the_same() {
 #[tokio::test]
 async fn a_clean_table_costs_one_read() {
     let mut store = MockLeaseStore::new();
-    store
-        .expect_read_candidates()
-        .times(1)
-        .withf(|q| q.kind == CandidateKind::AnyStuck && q.limit == 1)
-        .returning(|_| Ok(vec![]));
+    store.expect_any_stuck().times(1).returning(|_| Ok(false));
+    store.expect_read_candidates().never();
     store.expect_apply().never();
     store.expect_repair_planned().never();
     let step = LeaseRepair::new(store, settings(false)).unwrap();

@@ -426,18 +426,6 @@ impl SqlLeaseStore {
         let s = &self.q;
         match kind {
             CandidateKind::UnknownStatus => "1 = 1".to_owned(),
-            // positional placeholders: each part pushes its values in text order
-            CandidateKind::AnyStuck => {
-                let parts: Vec<String> = [
-                    CandidateKind::ExpiredLease,
-                    CandidateKind::Orphaned,
-                    CandidateKind::Anomaly,
-                ]
-                .into_iter()
-                .map(|k| self.kind_condition(k, q, e, b))
-                .collect();
-                format!("(({}))", parts.join(") OR ("))
-            }
             CandidateKind::ExpiredLease => {
                 let now = b.push(self.ts(Some(q.now)));
                 format!("({e} IS NOT NULL AND {e} < {now})")
@@ -461,6 +449,11 @@ impl SqlLeaseStore {
     }
 
     async fn read(&self, q: &CandidateQuery) -> Result<Vec<JobRow>> {
+        self.read_rows(q, false).await
+    }
+
+    /// Candidates of `q.kind`, or with `any_stuck` of any of [`CandidateKind::STUCK`].
+    async fn read_rows(&self, q: &CandidateQuery, any_stuck: bool) -> Result<Vec<JobRow>> {
         let d = self.db.dialect();
         let s = &self.q;
         let mut b = Binds::new(d);
@@ -488,7 +481,16 @@ impl SqlLeaseStore {
             ),
         };
         let e = self.expiry_for_filter();
-        let kind = self.kind_condition(q.kind, q, &e, &mut b);
+        let kind = if any_stuck {
+            // positional placeholders: each part pushes its values in text order
+            let parts: Vec<String> = CandidateKind::STUCK
+                .into_iter()
+                .map(|k| self.kind_condition(k, q, &e, &mut b))
+                .collect();
+            format!("(({}))", parts.join(") OR ("))
+        } else {
+            self.kind_condition(q.kind, q, &e, &mut b)
+        };
         let after = match &q.after {
             Some(k) => format!(" AND {} > {}", s.id, self.id_param(&mut b, k)?),
             None => String::new(),
@@ -1038,6 +1040,16 @@ impl LeaseStore for SqlLeaseStore {
 
     async fn database_now(&self) -> recon_core::Result<DateTime<Utc>> {
         Ok(self.db.now().await?)
+    }
+
+    async fn any_stuck(&self, query: CandidateQuery) -> recon_core::Result<bool> {
+        let q = CandidateQuery {
+            kind: CandidateKind::ExpiredLease,
+            after: None,
+            limit: 1,
+            ..query
+        };
+        Ok(!self.read_rows(&q, true).await?.is_empty())
     }
 
     async fn repair_planned(

@@ -55,8 +55,10 @@ impl SqlLeaseStore {
                 match (d, self.map.timestamps) {
                     (Dialect::Postgres, _) => w.push(format!("isfinite({})", s.expiry)),
                     // Zero dates and dates with a zero month or day read as no date at all.
+                    // (and `ALLOW_INVALID_DATES` stores a 30 February): a real calendar date.
                     (Dialect::MySql, _) => w.push(format!(
-                        "MONTH({x}) > 0 AND DAYOFMONTH({x}) > 0",
+                        "MONTH({x}) > 0 AND DAYOFMONTH({x}) > 0 \
+                         AND DAYOFMONTH({x}) <= DAYOFMONTH(LAST_DAY({x}))",
                         x = s.expiry
                     )),
                     (
@@ -71,9 +73,13 @@ impl SqlLeaseStore {
                     // still lie ahead).
                     (Dialect::Sqlite, _) => {
                         let now = b.push(self.ts(Some(plan.now)));
+                        // SQLite's date functions roll a 30 February over into March and take
+                        // hour 24; the row-by-row path reads neither.
                         w.push(format!(
                             "typeof({e}) = 'text' AND julianday({e}) < julianday({now}) \
-                             AND {e} GLOB '{SQLITE_TS_SHAPE}'"
+                             AND {e} GLOB '{SQLITE_TS_SHAPE}' \
+                             AND date(substr({e}, 1, 10)) = substr({e}, 1, 10) \
+                             AND substr({e}, 12, 2) < '24'"
                         ));
                     }
                 }
@@ -141,9 +147,11 @@ impl SqlLeaseStore {
             format!("{} = {}", s.last_error, b.push(text(&plan.last_error))),
         ];
         if let Some(c) = &s.next_run_at {
+            // NULLs are bound as timestamps: a CASE whose every arm is a bare NULL is text on
+            // PostgreSQL, which it will not assign to a timestamp column.
             let mut arms = Vec::new();
             if let Some(cond) = fails(b) {
-                arms.push(format!("WHEN {cond} THEN NULL"));
+                arms.push(format!("WHEN {cond} THEN {}", b.push(self.ts(None))));
             }
             // `retry_at` never decreases: one arm per distinct time, `a <= last index`.
             let last = plan.retry_at.len().saturating_sub(1);
@@ -161,7 +169,7 @@ impl SqlLeaseStore {
                 }
             }
             if plan.retry_at.is_empty() {
-                arms.push("ELSE NULL".into());
+                arms.push(format!("ELSE {}", b.push(self.ts(None))));
             }
             sets.push(format!("{c} = CASE {} END", arms.join(" ")));
         }
