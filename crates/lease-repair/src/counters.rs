@@ -12,7 +12,7 @@ pub const JOBS_FAILED: Counter = Counter::new("jobs_failed");
 pub const ANOMALIES: Counter = Counter::new("anomalies");
 /// Repairs not applied because the job changed since it was read (or was locked).
 pub const SKIPPED_CHANGED: Counter = Counter::new("skipped_changed");
-/// Batches read.
+/// Batches read (row by row) or repaired inside the database.
 pub const BATCHES: Counter = Counter::new("batches");
 /// Old terminal jobs deleted by the prune step.
 pub const PRUNED: Counter = Counter::new("pruned");

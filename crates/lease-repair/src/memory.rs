@@ -187,6 +187,7 @@ impl LeaseStore for MemoryLeaseStore {
             }
             out.last = Some(r.expected.key);
         }
+        out.more = out.repaired() >= limit as u64;
         Ok(Some(out))
     }
 }

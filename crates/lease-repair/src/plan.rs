@@ -70,9 +70,11 @@ pub struct PlannedBatch {
     pub requeued: u64,
     /// Jobs repaired and given up.
     pub failed: u64,
-    /// The highest key repaired (the keyset position for the next batch); `None` when the
-    /// batch repaired nothing.
+    /// The keyset position for the next batch: the highest key the batch covered (repaired
+    /// or looked at); `None` when there is nothing after it.
     pub last: Option<JobKey>,
+    /// Whether rows after `last` remain to be looked at (another batch is needed).
+    pub more: bool,
 }
 
 impl PlannedBatch {

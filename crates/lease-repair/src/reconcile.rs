@@ -352,15 +352,15 @@ impl<S: LeaseStore> LeaseRepair<S> {
             else {
                 return Ok(true);
             };
-            if b.repaired() == 0 {
-                return Ok(true);
+            if b.repaired() > 0 {
+                t.report.add(BATCHES, 1);
+                t.count_repaired(plan.kind, Outcome::Requeued, b.requeued);
+                t.count_repaired(plan.kind, Outcome::Failed, b.failed);
+                *seen += b.repaired();
+                ctx.report_progress(*seen, None);
             }
-            t.report.add(BATCHES, 1);
-            t.count_repaired(plan.kind, Outcome::Requeued, b.requeued);
-            t.count_repaired(plan.kind, Outcome::Failed, b.failed);
-            *seen += b.repaired();
-            ctx.report_progress(*seen, None);
-            if b.repaired() < self.plan_batch_size as u64 || b.last.is_none() {
+            // a position that does not move on would repeat the batch for ever
+            if !b.more || b.last.is_none() || b.last <= after {
                 return Ok(true);
             }
             after = b.last;

@@ -54,7 +54,9 @@ pub trait LeaseStore: Send + Sync {
     /// candidate condition checked in the same statement that writes (so a lease renewed or a
     /// job finished before it is left alone) and rows another transaction holds skipped.
     ///
-    /// A batch that repairs fewer than `limit` rows is the last. Returns `Ok(None)` when the
+    /// A store may instead look at a key range that holds at most `limit` candidates; either
+    /// way it says where the next batch starts ([`PlannedBatch::last`]) and whether there is
+    /// one ([`PlannedBatch::more`]). Returns `Ok(None)` when the
     /// store cannot apply plans; [`LeaseRepair`](crate::LeaseRepair) then reads and decides
     /// row by row. The default implementation returns `Ok(None)`.
     async fn repair_planned(
