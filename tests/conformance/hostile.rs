@@ -726,7 +726,6 @@ async fn try_exec(t: &TestDb, sql: &str) -> Result<(), String> {
 }
 
 /// `(id, status)` of every job, read without touching the columns that may be unreadable.
-#[cfg(any(feature = "postgres", feature = "mysql"))]
 async fn statuses(t: &TestDb) -> Vec<(i64, String)> {
     let sql = "SELECT id, status FROM processing_jobs ORDER BY id";
     match t.db.dialect() {
