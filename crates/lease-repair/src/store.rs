@@ -29,7 +29,7 @@ pub trait LeaseStore: Send + Sync {
     /// The database's current time, for [`TimeBasis::Database`](crate::TimeBasis::Database).
     async fn database_now(&self) -> Result<DateTime<Utc>>;
 
-    /// Whether any row is a candidate of one of the [`CandidateKind::STUCK`] kinds (the
+    /// Whether any row is a candidate of one of the [`CandidateKind::STUCK`](crate::CandidateKind::STUCK) kinds (the
     /// query's `kind`, `after` and `limit` are ignored). Lease repair asks this first, so that
     /// a clean table costs one read. The default reads one row of each kind; a store that can
     /// ask all three at once (the SQL store does) should.
