@@ -130,6 +130,16 @@ impl Settings {
         v
     }
 
+    /// Whether `status` is one of [`known_states`](Self::known_states), compared exactly,
+    /// without building the list (the decision asks this for every unknown-status candidate).
+    pub fn is_known_state(&self, status: &str) -> bool {
+        let s = &self.states;
+        [&s.processing, &s.retry, &s.failed, &s.orphaned_to]
+            .into_iter()
+            .chain(self.report_unknown_status.iter().flatten())
+            .any(|known| known == status)
+    }
+
     /// Reject settings that cannot work: empty states, targets equal to `processing` (the
     /// job would never leave it), a non-positive maximum lease.
     pub fn validate(&self) -> Result<(), Error> {
@@ -244,7 +254,7 @@ pub enum Action {
 ///   (`attempts >= max` → failed).
 pub fn decide(row: &JobRow, kind: CandidateKind, now: DateTime<Utc>, s: &Settings) -> Action {
     if kind == CandidateKind::UnknownStatus {
-        return if s.known_states().contains(&row.status) {
+        return if s.is_known_state(&row.status) {
             Action::Leave(LeaveReason::KnownStatus)
         } else {
             Action::Anomaly(AnomalyKind::UnknownStatus)

@@ -979,3 +979,15 @@ async fn a_clean_table_costs_one_read() {
     let r = run(&step, false).await;
     assert_eq!(r.count(BATCHES), 0);
 }
+
+proptest! {
+    #[test]
+    fn is_known_state_agrees_with_the_list(
+        extra in prop::collection::vec("[a-z]{0,3}", 0..5),
+        status in "[a-z]{0,3}|processing|retry|failed",
+    ) {
+        let mut s = settings(false);
+        s.report_unknown_status = Some(extra);
+        prop_assert_eq!(s.is_known_state(&status), s.known_states().contains(&status));
+    }
+}
