@@ -513,6 +513,32 @@ enum Renewer {
 
 const RENEWED_UNTIL: &str = "2024-01-24T12:05:00Z";
 
+/// Scenario A after a repair that raced job 42's renewal: 42 keeps its renewed lease, 43 is
+/// requeued, 46 failed, the others untouched.
+fn renewed_42_and_repaired() -> Vec<Brief> {
+    vec![
+        b(
+            42,
+            "processing",
+            Some("worker-001"),
+            Some(RENEWED_UNTIL),
+            1,
+            None,
+        ),
+        b(43, "retry", None, None, 2, Some(ORPHANED)),
+        b(44, "pending", None, None, 0, None),
+        b(
+            45,
+            "processing",
+            Some("worker-002"),
+            Some("2024-01-24T13:00:00Z"),
+            0,
+            None,
+        ),
+        b(46, "failed", None, None, 3, Some(EXPIRED)),
+    ]
+}
+
 impl Renewer {
     async fn renew_42(&self) {
         match self {
@@ -640,27 +666,7 @@ async fn a_reconcile_racing_a_renewal_counts_it_as_skipped_changed(be: &Backend<
     };
     assert_eq!(
         brief(&after),
-        vec![
-            b(
-                42,
-                "processing",
-                Some("worker-001"),
-                Some(RENEWED_UNTIL),
-                1,
-                None
-            ),
-            b(43, "retry", None, None, 2, Some(ORPHANED)),
-            b(44, "pending", None, None, 0, None),
-            b(
-                45,
-                "processing",
-                Some("worker-002"),
-                Some("2024-01-24T13:00:00Z"),
-                0,
-                None
-            ),
-            b(46, "failed", None, None, 3, Some(EXPIRED)),
-        ],
+        renewed_42_and_repaired(),
         "{}: the renewed lease was clobbered",
         be.name()
     );
@@ -1595,32 +1601,7 @@ mod locks {
             be.name()
         );
         let after = all(&jobs).await;
-        assert_eq!(
-            brief(&after),
-            vec![
-                b(
-                    42,
-                    "processing",
-                    Some("worker-001"),
-                    Some(RENEWED_UNTIL),
-                    1,
-                    None
-                ),
-                b(43, "retry", None, None, 2, Some(ORPHANED)),
-                b(44, "pending", None, None, 0, None),
-                b(
-                    45,
-                    "processing",
-                    Some("worker-002"),
-                    Some("2024-01-24T13:00:00Z"),
-                    0,
-                    None
-                ),
-                b(46, "failed", None, None, 3, Some(EXPIRED)),
-            ],
-            "{}",
-            be.name()
-        );
+        assert_eq!(brief(&after), renewed_42_and_repaired(), "{}", be.name());
     }
 
     crate::conformance_sql!(a_row_a_worker_holds_is_never_repaired_in_the_database);
