@@ -18,7 +18,7 @@ pub use memory::{MemoryLeaseStore, StoredJob};
 pub use model::{
     ApplyOutcome, CandidateKind, CandidateQuery, JobKey, JobRow, PruneMode, PruneQuery, Repair,
 };
-pub use plan::{MAX_PLAN_STEPS, PlannedBatch, RepairPlan};
+pub use plan::{MAX_PLAN_STEPS, PlannedBatch, PlannedCounts, RepairPlan};
 pub use reconcile::{LeasePrune, LeaseRepair, MAX_BATCH_SIZE, MAX_LISTED_ANOMALIES};
 pub use store::{LeaseStore, PruneStore};
 

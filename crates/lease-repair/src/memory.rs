@@ -160,7 +160,7 @@ impl LeaseStore for MemoryLeaseStore {
 
     async fn repair_planned(
         &self,
-        plan: &RepairPlan,
+        plans: &[RepairPlan],
         after: Option<JobKey>,
         limit: usize,
     ) -> Result<Option<PlannedBatch>> {
@@ -169,22 +169,23 @@ impl LeaseStore for MemoryLeaseStore {
             None => std::ops::Bound::Unbounded,
         };
         let mut t = self.lock();
-        let repairs: Vec<Repair> = t
+        let repairs: Vec<(usize, Repair)> = t
             .jobs
             .range((start, std::ops::Bound::Unbounded))
-            .filter_map(|(_, j)| plan.repair_for(&j.row))
+            .filter_map(|(_, j)| {
+                plans
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, p)| Some((i, p.repair_for(&j.row)?)))
+            })
             .take(limit)
             .collect();
-        let mut out = PlannedBatch::default();
-        for r in repairs {
+        let mut out = PlannedBatch::empty(plans.len());
+        for (i, r) in repairs {
             if let Some(j) = t.jobs.get_mut(&r.expected.key) {
-                write(j, &r, plan.now);
+                write(j, &r, plans[i].now);
             }
-            if r.failed {
-                out.failed += 1;
-            } else {
-                out.requeued += 1;
-            }
+            out.counts[i].add(r.failed);
             out.last = Some(r.expected.key);
         }
         out.more = out.repaired() >= limit as u64;

@@ -28,6 +28,9 @@ pub const MAX_PLAN_STEPS: usize = 64;
 /// depend on the job's key (the policy has no jitter), so applying the plan to a row gives
 /// exactly the repair `decide` gives for it ([`RepairPlan::repair_for`], property-tested).
 ///
+/// Plans of different kinds cover disjoint rows (an expired lease has an expiry, an orphan
+/// has none), so a store applies the plans of a run together, in one pass over the table.
+///
 /// A row is **covered** when it is a candidate of [`kind`](Self::kind) at [`now`](Self::now)
 /// and its stored attempts are in `0..=`[`max_attempts`](Self::max_attempts). For a covered row
 /// with stored attempts `a`, the repair writes:
@@ -66,10 +69,8 @@ pub struct RepairPlan {
 /// What [`LeaseStore::repair_planned`](crate::LeaseStore::repair_planned) did with one batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlannedBatch {
-    /// Jobs repaired and sent back to be retried.
-    pub requeued: u64,
-    /// Jobs repaired and given up.
-    pub failed: u64,
+    /// Per plan, in the order the plans were given: the jobs it repaired.
+    pub counts: Vec<PlannedCounts>,
     /// The keyset position for the next batch: the highest key the batch covered (repaired
     /// or looked at); `None` when there is nothing after it.
     pub last: Option<JobKey>,
@@ -77,10 +78,39 @@ pub struct PlannedBatch {
     pub more: bool,
 }
 
+/// The jobs one plan repaired in a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlannedCounts {
+    /// Jobs repaired and sent back to be retried.
+    pub requeued: u64,
+    /// Jobs repaired and given up.
+    pub failed: u64,
+}
+
+impl PlannedCounts {
+    /// Count one repaired job.
+    pub fn add(&mut self, failed: bool) {
+        if failed {
+            self.failed += 1;
+        } else {
+            self.requeued += 1;
+        }
+    }
+}
+
 impl PlannedBatch {
-    /// Jobs repaired in the batch.
+    /// An empty batch for `plans` plans: nothing repaired, nothing after.
+    pub fn empty(plans: usize) -> Self {
+        Self {
+            counts: vec![PlannedCounts::default(); plans],
+            last: None,
+            more: false,
+        }
+    }
+
+    /// Jobs repaired in the batch, by every plan.
     pub fn repaired(&self) -> u64 {
-        self.requeued + self.failed
+        self.counts.iter().map(|c| c.requeued + c.failed).sum()
     }
 }
 

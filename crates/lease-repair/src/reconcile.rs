@@ -35,11 +35,11 @@ impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
     }
     async fn repair_planned(
         &self,
-        plan: &RepairPlan,
+        plans: &[RepairPlan],
         after: Option<JobKey>,
         limit: usize,
     ) -> recon_core::Result<Option<PlannedBatch>> {
-        (**self).repair_planned(plan, after, limit).await
+        (**self).repair_planned(plans, after, limit).await
     }
 }
 
@@ -73,9 +73,9 @@ fn check_batch(n: usize) -> Result<usize, Error> {
 ///
 /// **In the database.** When the retry policy has no jitter, the decision for expired leases
 /// and orphans depends only on the attempts count: the step then builds a [`RepairPlan`] (the
-/// same [`decide`], evaluated per attempts count) and lets the store apply it in keyset
-/// batches without reading the rows out ([`LeaseStore::repair_planned`]), each batch one
-/// guarded statement. Whatever the plan does not cover — unreadable values, attempts out of
+/// same [`decide`], evaluated per attempts count) for each of the two kinds and lets the store
+/// apply both in one pass of keyset batches without reading the rows out
+/// ([`LeaseStore::repair_planned`]), each batch one guarded statement. Whatever the plan does not cover — unreadable values, attempts out of
 /// range, rows another transaction held — is then read, decided and reported row by row as
 /// above. Same outcome, row for row (the conformance suite checks it on every backend); turn
 /// it off with [`in_database(false)`](Self::in_database).
@@ -231,32 +231,26 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
             .any_stuck(query(CandidateKind::ExpiredLease, None, 1))
             .await
             .map_err(|e| t.fail("read stuck jobs", e))?;
+        // Expired leases and orphans in one pass inside the database, when the decision is
+        // a plan (no jitter) and the store can apply it; what it leaves goes row by row.
+        let plans: Vec<RepairPlan> = if anything && self.in_database && !ctx.is_dry_run() {
+            [CandidateKind::ExpiredLease, CandidateKind::Orphaned]
+                .into_iter()
+                .filter_map(|kind| RepairPlan::new(kind, now, &self.settings))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let finished = plans.is_empty() || self.run_plans(&plans, ctx, &mut t, &mut seen).await?;
         'kinds: for kind in CandidateKind::ALL {
             let wanted = match kind {
+                // (a pass the deadline stopped ends the run)
+                _ if !finished => false,
                 CandidateKind::UnknownStatus => self.settings.report_unknown_status.is_some(),
                 _ => anything,
             };
             if !wanted {
                 continue;
-            }
-            let plan = if self.in_database && !ctx.is_dry_run() {
-                RepairPlan::new(kind, now, &self.settings)
-            } else {
-                None
-            };
-            if let Some(plan) = plan {
-                // One row tells whether there is anything of this kind at all.
-                let any = self
-                    .store
-                    .read_candidates(query(kind, None, 1))
-                    .await
-                    .map_err(|e| t.fail("read stuck jobs", e))?;
-                if any.is_empty() {
-                    continue;
-                }
-                if !self.run_plan(&plan, ctx, &mut t, &mut seen).await? {
-                    break 'kinds;
-                }
             }
             let mut after: Option<JobKey> = None;
             loop {
@@ -326,11 +320,11 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
 }
 
 impl<S: LeaseStore> LeaseRepair<S> {
-    /// Apply `plan` in keyset batches until a batch comes back short. Returns `false` when
-    /// the deadline stopped it (noted in the report).
-    async fn run_plan(
+    /// Apply `plans` in keyset batches until the store says nothing is left. Returns `false`
+    /// when the deadline stopped it (noted in the report).
+    async fn run_plans(
         &self,
-        plan: &RepairPlan,
+        plans: &[RepairPlan],
         ctx: &RunContext,
         t: &mut Tally,
         seen: &mut u64,
@@ -338,24 +332,34 @@ impl<S: LeaseStore> LeaseRepair<S> {
         let mut after: Option<JobKey> = None;
         loop {
             if ctx.deadline_passed() {
-                t.report.note(format!(
-                    "stopped at the deadline before finishing {:?} candidates; the next run continues",
-                    plan.kind
-                ));
+                t.report.note(
+                    "stopped at the deadline before finishing expired leases and orphans; the next run continues",
+                );
                 return Ok(false);
             }
             let Some(b) = self
                 .store
-                .repair_planned(plan, after.clone(), self.plan_batch_size)
+                .repair_planned(plans, after.clone(), self.plan_batch_size)
                 .await
                 .map_err(|e| t.fail("repair stuck jobs in the database", e))?
             else {
                 return Ok(true);
             };
+            if b.counts.len() != plans.len() {
+                return Err(t.fail(
+                    "repair stuck jobs in the database",
+                    recon_core::Error::permanent(
+                        "the store's answer",
+                        format!("{} counts for {} repair plans", b.counts.len(), plans.len()),
+                    ),
+                ));
+            }
             if b.repaired() > 0 {
                 t.report.add(BATCHES, 1);
-                t.count_repaired(plan.kind, Outcome::Requeued, b.requeued);
-                t.count_repaired(plan.kind, Outcome::Failed, b.failed);
+                for (plan, c) in plans.iter().zip(&b.counts) {
+                    t.count_repaired(plan.kind, Outcome::Requeued, c.requeued);
+                    t.count_repaired(plan.kind, Outcome::Failed, c.failed);
+                }
                 *seen += b.repaired();
                 ctx.report_progress(*seen, None);
             }

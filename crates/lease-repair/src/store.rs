@@ -48,11 +48,13 @@ pub trait LeaseStore: Send + Sync {
         Ok(false)
     }
 
-    /// Apply `plan` to the next batch, inside the store, without reading the rows out: up to
-    /// `limit` rows the plan covers (see [`RepairPlan`]), with keys after `after`, in key
-    /// order, each repaired as [`RepairPlan::repair_for`] says, in one transaction, with the
-    /// candidate condition checked in the same statement that writes (so a lease renewed or a
-    /// job finished before it is left alone) and rows another transaction holds skipped.
+    /// Apply `plans` to the next batch, inside the store, without reading the rows out: up to
+    /// `limit` rows that one of the plans covers (see [`RepairPlan`]; plans are of distinct
+    /// kinds, so a row is covered by at most one), with keys after `after`, in key order, each
+    /// repaired as its plan's [`RepairPlan::repair_for`] says, in one pass and one transaction,
+    /// with the candidate condition checked in the same statement that writes (so a lease
+    /// renewed or a job finished before it is left alone) and rows another transaction holds
+    /// skipped. [`PlannedBatch::counts`] has one entry per plan, in the order given.
     ///
     /// A store may instead look at a key range that holds at most `limit` candidates; either
     /// way it says where the next batch starts ([`PlannedBatch::last`]) and whether there is
@@ -61,11 +63,11 @@ pub trait LeaseStore: Send + Sync {
     /// row by row. The default implementation returns `Ok(None)`.
     async fn repair_planned(
         &self,
-        plan: &RepairPlan,
+        plans: &[RepairPlan],
         after: Option<JobKey>,
         limit: usize,
     ) -> Result<Option<PlannedBatch>> {
-        let _ = (plan, after, limit);
+        let _ = (plans, after, limit);
         Ok(None)
     }
 }

@@ -991,3 +991,64 @@ proptest! {
         prop_assert_eq!(s.is_known_state(&status), s.known_states().contains(&status));
     }
 }
+
+/// A mock store that says something is stuck, reads nothing row by row, and answers every
+/// planned batch with `counts` (one batch, nothing after it).
+fn planning_store(counts: Vec<PlannedCounts>) -> MockLeaseStore {
+    let mut store = MockLeaseStore::new();
+    store.expect_any_stuck().returning(|_| Ok(true));
+    store.expect_read_candidates().returning(|_| Ok(vec![]));
+    store.expect_apply().never();
+    store
+        .expect_repair_planned()
+        .times(1)
+        .withf(|plans, after, _| {
+            let kinds: Vec<CandidateKind> = plans.iter().map(|p| p.kind).collect();
+            kinds == [CandidateKind::ExpiredLease, CandidateKind::Orphaned] && after.is_none()
+        })
+        .returning(move |_, _, _| {
+            Ok(Some(PlannedBatch {
+                counts: counts.clone(),
+                last: Some(JobKey::Int(9)),
+                more: false,
+            }))
+        });
+    store
+}
+
+#[tokio::test]
+async fn expired_leases_and_orphans_are_repaired_in_one_pass_and_counted_by_kind() {
+    let store = planning_store(vec![
+        PlannedCounts {
+            requeued: 2,
+            failed: 1,
+        },
+        PlannedCounts {
+            requeued: 3,
+            failed: 4,
+        },
+    ]);
+    let step = LeaseRepair::new(store, Settings::new(presets::api_call())).unwrap();
+    let r = run(&step, false).await;
+    assert_eq!(r.count(LEASES_REPAIRED), 3, "expired: requeued and failed");
+    assert_eq!(r.count(JOBS_REQUEUED), 3, "orphans requeued");
+    assert_eq!(r.count(JOBS_FAILED), 5, "failed, of either kind");
+    assert_eq!(r.count(BATCHES), 1);
+}
+
+#[tokio::test]
+async fn a_planned_batch_without_a_count_per_plan_is_an_error_not_a_guess() {
+    let store = planning_store(vec![PlannedCounts {
+        requeued: 2,
+        failed: 0,
+    }]);
+    let step = LeaseRepair::new(store, Settings::new(presets::api_call())).unwrap();
+    let e = step
+        .reconcile(&RunContext::new(now()))
+        .await
+        .expect_err("one count for two plans");
+    assert!(
+        format!("{e:#}").contains("1 counts for 2 repair plans"),
+        "{e:#}"
+    );
+}

@@ -580,11 +580,30 @@ impl Db {
         args: &[Value],
         kinds: &[Kind],
     ) -> Result<Vec<Vec<std::result::Result<Value, String>>>> {
-        let mut tx = self.begin().await?;
-        tx.execute("SET LOCAL enable_bitmapscan = off", &[]).await?;
-        let rows = tx.fetch_lenient_with(sql, args, kinds, false).await?;
+        let mut tx = self.begin_walking(None).await?;
+        let rows = tx.fetch_unprepared(sql, args, kinds).await?;
         tx.commit().await?;
         Ok(rows)
+    }
+
+    /// A PostgreSQL transaction for keyset walks (see `fetch_lenient_walking`): bitmap scans
+    /// off and, with `lock_wait`, lock waits cut short after that long (`lock_timeout`, so a
+    /// statement that meets a row another transaction holds fails with 55P03 instead of
+    /// waiting for it).
+    pub(crate) async fn begin_walking(&self, lock_wait: Option<&str>) -> Result<Tx> {
+        let mut tx = self.begin().await?;
+        match lock_wait {
+            None => tx.execute("SET LOCAL enable_bitmapscan = off", &[]).await?,
+            Some(wait) => {
+                tx.execute(
+                    "SELECT set_config('enable_bitmapscan', 'off', true), \
+                     set_config('lock_timeout', $1, true)",
+                    &[Value::Text(Some(wait.to_owned()))],
+                )
+                .await?
+            }
+        };
+        Ok(tx)
     }
 
     async fn fetch_lenient_with(
@@ -662,6 +681,17 @@ impl Tx {
         kinds: &[Kind],
     ) -> Result<Vec<Vec<std::result::Result<Value, String>>>> {
         self.fetch_lenient_with(sql, args, kinds, true).await
+    }
+
+    /// Like `fetch_lenient`, planned with its values every time (not kept as a prepared
+    /// statement; see `Db::fetch_lenient_walking`).
+    pub(crate) async fn fetch_unprepared(
+        &mut self,
+        sql: &str,
+        args: &[Value],
+        kinds: &[Kind],
+    ) -> Result<Vec<Vec<std::result::Result<Value, String>>>> {
+        self.fetch_lenient_with(sql, args, kinds, false).await
     }
 
     async fn fetch_lenient_with(

@@ -123,6 +123,15 @@ impl Error {
         }
     }
 
+    /// Whether this is PostgreSQL's `lock_not_available` (55P03): a `lock_timeout` ran out.
+    pub(crate) fn is_pg_lock_timeout(&self) -> bool {
+        matches!(
+            self,
+            Self::Database { source: sqlx::Error::Database(db), .. }
+                if db.code().as_deref() == Some("55P03")
+        )
+    }
+
     pub(crate) fn ident(what: impl Into<String>, name: impl Into<String>) -> Self {
         Self::InvalidIdentifier {
             what: what.into(),

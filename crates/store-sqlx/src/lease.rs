@@ -1054,15 +1054,18 @@ impl LeaseStore for SqlLeaseStore {
 
     async fn repair_planned(
         &self,
-        plan: &RepairPlan,
+        plans: &[RepairPlan],
         after: Option<JobKey>,
         limit: usize,
     ) -> recon_core::Result<Option<PlannedBatch>> {
         if let Some(k) = &after {
             self.key_value(k)?;
         }
+        if plans.is_empty() {
+            return Ok(Some(PlannedBatch::default()));
+        }
         Ok(Some(
-            with_deadlock_retry(|| self.repair_planned_once(plan, after.as_ref(), limit)).await?,
+            with_deadlock_retry(|| self.repair_planned_once(plans, after.as_ref(), limit)).await?,
         ))
     }
 }

@@ -2,19 +2,31 @@
 //! [`RepairPlan`] applied inside the database, one guarded statement per batch, no row sent
 //! out and back.
 //!
-//! Every backend writes the plan with `CASE attempts …` and picks its batch with the same
+//! The plans of a run (expired leases, orphans) are applied together, in one pass: their
+//! kinds are disjoint (an expired lease has an expiry, an orphan has none), so one batch picks
+//! the rows any plan covers and writes each with its own plan (`CASE` on the kind when there
+//! are two). One pass matters on PostgreSQL: a second pass would step over every row version
+//! the first one left behind in the `(status, id)` index.
+//!
+//! Every backend writes a plan with `CASE attempts …` and picks its batch with the same
 //! condition the row-by-row read uses, narrowed to rows whose every column the row-by-row path
 //! could read (anything else is left to it, so that it is reported exactly as before):
 //!
-//! - PostgreSQL: one statement, `WITH picked AS (SELECT … ORDER BY id LIMIT n FOR UPDATE SKIP
-//!   LOCKED), done AS (UPDATE … FROM picked … RETURNING …) SELECT COUNT(*), …, MAX(id) FROM
-//!   done`. Rows another transaction holds are skipped; a row changed and committed since the
+//! - PostgreSQL: the batch is a key range (up to the `limit`-th processing job), repaired by
+//!   one `UPDATE … WHERE <condition> AND id > after AND id <= upper RETURNING last_error,
+//!   attempts` counted in the same statement by the message each plan writes, with
+//!   `lock_timeout` set: a row another transaction holds makes it give up after
+//!   [`PG_LOCK_WAIT`], and the batch is then repaired the locking way — `WITH picked AS
+//!   (SELECT … ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED), done AS (UPDATE … FROM picked …
+//!   RETURNING …) SELECT COUNT(*), …, MAX(id) FROM done` — which skips held rows (as when two
+//!   plans write the same message). Either way a row changed and committed since the
 //!   statement's snapshot is re-checked against the condition when it is locked.
 //! - SQLite: the batch is a key range (up to the `limit`-th processing job, from the
 //!   `(status, id)` index alone), repaired by one `UPDATE … WHERE <condition> AND id > after AND
-//!   id <= upper RETURNING attempts`, atomic under SQLite's one writer lock.
-//! - MariaDB/MySQL: `SELECT id, attempts … FOR UPDATE SKIP LOCKED`, then one `UPDATE … WHERE
-//!   id IN (…)` of exactly the locked rows (MariaDB has no `UPDATE … RETURNING`).
+//!   id <= upper RETURNING attempts` per plan (`RETURNING` sees only the new row, which no
+//!   longer says which kind it was), in one `BEGIN IMMEDIATE` transaction.
+//! - MariaDB/MySQL: `SELECT id, attempts, <plan> … FOR UPDATE SKIP LOCKED`, then one `UPDATE …
+//!   WHERE id IN (…)` of exactly the locked rows (MariaDB has no `UPDATE … RETURNING`).
 
 use chrono::{DateTime, Utc};
 use lease_repair::{CandidateKind, JobKey, PlannedBatch, RepairPlan};
@@ -24,6 +36,10 @@ use crate::sql::{Binds, exact_eq};
 use crate::value::{Kind, Value};
 use crate::{Dialect, Error, Result, TimestampFormat};
 
+/// How long a PostgreSQL key-range batch waits for a row another transaction holds before it
+/// hands the batch to the statement that locks rows first and skips held ones.
+const PG_LOCK_WAIT: &str = "200ms";
+
 /// A SQLite text timestamp the row-by-row path reads too: a full date, `T` or a space, a
 /// time with seconds, and nothing after but fractions and a zone (SQLite's own date functions
 /// also take trailing spaces, which the row-by-row path does not).
@@ -31,23 +47,21 @@ const SQLITE_TS_SHAPE: &str =
     "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][T ][0-9][0-9]:[0-9][0-9]:[0-9][0-9]*[0-9Z]";
 
 impl SqlLeaseStore {
-    /// The rows `plan` covers with keys after `after`: the row-by-row read's condition for
-    /// the plan's kind, attempts in the plan's range, and values the row-by-row path could
-    /// decode.
-    fn plan_where(
-        &self,
-        plan: &RepairPlan,
-        after: Option<&JobKey>,
-        b: &mut Binds,
-    ) -> Result<String> {
+    /// Whether a row (as stored before the repair, unqualified columns) is of `kind`; within
+    /// the rows [`plan_where`](Self::plan_where) picks, this tells the plans apart.
+    fn of_kind(&self, kind: CandidateKind) -> String {
+        match kind {
+            CandidateKind::Orphaned => format!("{} IS NULL", self.q.expiry),
+            _ => format!("{} IS NOT NULL", self.q.expiry),
+        }
+    }
+
+    /// The condition of the rows `plan` covers, without the status and key parts
+    /// [`plan_where`](Self::plan_where) adds for every plan.
+    fn plan_condition(&self, plan: &RepairPlan, b: &mut Binds) -> Result<String> {
         let d = self.db.dialect();
         let s = &self.q;
-        let mut w = vec![exact_eq(
-            d,
-            &s.status,
-            b,
-            Value::Text(Some(plan.processing_state.clone())),
-        )];
+        let mut w = Vec::new();
         let e = self.expiry_for_filter();
         match plan.kind {
             CandidateKind::ExpiredLease => {
@@ -105,8 +119,47 @@ impl SqlLeaseStore {
             }
         }
         let a = &s.attempts;
+        let max = b.push(Value::Int(Some(plan.max_attempts)));
+        w.push(format!("{a} >= 0 AND {a} <= {max}"));
+        Ok(w.join(" AND "))
+    }
+
+    /// The rows `plans` cover with keys after `after`: the row-by-row read's condition for
+    /// each plan's kind, attempts in the plan's range, and values the row-by-row path could
+    /// decode.
+    fn plan_where(
+        &self,
+        plans: &[RepairPlan],
+        after: Option<&JobKey>,
+        b: &mut Binds,
+    ) -> Result<String> {
+        let d = self.db.dialect();
+        let s = &self.q;
+        let Some(first) = plans.first() else {
+            return Err(Error::Config("no repair plan to apply".into()));
+        };
+        if let Some(p) = plans
+            .iter()
+            .find(|p| p.processing_state != first.processing_state)
+        {
+            return Err(Error::Config(format!(
+                "repair plans for two processing states ({:?} and {:?})",
+                first.processing_state, p.processing_state
+            )));
+        }
+        let mut w = vec![exact_eq(
+            d,
+            &s.status,
+            b,
+            Value::Text(Some(first.processing_state.clone())),
+        )];
+        let mut each = Vec::with_capacity(plans.len());
+        for p in plans {
+            each.push(format!("({})", self.plan_condition(p, b)?));
+        }
+        w.push(format!("({})", each.join(" OR ")));
         if d == Dialect::Sqlite {
-            w.push(format!("typeof({a}) = 'integer'"));
+            w.push(format!("typeof({}) = 'integer'", s.attempts));
             let id_type = if self.map.key_kind == KeyKind::Integer {
                 "integer"
             } else {
@@ -114,80 +167,122 @@ impl SqlLeaseStore {
             };
             w.push(format!("typeof({}) = '{id_type}'", s.id));
         }
-        let max = b.push(Value::Int(Some(plan.max_attempts)));
-        w.push(format!("{a} >= 0 AND {a} <= {max}"));
         if let Some(k) = after {
             w.push(format!("{} > {}", s.id, self.id_param(b, k)?));
         }
         Ok(w.join(" AND "))
     }
 
-    /// The SET list that writes `plan` on the job table aliased `t`, with `a` the attempts
-    /// as stored before the repair.
-    /// `attempts` is assigned last: MariaDB evaluates assignments left to right, each seeing
-    /// the ones before it.
-    fn plan_sets(&self, plan: &RepairPlan, a: &str, b: &mut Binds) -> String {
+    /// `value(plan)` for the row's plan: the value itself for one plan, else a `CASE` over
+    /// `is_plan(i)` (true for rows of the `i`-th plan), the last plan taking the rest.
+    fn per_plan(
+        plans: &[RepairPlan],
+        is_plan: &dyn Fn(usize) -> String,
+        b: &mut Binds,
+        mut value: impl FnMut(&RepairPlan, &mut Binds) -> String,
+    ) -> String {
+        if let [only] = plans {
+            return value(only, b);
+        }
+        let last = plans.len() - 1;
+        let mut arms = Vec::with_capacity(plans.len());
+        for (i, p) in plans.iter().enumerate() {
+            // (positional placeholders: pushed in text order)
+            if i == last {
+                arms.push(format!("ELSE {}", value(p, b)));
+            } else {
+                let when = is_plan(i);
+                arms.push(format!("WHEN {when} THEN {}", value(p, b)));
+            }
+        }
+        format!("CASE {} END", arms.join(" "))
+    }
+
+    /// The SET list that writes `plans` on the job table aliased `t`, with `a` the attempts
+    /// as stored before the repair and `is_plan(i)` true for rows of the `i`-th plan (judged
+    /// on the row as stored before the repair).
+    ///
+    /// MariaDB evaluates assignments left to right, each seeing the ones before it: `attempts`
+    /// comes after everything that reads it, and the lease columns (which tell the kinds
+    /// apart) after everything else.
+    fn plan_sets(
+        &self,
+        plans: &[RepairPlan],
+        a: &str,
+        is_plan: &dyn Fn(usize) -> String,
+        b: &mut Binds,
+    ) -> String {
         let s = &self.q;
-        let fails = |b: &mut Binds| -> Option<String> {
+        let fails = |plan: &RepairPlan, b: &mut Binds| -> Option<String> {
             plan.fail_from
                 .map(|f| format!("{a} >= {}", b.push(Value::Int(Some(f)))))
         };
         let text = |v: &str| Value::Text(Some(v.to_owned()));
-        let status = match fails(b) {
+        let status = Self::per_plan(plans, is_plan, b, |plan, b| match fails(plan, b) {
             Some(cond) => format!(
                 "CASE WHEN {cond} THEN {} ELSE {} END",
                 b.push(text(&plan.failed_state)),
                 b.push(text(&plan.retry_state))
             ),
             None => b.push(text(&plan.retry_state)),
-        };
+        });
+        let last_error =
+            Self::per_plan(plans, is_plan, b, |plan, b| b.push(text(&plan.last_error)));
         let mut sets = vec![
             format!("{} = {status}", s.status),
-            format!("{} = NULL", s.owner),
-            format!("{} = NULL", s.expiry),
-            format!("{} = {}", s.last_error, b.push(text(&plan.last_error))),
+            format!("{} = {last_error}", s.last_error),
         ];
         if let Some(c) = &s.next_run_at {
-            // NULLs are bound as timestamps: a CASE whose every arm is a bare NULL is text on
-            // PostgreSQL, which it will not assign to a timestamp column.
-            let mut arms = Vec::new();
-            if let Some(cond) = fails(b) {
-                arms.push(format!("WHEN {cond} THEN {}", b.push(self.ts(None))));
-            }
-            // `retry_at` never decreases: one arm per distinct time, `a <= last index`.
-            let last = plan.retry_at.len().saturating_sub(1);
-            for (i, t) in plan.retry_at.iter().enumerate() {
-                if i < last && plan.retry_at[i + 1] == *t {
-                    continue;
+            let next = Self::per_plan(plans, is_plan, b, |plan, b| {
+                // NULLs are bound as timestamps: a CASE whose every arm is a bare NULL is
+                // text on PostgreSQL, which it will not assign to a timestamp column.
+                let mut arms = Vec::new();
+                if let Some(cond) = fails(plan, b) {
+                    arms.push(format!("WHEN {cond} THEN {}", b.push(self.ts(None))));
                 }
-                // (positional placeholders: pushed in text order)
-                if i == last {
-                    arms.push(format!("ELSE {}", b.push(self.ts(Some(*t)))));
-                } else {
-                    let upto = b.push(Value::Int(Some(i as i64)));
-                    let v = b.push(self.ts(Some(*t)));
-                    arms.push(format!("WHEN {a} <= {upto} THEN {v}"));
+                // `retry_at` never decreases: one arm per distinct time, `a <= last index`.
+                let last = plan.retry_at.len().saturating_sub(1);
+                for (i, t) in plan.retry_at.iter().enumerate() {
+                    if i < last && plan.retry_at[i + 1] == *t {
+                        continue;
+                    }
+                    if i == last {
+                        arms.push(format!("ELSE {}", b.push(self.ts(Some(*t)))));
+                    } else {
+                        let upto = b.push(Value::Int(Some(i as i64)));
+                        let v = b.push(self.ts(Some(*t)));
+                        arms.push(format!("WHEN {a} <= {upto} THEN {v}"));
+                    }
                 }
-            }
-            if plan.retry_at.is_empty() {
-                arms.push(format!("ELSE {}", b.push(self.ts(None))));
-            }
-            sets.push(format!("{c} = CASE {} END", arms.join(" ")));
+                if plan.retry_at.is_empty() {
+                    arms.push(format!("ELSE {}", b.push(self.ts(None))));
+                }
+                format!("CASE {} END", arms.join(" "))
+            });
+            sets.push(format!("{c} = {next}"));
         }
         if let Some(c) = &s.failed_at
-            && let Some(cond) = fails(b)
+            && plans.iter().any(|p| p.fail_from.is_some())
         {
-            let now = b.push(self.ts(Some(plan.now)));
-            sets.push(format!("{c} = CASE WHEN {cond} THEN {now} ELSE t.{c} END"));
+            let failed_at = Self::per_plan(plans, is_plan, b, |plan, b| match fails(plan, b) {
+                Some(cond) => format!(
+                    "CASE WHEN {cond} THEN {} ELSE t.{c} END",
+                    b.push(self.ts(Some(plan.now)))
+                ),
+                None => format!("t.{c}"),
+            });
+            sets.push(format!("{c} = {failed_at}"));
         }
         if let Some(c) = &s.updated_at {
-            sets.push(format!("{c} = {}", b.push(self.ts(Some(plan.now)))));
+            let now = Self::per_plan(plans, is_plan, b, |plan, b| b.push(self.ts(Some(plan.now))));
+            sets.push(format!("{c} = {now}"));
         }
-        sets.push(format!(
-            "{} = {a} + {}",
-            s.attempts,
-            b.push(Value::Int(Some(plan.increment)))
-        ));
+        let attempts = Self::per_plan(plans, is_plan, b, |plan, b| {
+            format!("{a} + {}", b.push(Value::Int(Some(plan.increment))))
+        });
+        sets.push(format!("{} = {attempts}", s.attempts));
+        sets.push(format!("{} = NULL", s.owner));
+        sets.push(format!("{} = NULL", s.expiry));
         sets.join(", ")
     }
 
@@ -195,15 +290,159 @@ impl SqlLeaseStore {
         plan.fail_from.is_some_and(|f| a >= f)
     }
 
-    fn count_of(v: Option<&Value>) -> u64 {
-        v.cloned()
-            .and_then(Value::int)
+    fn count_of(v: Option<Value>) -> u64 {
+        v.and_then(Value::int)
             .map_or(0, |n| u64::try_from(n).unwrap_or(0))
+    }
+
+    /// `CASE WHEN <of plan 0's kind> THEN 0 WHEN … END`: which plan a row (as stored before
+    /// the repair) belongs to.
+    fn plan_index(&self, plans: &[RepairPlan]) -> String {
+        let arms: Vec<String> = plans
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("WHEN {} THEN {i}", self.of_kind(p.kind)))
+            .collect();
+        format!("CASE {} END", arms.join(" "))
+    }
+
+    /// A key cell as the keyset position, `None` for SQL NULL.
+    fn position(&self, v: Option<Value>) -> Result<Option<JobKey>> {
+        match v {
+            Some(v @ (Value::Int(Some(_)) | Value::Text(Some(_)))) => {
+                Ok(Some(self.decode_key(Some(v))?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `SELECT id … LIMIT 1 OFFSET limit - 1` over the processing jobs after `after`: the end
+    /// of the next key range that holds at most `limit` of them (found on the `(status, id)`
+    /// index alone), or no row when fewer are left.
+    fn range_upper(
+        &self,
+        plans: &[RepairPlan],
+        after: Option<&JobKey>,
+        limit: usize,
+        b: &mut Binds,
+    ) -> Result<String> {
+        let d = self.db.dialect();
+        let s = &self.q;
+        let Some(first) = plans.first() else {
+            return Err(Error::Config("no repair plan to apply".into()));
+        };
+        let st = exact_eq(
+            d,
+            &s.status,
+            b,
+            Value::Text(Some(first.processing_state.clone())),
+        );
+        let after_sql = match after {
+            Some(k) => format!(" AND {} > {}", s.id, self.id_param(b, k)?),
+            None => String::new(),
+        };
+        let offset = b.push(Value::Int(Some(
+            i64::try_from(limit.saturating_sub(1)).unwrap_or(i64::MAX),
+        )));
+        Ok(format!(
+            "SELECT {id} FROM {t} WHERE {st}{after_sql} ORDER BY {id} LIMIT 1 OFFSET {offset}",
+            id = s.id,
+            t = s.table,
+        ))
+    }
+
+    /// PostgreSQL's batch as a key range, like SQLite's: one `UPDATE … WHERE <condition> AND
+    /// id > after AND id <= upper` of every plan at once, no row locked first and no second
+    /// look-up by key (about a quarter of the locking statement's time), counted by the message
+    /// each plan writes. A row another transaction holds would make it wait, so it waits at
+    /// most [`PG_LOCK_WAIT`]: then the batch is rolled back and `None` returned, and the
+    /// caller repairs it the locking way, which skips held rows. `None` too when two plans
+    /// write the same message (the new rows could not be told apart).
+    async fn pg_key_range(
+        &self,
+        plans: &[RepairPlan],
+        after: Option<&JobKey>,
+        limit: usize,
+    ) -> Result<Option<PlannedBatch>> {
+        for (i, p) in plans.iter().enumerate() {
+            if plans[..i].iter().any(|q| q.last_error == p.last_error) {
+                return Ok(None);
+            }
+        }
+        let d = self.db.dialect();
+        let s = &self.q;
+        let mut tx = self.db.begin_walking(Some(PG_LOCK_WAIT)).await?;
+        let mut b = Binds::new(d);
+        let upper_sql = self.range_upper(plans, after, limit, &mut b)?;
+        let upper = match tx
+            .fetch_unprepared(&upper_sql, &b.values, &[self.key_kind()])
+            .await
+        {
+            Ok(mut rows) => rows.pop().and_then(|mut r| r.pop()).and_then(|c| c.ok()),
+            Err(e) if e.is_pg_lock_timeout() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let upper = self.position(upper)?;
+        let mut b = Binds::new(d);
+        let sets = self.plan_sets(
+            plans,
+            &format!("t.{}", s.attempts),
+            &|i| self.of_kind(plans[i].kind),
+            &mut b,
+        );
+        let w = self.plan_where(plans, after, &mut b)?;
+        let upto = match &upper {
+            Some(k) => format!(" AND {} <= {}", s.id, self.id_param(&mut b, k)?),
+            None => String::new(),
+        };
+        let mut counts = Vec::with_capacity(2 * plans.len());
+        for p in plans {
+            let m = b.push(Value::Text(Some(p.last_error.clone())));
+            counts.push(format!("COUNT(CASE WHEN recon_error = {m} THEN 1 END)"));
+            // written attempts = stored + increment
+            counts.push(match p.fail_from {
+                Some(f) => format!(
+                    "COUNT(CASE WHEN recon_error = {m} AND recon_attempts >= {} THEN 1 END)",
+                    b.push(Value::Int(Some(f.saturating_add(p.increment))))
+                ),
+                None => "0".into(),
+            });
+        }
+        let sql = format!(
+            "WITH done AS (UPDATE {t} AS t SET {sets} WHERE {w}{upto} \
+               RETURNING {le} AS recon_error, {att} AS recon_attempts) \
+             SELECT {counts} FROM done",
+            t = s.table,
+            le = s.last_error,
+            att = s.attempts,
+            counts = counts.join(", "),
+        );
+        let row = match tx
+            .fetch_unprepared(&sql, &b.values, &vec![Kind::Int; 2 * plans.len()])
+            .await
+        {
+            Ok(mut rows) => rows.pop().unwrap_or_default(),
+            // rolled back when `tx` drops
+            Err(e) if e.is_pg_lock_timeout() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        tx.commit().await?;
+        let mut cells = row.into_iter().map(|c| c.ok());
+        let mut out = PlannedBatch::empty(plans.len());
+        for c in &mut out.counts {
+            let total = Self::count_of(cells.next().flatten());
+            c.failed = Self::count_of(cells.next().flatten());
+            c.requeued = total.saturating_sub(c.failed);
+        }
+        // the range's end is the keyset position, whatever in it was repaired
+        out.more = upper.is_some();
+        out.last = upper;
+        Ok(Some(out))
     }
 
     pub(super) async fn repair_planned_once(
         &self,
-        plan: &RepairPlan,
+        plans: &[RepairPlan],
         after: Option<&JobKey>,
         limit: usize,
     ) -> Result<PlannedBatch> {
@@ -213,127 +452,118 @@ impl SqlLeaseStore {
         let key = self.key_kind();
         match d {
             Dialect::Postgres => {
+                if let Some(out) = self.pg_key_range(plans, after, limit).await? {
+                    return Ok(out);
+                }
+                // Rows another transaction holds (or plans the new rows cannot tell apart):
+                // lock the batch's rows first, skipping held ones, then update them.
                 let mut b = Binds::new(d);
-                let w = self.plan_where(plan, after, &mut b)?;
+                let w = self.plan_where(plans, after, &mut b)?;
                 let n = b.push(limit_v);
-                let sets = self.plan_sets(plan, "picked.recon_attempts", &mut b);
-                let failed = match plan.fail_from {
-                    Some(f) => format!(
-                        "COUNT(CASE WHEN recon_attempts >= {} THEN 1 END)",
-                        b.push(Value::Int(Some(f)))
-                    ),
-                    None => "0".into(),
-                };
+                let sets = self.plan_sets(
+                    plans,
+                    "picked.recon_attempts",
+                    &|i| format!("picked.recon_plan = {i}"),
+                    &mut b,
+                );
+                let mut counts = Vec::with_capacity(2 * plans.len());
+                for (i, p) in plans.iter().enumerate() {
+                    counts.push(format!("COUNT(CASE WHEN recon_plan = {i} THEN 1 END)"));
+                    counts.push(match p.fail_from {
+                        Some(f) => format!(
+                            "COUNT(CASE WHEN recon_plan = {i} AND recon_attempts >= {} THEN 1 END)",
+                            b.push(Value::Int(Some(f)))
+                        ),
+                        None => "0".into(),
+                    });
+                }
                 let last = match self.map.key_kind {
                     KeyKind::Uuid => "MAX(CAST(recon_key AS TEXT))",
                     _ => "MAX(recon_key)",
                 };
                 let sql = format!(
                     "WITH picked AS (\
-                       SELECT {id} AS recon_key, {att} AS recon_attempts FROM {t} \
-                       WHERE {w} ORDER BY {id} LIMIT {n} FOR UPDATE SKIP LOCKED), \
+                       SELECT {id} AS recon_key, {att} AS recon_attempts, {which} AS recon_plan \
+                       FROM {t} WHERE {w} ORDER BY {id} LIMIT {n} FOR UPDATE SKIP LOCKED), \
                      done AS (\
                        UPDATE {t} AS t SET {sets} FROM picked WHERE t.{id} = picked.recon_key \
-                       RETURNING picked.recon_key, picked.recon_attempts) \
-                     SELECT COUNT(*), {failed}, {last} FROM done",
+                       RETURNING picked.recon_key, picked.recon_attempts, picked.recon_plan) \
+                     SELECT {counts}, {last} FROM done",
                     id = s.id,
                     att = s.attempts,
                     t = s.table,
+                    which = self.plan_index(plans),
+                    counts = counts.join(", "),
                 );
+                let mut kinds = vec![Kind::Int; 2 * plans.len()];
+                kinds.push(key);
                 // Planned with its values every time and walking `(status, id)`, like the
                 // reads (see `Db::fetch_lenient_walking`).
                 let row = self
                     .db
-                    .fetch_lenient_walking(&sql, &b.values, &[Kind::Int, Kind::Int, key])
+                    .fetch_lenient_walking(&sql, &b.values, &kinds)
                     .await?
                     .pop()
                     .unwrap_or_default();
                 let mut cells = row.into_iter().map(|c| c.ok());
-                let total = Self::count_of(cells.next().flatten().as_ref());
-                let failed = Self::count_of(cells.next().flatten().as_ref());
-                let last = match cells.next().flatten() {
-                    Some(v @ (Value::Int(Some(_)) | Value::Text(Some(_)))) => {
-                        Some(self.decode_key(Some(v))?)
-                    }
-                    _ => None,
-                };
-                Ok(PlannedBatch {
-                    requeued: total.saturating_sub(failed),
-                    failed,
-                    more: total >= limit as u64,
-                    last,
-                })
+                let mut out = PlannedBatch::empty(plans.len());
+                for c in &mut out.counts {
+                    let total = Self::count_of(cells.next().flatten());
+                    c.failed = Self::count_of(cells.next().flatten());
+                    c.requeued = total.saturating_sub(c.failed);
+                }
+                out.last = self.position(cells.next().flatten())?;
+                out.more = out.repaired() >= limit as u64;
+                Ok(out)
             }
-            // One pass: the batch is the key range up to the `limit`-th processing job (found
-            // on the `(status, id)` index alone), updated by one statement that tests the
-            // condition and returns each repaired job's attempts; atomic under SQLite's one
-            // writer lock. (Picking the rows first and updating them by key looked every
-            // row up twice: about twice the plain statement.)
+            // The batch is the key range up to the `limit`-th processing job (found on the
+            // `(status, id)` index alone), repaired by one statement per plan that tests the
+            // condition and returns each repaired job's attempts, in one transaction.
+            // (Picking the rows first and updating them by key looked every row up twice:
+            // about twice the plain statement.)
             Dialect::Sqlite => {
+                let mut tx = self.db.begin().await?;
                 let mut b = Binds::new(d);
-                let st = exact_eq(
-                    d,
-                    &s.status,
-                    &mut b,
-                    Value::Text(Some(plan.processing_state.clone())),
-                );
-                let after_sql = match after {
-                    Some(k) => format!(" AND {} > {}", s.id, self.id_param(&mut b, k)?),
-                    None => String::new(),
-                };
-                let offset = b.push(Value::Int(Some(
-                    i64::try_from(limit.saturating_sub(1)).unwrap_or(i64::MAX),
-                )));
-                let upper = self
-                    .db
-                    .fetch(
-                        &format!(
-                            "SELECT {id} FROM {t} WHERE {st}{after_sql} \
-                             ORDER BY {id} LIMIT 1 OFFSET {offset}",
-                            id = s.id,
-                            t = s.table,
-                        ),
-                        &b.values,
-                        &[key],
-                    )
+                let upper_sql = self.range_upper(plans, after, limit, &mut b)?;
+                let upper = tx
+                    .fetch(&upper_sql, &b.values, &[key])
                     .await?
                     .pop()
                     .and_then(|mut r| r.pop());
-                let upper = match upper {
-                    Some(v @ (Value::Int(Some(_)) | Value::Text(Some(_)))) => {
-                        Some(self.decode_key(Some(v))?)
-                    }
-                    _ => None,
-                };
-                let mut b = Binds::new(d);
-                let sets = self.plan_sets(plan, &format!("t.{}", s.attempts), &mut b);
-                let w = self.plan_where(plan, after, &mut b)?;
-                let upto = match &upper {
-                    Some(k) => format!(" AND {} <= {}", s.id, self.id_param(&mut b, k)?),
-                    None => String::new(),
-                };
-                let rows = self
-                    .db
-                    .fetch(
-                        &format!(
-                            "UPDATE {t} AS t SET {sets} WHERE {w}{upto} RETURNING {att}",
-                            t = s.table,
-                            att = s.attempts,
-                        ),
-                        &b.values,
-                        &[Kind::Int],
-                    )
-                    .await?;
-                let mut out = PlannedBatch::default();
-                for mut r in rows {
-                    // the attempts as written: stored + increment
-                    let a = r.pop().and_then(Value::int).unwrap_or(0) - plan.increment;
-                    if Self::fails(plan, a) {
-                        out.failed += 1;
-                    } else {
-                        out.requeued += 1;
+                let upper = self.position(upper)?;
+                let mut out = PlannedBatch::empty(plans.len());
+                for (i, plan) in plans.iter().enumerate() {
+                    let one = std::slice::from_ref(plan);
+                    let mut b = Binds::new(d);
+                    let sets = self.plan_sets(
+                        one,
+                        &format!("t.{}", s.attempts),
+                        &|_| String::new(),
+                        &mut b,
+                    );
+                    let w = self.plan_where(one, after, &mut b)?;
+                    let upto = match &upper {
+                        Some(k) => format!(" AND {} <= {}", s.id, self.id_param(&mut b, k)?),
+                        None => String::new(),
+                    };
+                    let rows = tx
+                        .fetch(
+                            &format!(
+                                "UPDATE {t} AS t SET {sets} WHERE {w}{upto} RETURNING {att}",
+                                t = s.table,
+                                att = s.attempts,
+                            ),
+                            &b.values,
+                            &[Kind::Int],
+                        )
+                        .await?;
+                    for mut r in rows {
+                        // the attempts as written: stored + increment
+                        let a = r.pop().and_then(Value::int).unwrap_or(0) - plan.increment;
+                        out.counts[i].add(Self::fails(plan, a));
                     }
                 }
+                tx.commit().await?;
                 // the range's end is the keyset position, whatever in it was repaired
                 out.more = upper.is_some();
                 out.last = upper;
@@ -342,33 +572,47 @@ impl SqlLeaseStore {
             Dialect::MySql => {
                 let mut tx = self.db.begin().await?;
                 let mut b = Binds::new(d);
-                let w = self.plan_where(plan, after, &mut b)?;
+                let w = self.plan_where(plans, after, &mut b)?;
                 let n = b.push(limit_v);
                 // `ORDER BY status, id` and the hint: see the row-by-row read.
                 let sql = format!(
-                    "SELECT {id}, {att} FROM {t} IGNORE INDEX FOR ORDER BY (PRIMARY) \
+                    "SELECT {id}, {att}, {which} FROM {t} IGNORE INDEX FOR ORDER BY (PRIMARY) \
                      WHERE {w} ORDER BY {st}, {id} LIMIT {n} FOR UPDATE SKIP LOCKED",
                     id = s.id,
                     att = s.attempts,
                     t = s.table,
                     st = s.status,
+                    which = self.plan_index(plans),
                 );
-                let rows = tx.fetch(&sql, &b.values, &[key, Kind::Int]).await?;
+                let rows = tx
+                    .fetch(&sql, &b.values, &[key, Kind::Int, Kind::Int])
+                    .await?;
+                let mut out = PlannedBatch::empty(plans.len());
                 if rows.is_empty() {
-                    return Ok(PlannedBatch::default());
+                    return Ok(out);
                 }
-                let mut out = PlannedBatch::default();
                 let mut b = Binds::new(d);
-                let sets = self.plan_sets(plan, &format!("t.{}", s.attempts), &mut b);
+                let sets = self.plan_sets(
+                    plans,
+                    &format!("t.{}", s.attempts),
+                    &|i| self.of_kind(plans[i].kind),
+                    &mut b,
+                );
                 let mut ids = Vec::with_capacity(rows.len());
                 for mut r in rows {
+                    let i = r.pop().and_then(Value::int);
                     let a = r.pop().and_then(Value::int).unwrap_or(-1);
                     let k = self.decode_key(r.pop())?;
-                    if Self::fails(plan, a) {
-                        out.failed += 1;
-                    } else {
-                        out.requeued += 1;
-                    }
+                    let Some(i) = i
+                        .and_then(|i| usize::try_from(i).ok())
+                        .filter(|i| *i < plans.len())
+                    else {
+                        return Err(Error::Config(format!(
+                            "internal error: a planned repair in {} picked job {k} of no plan; nothing was changed",
+                            self.map.table
+                        )));
+                    };
+                    out.counts[i].add(Self::fails(&plans[i], a));
                     ids.push(self.id_param(&mut b, &k)?);
                     out.last = Some(k);
                 }
