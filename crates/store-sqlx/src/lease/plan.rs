@@ -21,10 +21,10 @@
 //!   RETURNING …) SELECT COUNT(*), …, MAX(id) FROM done` — which skips held rows (as when two
 //!   plans write the same message). Either way a row changed and committed since the
 //!   statement's snapshot is re-checked against the condition when it is locked.
-//! - SQLite: the batch is a key range (up to the `limit`-th processing job, from the
-//!   `(status, id)` index alone), repaired by one `UPDATE … WHERE <condition> AND id > after AND
-//!   id <= upper RETURNING attempts` per plan (`RETURNING` sees only the new row, which no
-//!   longer says which kind it was), in one `BEGIN IMMEDIATE` transaction.
+//! - SQLite: the same key range and one `UPDATE … RETURNING last_error, attempts` of every
+//!   plan, counted in Rust by the same message rule, in one `BEGIN IMMEDIATE` transaction;
+//!   when plans write the same message, one statement per plan and outcome (given up,
+//!   retried), each counted by the rows it changed.
 //! - MariaDB/MySQL: `SELECT id, attempts, <plan> … FOR UPDATE SKIP LOCKED`, then one `UPDATE …
 //!   WHERE id IN (…)` of exactly the locked rows (MariaDB has no `UPDATE … RETURNING`).
 
@@ -45,6 +45,15 @@ const PG_LOCK_WAIT: &str = "200ms";
 /// also take trailing spaces, which the row-by-row path does not).
 const SQLITE_TS_SHAPE: &str =
     "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][T ][0-9][0-9]:[0-9][0-9]:[0-9][0-9]*[0-9Z]";
+
+/// Whether every plan writes its own message, so that a repaired row tells its plan by its
+/// new `last_error` (used where `RETURNING` sees only the new row).
+fn distinct_messages(plans: &[RepairPlan]) -> bool {
+    plans
+        .iter()
+        .enumerate()
+        .all(|(i, p)| plans[..i].iter().all(|q| q.last_error != p.last_error))
+}
 
 impl SqlLeaseStore {
     /// Whether a row (as stored before the repair, unqualified columns) is of `kind`; within
@@ -357,17 +366,16 @@ impl SqlLeaseStore {
     /// each plan writes. A row another transaction holds would make it wait, so it waits at
     /// most [`PG_LOCK_WAIT`]: then the batch is rolled back and `None` returned, and the
     /// caller repairs it the locking way, which skips held rows. `None` too when two plans
-    /// write the same message (the new rows could not be told apart).
+    /// write the same message, or when a repaired row comes out with no plan's message (a
+    /// trigger rewrote it): the new rows could not be told apart.
     async fn pg_key_range(
         &self,
         plans: &[RepairPlan],
         after: Option<&JobKey>,
         limit: usize,
     ) -> Result<Option<PlannedBatch>> {
-        for (i, p) in plans.iter().enumerate() {
-            if plans[..i].iter().any(|q| q.last_error == p.last_error) {
-                return Ok(None);
-            }
+        if !distinct_messages(plans) {
+            return Ok(None);
         }
         let d = self.db.dialect();
         let s = &self.q;
@@ -408,6 +416,8 @@ impl SqlLeaseStore {
                 None => "0".into(),
             });
         }
+        // and every row (one with no plan's message, say a trigger rewrote it, is not counted)
+        counts.push("COUNT(*)".into());
         let sql = format!(
             "WITH done AS (UPDATE {t} AS t SET {sets} WHERE {w}{upto} \
                RETURNING {le} AS recon_error, {att} AS recon_attempts) \
@@ -418,7 +428,7 @@ impl SqlLeaseStore {
             counts = counts.join(", "),
         );
         let row = match tx
-            .fetch_unprepared(&sql, &b.values, &vec![Kind::Int; 2 * plans.len()])
+            .fetch_unprepared(&sql, &b.values, &vec![Kind::Int; 2 * plans.len() + 1])
             .await
         {
             Ok(mut rows) => rows.pop().unwrap_or_default(),
@@ -426,7 +436,6 @@ impl SqlLeaseStore {
             Err(e) if e.is_pg_lock_timeout() => return Ok(None),
             Err(e) => return Err(e),
         };
-        tx.commit().await?;
         let mut cells = row.into_iter().map(|c| c.ok());
         let mut out = PlannedBatch::empty(plans.len());
         for c in &mut out.counts {
@@ -434,10 +443,81 @@ impl SqlLeaseStore {
             c.failed = Self::count_of(cells.next().flatten());
             c.requeued = total.saturating_sub(c.failed);
         }
+        let all = Self::count_of(cells.next().flatten());
+        if all != out.repaired() {
+            // A row came out with no plan's message (a trigger rewrote it): rolled back when
+            // `tx` drops, and done the locking way, which does not count by message.
+            tracing::debug!(
+                table = %self.map.table,
+                all,
+                "a key-range repair wrote messages of no plan; the batch goes the locking way"
+            );
+            return Ok(None);
+        }
+        tx.commit().await?;
         // the range's end is the keyset position, whatever in it was repaired
         out.more = upper.is_some();
         out.last = upper;
         Ok(Some(out))
+    }
+
+    /// SQLite's key range when the plans write the same message: plan by plan and outcome by
+    /// outcome (given up, retried), each statement counted by the rows it changed.
+    async fn sqlite_plan_by_plan(
+        &self,
+        tx: &mut crate::db::Tx,
+        plans: &[RepairPlan],
+        after: Option<&JobKey>,
+        upper: Option<&JobKey>,
+        out: &mut PlannedBatch,
+    ) -> Result<()> {
+        let d = self.db.dialect();
+        let s = &self.q;
+        for (i, plan) in plans.iter().enumerate() {
+            let one = std::slice::from_ref(plan);
+            let outcomes: &[(Option<&str>, bool)] = match plan.fail_from {
+                None => &[(None, false)],
+                // every covered count fails (`attempts >= 0` is in the condition)
+                Some(0) => &[(None, true)],
+                Some(_) => &[(Some(">="), true), (Some("<"), false)],
+            };
+            for &(op, failed) in outcomes {
+                let mut b = Binds::new(d);
+                let sets = self.plan_sets(
+                    one,
+                    &format!("t.{}", s.attempts),
+                    &|_| String::new(),
+                    &mut b,
+                );
+                let w = self.plan_where(one, after, &mut b)?;
+                let split = match (op, plan.fail_from) {
+                    (Some(op), Some(f)) => {
+                        format!(" AND {} {op} {}", s.attempts, b.push(Value::Int(Some(f))))
+                    }
+                    _ => String::new(),
+                };
+                let upto = match upper {
+                    Some(k) => format!(" AND {} <= {}", s.id, self.id_param(&mut b, k)?),
+                    None => String::new(),
+                };
+                let n = tx
+                    .execute(
+                        &format!(
+                            "UPDATE {t} AS t SET {sets} WHERE {w}{split}{upto}",
+                            t = s.table,
+                        ),
+                        &b.values,
+                    )
+                    .await?;
+                let c = &mut out.counts[i];
+                if failed {
+                    c.failed += n;
+                } else {
+                    c.requeued += n;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(super) async fn repair_planned_once(
@@ -517,8 +597,8 @@ impl SqlLeaseStore {
                 Ok(out)
             }
             // The batch is the key range up to the `limit`-th processing job (found on the
-            // `(status, id)` index alone), repaired by one statement per plan that tests the
-            // condition and returns each repaired job's attempts, in one transaction.
+            // `(status, id)` index alone), repaired by statements that test the condition, in
+            // one transaction.
             // (Picking the rows first and updating them by key looked every row up twice:
             // about twice the plain statement.)
             Dialect::Sqlite => {
@@ -532,16 +612,17 @@ impl SqlLeaseStore {
                     .and_then(|mut r| r.pop());
                 let upper = self.position(upper)?;
                 let mut out = PlannedBatch::empty(plans.len());
-                for (i, plan) in plans.iter().enumerate() {
-                    let one = std::slice::from_ref(plan);
+                if distinct_messages(plans) {
+                    // Every plan in one statement; the new rows tell their plan by the message
+                    // written and their outcome by the attempts written.
                     let mut b = Binds::new(d);
                     let sets = self.plan_sets(
-                        one,
+                        plans,
                         &format!("t.{}", s.attempts),
-                        &|_| String::new(),
+                        &|i| self.of_kind(plans[i].kind),
                         &mut b,
                     );
-                    let w = self.plan_where(one, after, &mut b)?;
+                    let w = self.plan_where(plans, after, &mut b)?;
                     let upto = match &upper {
                         Some(k) => format!(" AND {} <= {}", s.id, self.id_param(&mut b, k)?),
                         None => String::new(),
@@ -549,19 +630,38 @@ impl SqlLeaseStore {
                     let rows = tx
                         .fetch(
                             &format!(
-                                "UPDATE {t} AS t SET {sets} WHERE {w}{upto} RETURNING {att}",
+                                "UPDATE {t} AS t SET {sets} WHERE {w}{upto} RETURNING {le}, {att}",
                                 t = s.table,
+                                le = s.last_error,
                                 att = s.attempts,
                             ),
                             &b.values,
-                            &[Kind::Int],
+                            &[Kind::Text, Kind::Int],
                         )
                         .await?;
-                    for mut r in rows {
+                    for r in rows {
+                        let mut r = r.into_iter();
+                        let (Some(Value::Text(Some(msg))), Some(Value::Int(Some(a)))) =
+                            (r.next(), r.next())
+                        else {
+                            return Err(Error::Config(format!(
+                                "internal error: a planned repair in {} wrote no message or attempts; nothing was changed",
+                                self.map.table
+                            )));
+                        };
+                        let Some(i) = plans.iter().position(|p| p.last_error == msg) else {
+                            return Err(Error::Config(format!(
+                                "internal error: a planned repair in {} wrote a message of no plan; nothing was changed",
+                                self.map.table
+                            )));
+                        };
                         // the attempts as written: stored + increment
-                        let a = r.pop().and_then(Value::int).unwrap_or(0) - plan.increment;
-                        out.counts[i].add(Self::fails(plan, a));
+                        let plan = &plans[i];
+                        out.counts[i].add(Self::fails(plan, a.saturating_sub(plan.increment)));
                     }
+                } else {
+                    self.sqlite_plan_by_plan(&mut tx, plans, after, upper.as_ref(), &mut out)
+                        .await?;
                 }
                 tx.commit().await?;
                 // the range's end is the keyset position, whatever in it was repaired
