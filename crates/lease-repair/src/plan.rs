@@ -90,10 +90,15 @@ pub struct PlannedCounts {
 impl PlannedCounts {
     /// Count one repaired job.
     pub fn add(&mut self, failed: bool) {
+        self.add_n(failed, 1);
+    }
+
+    /// Count `n` repaired jobs with the same outcome.
+    pub fn add_n(&mut self, failed: bool, n: u64) {
         if failed {
-            self.failed += 1;
+            self.failed += n;
         } else {
-            self.requeued += 1;
+            self.requeued += n;
         }
     }
 }

@@ -75,7 +75,7 @@ fn check_batch(n: usize) -> Result<usize, Error> {
 /// and orphans depends only on the attempts count: the step then builds a [`RepairPlan`] (the
 /// same [`decide`], evaluated per attempts count) for each of the two kinds and lets the store
 /// apply both in one pass of keyset batches without reading the rows out
-/// ([`LeaseStore::repair_planned`]), each batch one guarded statement. Whatever the plan does not cover — unreadable values, attempts out of
+/// ([`LeaseStore::repair_planned`]), each batch a guarded statement or two. Whatever the plan does not cover — unreadable values, attempts out of
 /// range, rows another transaction held — is then read, decided and reported row by row as
 /// above. Same outcome, row for row (the conformance suite checks it on every backend); turn
 /// it off with [`in_database(false)`](Self::in_database).
@@ -233,14 +233,24 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
             .map_err(|e| t.fail("read stuck jobs", e))?;
         // Expired leases and orphans in one pass inside the database, when the decision is
         // a plan (no jitter) and the store can apply it; what it leaves goes row by row.
-        let plans: Vec<RepairPlan> = if anything && self.in_database && !ctx.is_dry_run() {
-            [CandidateKind::ExpiredLease, CandidateKind::Orphaned]
-                .into_iter()
-                .filter_map(|kind| RepairPlan::new(kind, now, &self.settings))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let mut plans: Vec<RepairPlan> = Vec::new();
+        if anything && self.in_database && !ctx.is_dry_run() {
+            for kind in [CandidateKind::ExpiredLease, CandidateKind::Orphaned] {
+                let Some(plan) = RepairPlan::new(kind, now, &self.settings) else {
+                    continue;
+                };
+                // One row tells whether there is anything of this kind at all (when only
+                // anomalies are stuck, a pass would walk every processing job for nothing).
+                let any = self
+                    .store
+                    .read_candidates(query(kind, None, 1))
+                    .await
+                    .map_err(|e| t.fail("read stuck jobs", e))?;
+                if !any.is_empty() {
+                    plans.push(plan);
+                }
+            }
+        }
         let finished = plans.is_empty() || self.run_plans(&plans, ctx, &mut t, &mut seen).await?;
         'kinds: for kind in CandidateKind::ALL {
             let wanted = match kind {

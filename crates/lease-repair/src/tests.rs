@@ -997,7 +997,14 @@ proptest! {
 fn planning_store(counts: Vec<PlannedCounts>) -> MockLeaseStore {
     let mut store = MockLeaseStore::new();
     store.expect_any_stuck().returning(|_| Ok(true));
-    store.expect_read_candidates().returning(|_| Ok(vec![]));
+    // a candidate of each kind for the one-row look, nothing for the row-by-row reads
+    store.expect_read_candidates().returning(|q| {
+        Ok(if q.limit == 1 {
+            vec![row(1, "processing", None, None, Some(0))]
+        } else {
+            vec![]
+        })
+    });
     store.expect_apply().never();
     store
         .expect_repair_planned()
@@ -1051,4 +1058,16 @@ async fn a_planned_batch_without_a_count_per_plan_is_an_error_not_a_guess() {
         format!("{e:#}").contains("1 counts for 2 repair plans"),
         "{e:#}"
     );
+}
+
+#[tokio::test]
+async fn no_pass_in_the_database_when_only_anomalies_are_stuck() {
+    let mut store = MockLeaseStore::new();
+    store.expect_any_stuck().returning(|_| Ok(true));
+    store.expect_read_candidates().returning(|_| Ok(vec![]));
+    store.expect_apply().never();
+    store.expect_repair_planned().never();
+    let step = LeaseRepair::new(store, Settings::new(presets::api_call())).unwrap();
+    let r = run(&step, false).await;
+    assert_eq!(r.count(BATCHES), 0);
 }

@@ -1,6 +1,6 @@
 //! [`LeaseStore::repair_planned`](lease_repair::LeaseStore::repair_planned): a
-//! [`RepairPlan`] applied inside the database, one guarded statement per batch, no row sent
-//! out and back.
+//! [`RepairPlan`] applied inside the database, a few guarded statements per batch, no row
+//! sent out and back.
 //!
 //! The plans of a run (expired leases, orphans) are applied together, in one pass: their
 //! kinds are disjoint (an expired lease has an expiry, an orphan has none), so one batch picks
@@ -325,6 +325,31 @@ impl SqlLeaseStore {
         }
     }
 
+    /// ` AND id <= upper`, or nothing when the range runs to the end.
+    fn up_to(&self, upper: Option<&JobKey>, b: &mut Binds) -> Result<String> {
+        Ok(match upper {
+            Some(k) => format!(" AND {} <= {}", self.q.id, self.id_param(b, k)?),
+            None => String::new(),
+        })
+    }
+
+    /// The per-plan counts of a statement that selected, for each plan, the rows it repaired
+    /// and of those the ones given up, and then all rows: `None` when the per-plan counts do
+    /// not add up to all rows (a cell that did not read, or a row of no plan).
+    fn read_counts(
+        plans: &[RepairPlan],
+        cells: &mut impl Iterator<Item = Option<Value>>,
+    ) -> Option<PlannedBatch> {
+        let mut out = PlannedBatch::empty(plans.len());
+        for c in &mut out.counts {
+            let total = Self::count_of(cells.next().flatten());
+            c.failed = Self::count_of(cells.next().flatten());
+            c.requeued = total.checked_sub(c.failed)?;
+        }
+        let all = Self::count_of(cells.next().flatten());
+        (all == out.repaired()).then_some(out)
+    }
+
     /// `SELECT id … LIMIT 1 OFFSET limit - 1` over the processing jobs after `after`: the end
     /// of the next key range that holds at most `limit` of them (found on the `(status, id)`
     /// index alone), or no row when fewer are left.
@@ -354,7 +379,8 @@ impl SqlLeaseStore {
             i64::try_from(limit.saturating_sub(1)).unwrap_or(i64::MAX),
         )));
         Ok(format!(
-            "SELECT {id} FROM {t} WHERE {st}{after_sql} ORDER BY {id} LIMIT 1 OFFSET {offset}",
+            "SELECT {sel} FROM {t} WHERE {st}{after_sql} ORDER BY {id} LIMIT 1 OFFSET {offset}",
+            sel = self.id_select(),
             id = s.id,
             t = s.table,
         ))
@@ -362,7 +388,7 @@ impl SqlLeaseStore {
 
     /// PostgreSQL's batch as a key range, like SQLite's: one `UPDATE … WHERE <condition> AND
     /// id > after AND id <= upper` of every plan at once, no row locked first and no second
-    /// look-up by key (about a quarter of the locking statement's time), counted by the message
+    /// look-up by key (the locking statement costs about a quarter more), counted by the message
     /// each plan writes. A row another transaction holds would make it wait, so it waits at
     /// most [`PG_LOCK_WAIT`]: then the batch is rolled back and `None` returned, and the
     /// caller repairs it the locking way, which skips held rows. `None` too when two plans
@@ -386,7 +412,15 @@ impl SqlLeaseStore {
             .fetch_unprepared(&upper_sql, &b.values, &[self.key_kind()])
             .await
         {
-            Ok(mut rows) => rows.pop().and_then(|mut r| r.pop()).and_then(|c| c.ok()),
+            Ok(mut rows) => match rows.pop().and_then(|mut r| r.pop()) {
+                Some(Err(why)) => {
+                    return Err(Error::Config(format!(
+                        "the end of a key range in {} could not be read: {why}",
+                        self.map.table
+                    )));
+                }
+                cell => cell.and_then(|c| c.ok()),
+            },
             Err(e) if e.is_pg_lock_timeout() => return Ok(None),
             Err(e) => return Err(e),
         };
@@ -399,10 +433,7 @@ impl SqlLeaseStore {
             &mut b,
         );
         let w = self.plan_where(plans, after, &mut b)?;
-        let upto = match &upper {
-            Some(k) => format!(" AND {} <= {}", s.id, self.id_param(&mut b, k)?),
-            None => String::new(),
-        };
+        let upto = self.up_to(upper.as_ref(), &mut b)?;
         let mut counts = Vec::with_capacity(2 * plans.len());
         for p in plans {
             let m = b.push(Value::Text(Some(p.last_error.clone())));
@@ -416,7 +447,7 @@ impl SqlLeaseStore {
                 None => "0".into(),
             });
         }
-        // and every row (one with no plan's message, say a trigger rewrote it, is not counted)
+        // and every row (one with no plan's message, say a trigger rewrote it, is in no count)
         counts.push("COUNT(*)".into());
         let sql = format!(
             "WITH done AS (UPDATE {t} AS t SET {sets} WHERE {w}{upto} \
@@ -437,23 +468,15 @@ impl SqlLeaseStore {
             Err(e) => return Err(e),
         };
         let mut cells = row.into_iter().map(|c| c.ok());
-        let mut out = PlannedBatch::empty(plans.len());
-        for c in &mut out.counts {
-            let total = Self::count_of(cells.next().flatten());
-            c.failed = Self::count_of(cells.next().flatten());
-            c.requeued = total.saturating_sub(c.failed);
-        }
-        let all = Self::count_of(cells.next().flatten());
-        if all != out.repaired() {
+        let Some(mut out) = Self::read_counts(plans, &mut cells) else {
             // A row came out with no plan's message (a trigger rewrote it): rolled back when
             // `tx` drops, and done the locking way, which does not count by message.
             tracing::debug!(
                 table = %self.map.table,
-                all,
                 "a key-range repair wrote messages of no plan; the batch goes the locking way"
             );
             return Ok(None);
-        }
+        };
         tx.commit().await?;
         // the range's end is the keyset position, whatever in it was repaired
         out.more = upper.is_some();
@@ -496,10 +519,7 @@ impl SqlLeaseStore {
                     }
                     _ => String::new(),
                 };
-                let upto = match upper {
-                    Some(k) => format!(" AND {} <= {}", s.id, self.id_param(&mut b, k)?),
-                    None => String::new(),
-                };
+                let upto = self.up_to(upper, &mut b)?;
                 let n = tx
                     .execute(
                         &format!(
@@ -509,12 +529,7 @@ impl SqlLeaseStore {
                         &b.values,
                     )
                     .await?;
-                let c = &mut out.counts[i];
-                if failed {
-                    c.failed += n;
-                } else {
-                    c.requeued += n;
-                }
+                out.counts[i].add_n(failed, n);
             }
         }
         Ok(())
@@ -557,6 +572,7 @@ impl SqlLeaseStore {
                         None => "0".into(),
                     });
                 }
+                counts.push("COUNT(*)".into());
                 let last = match self.map.key_kind {
                     KeyKind::Uuid => "MAX(CAST(recon_key AS TEXT))",
                     _ => "MAX(recon_key)",
@@ -575,7 +591,7 @@ impl SqlLeaseStore {
                     which = self.plan_index(plans),
                     counts = counts.join(", "),
                 );
-                let mut kinds = vec![Kind::Int; 2 * plans.len()];
+                let mut kinds = vec![Kind::Int; 2 * plans.len() + 1];
                 kinds.push(key);
                 // Planned with its values every time and walking `(status, id)`, like the
                 // reads (see `Db::fetch_lenient_walking`).
@@ -586,12 +602,14 @@ impl SqlLeaseStore {
                     .pop()
                     .unwrap_or_default();
                 let mut cells = row.into_iter().map(|c| c.ok());
-                let mut out = PlannedBatch::empty(plans.len());
-                for c in &mut out.counts {
-                    let total = Self::count_of(cells.next().flatten());
-                    c.failed = Self::count_of(cells.next().flatten());
-                    c.requeued = total.saturating_sub(c.failed);
-                }
+                // (the statement has committed: counts that do not add up are reported, not
+                // guessed)
+                let Some(mut out) = Self::read_counts(plans, &mut cells) else {
+                    return Err(Error::Config(format!(
+                        "internal error: the counts of a planned repair in {} do not add up; the batch was written",
+                        self.map.table
+                    )));
+                };
                 out.last = self.position(cells.next().flatten())?;
                 out.more = out.repaired() >= limit as u64;
                 Ok(out)
@@ -623,10 +641,7 @@ impl SqlLeaseStore {
                         &mut b,
                     );
                     let w = self.plan_where(plans, after, &mut b)?;
-                    let upto = match &upper {
-                        Some(k) => format!(" AND {} <= {}", s.id, self.id_param(&mut b, k)?),
-                        None => String::new(),
-                    };
+                    let upto = self.up_to(upper.as_ref(), &mut b)?;
                     let rows = tx
                         .fetch(
                             &format!(
