@@ -57,6 +57,18 @@ async fn jobs_table(t: &TestDb) -> Jobs<'_> {
     Jobs::new(&Backend::Sql(t), "processing_jobs", Shape::default()).await
 }
 
+/// Job `id`, processing under a lease that ran out an hour ago, attempts 0: the ordinary stuck
+/// job the hostile rows sit next to (it must be repaired whatever they do).
+fn expired_job(id: i64) -> StoredJob {
+    StoredJob::new(
+        id,
+        "processing",
+        Some("w"),
+        Some(now() - chrono::Duration::hours(1)),
+        Some(0),
+    )
+}
+
 async fn count(t: &TestDb, table: &str) -> i64 {
     crate::jobs::count_rows(t, table).await
 }
@@ -635,13 +647,7 @@ async fn a_time_the_server_holds_but_no_calendar_has_is_reported(t: &TestDb) {
     jobs.insert(
         &[
             StoredJob::new(1, "processing", None, None, Some(0)),
-            StoredJob::new(
-                4,
-                "processing",
-                Some("w"),
-                Some(now() - chrono::Duration::hours(1)),
-                Some(0),
-            ),
+            expired_job(4),
         ],
         Shape::default(),
     )
@@ -798,17 +804,7 @@ fn assert_unreadable_reported(r: &StepReport, keys: &[&str], column: &str) {
 /// alone — also when the repair runs inside the database, which must leave them to it.
 async fn impossible_past_dates_are_reported_not_repaired(t: &TestDb) {
     let jobs = jobs_table(t).await;
-    jobs.insert(
-        &[StoredJob::new(
-            1,
-            "processing",
-            Some("w"),
-            Some(now() - chrono::Duration::hours(1)),
-            Some(0),
-        )],
-        Shape::default(),
-    )
-    .await;
+    jobs.insert(&[expired_job(1)], Shape::default()).await;
     let insert =
         "INSERT INTO processing_jobs (id, status, locked_by, locked_until, attempts) VALUES";
     let bad: &[&str] = match t.db.dialect() {
@@ -863,17 +859,7 @@ async fn non_utf8_text_is_reported_and_the_rest_go_on(t: &TestDb) {
     assert_eq!(t.db.dialect(), Dialect::Sqlite);
     let jobs = jobs_table(t).await;
     t.exec("INSERT INTO processing_jobs (id, status, locked_by, locked_until, attempts) VALUES (1, 'processing', CAST(X'FFFE41' AS TEXT), '2024-01-24T10:00:00+00:00', 0)").await;
-    jobs.insert(
-        &[StoredJob::new(
-            2,
-            "processing",
-            Some("w"),
-            Some(now() - chrono::Duration::hours(1)),
-            Some(0),
-        )],
-        Shape::default(),
-    )
-    .await;
+    jobs.insert(&[expired_job(2)], Shape::default()).await;
     let r = run(&LeaseRepair::new(jobs.lease.clone(), settings()).unwrap())
         .await
         .unwrap();

@@ -234,16 +234,7 @@ async fn in_the_database_and_row_by_row_give_the_same_jobs(be: &Backend<'_>) {
                 be.name(),
                 store.planned()
             );
-            let counters: Vec<u64> = [
-                LEASES_REPAIRED,
-                JOBS_REQUEUED,
-                JOBS_FAILED,
-                ANOMALIES,
-                SKIPPED_CHANGED,
-            ]
-            .iter()
-            .map(|c| r.count(*c))
-            .collect();
+            let counters: Vec<u64> = OUTCOME.map(|c| r.count(c)).to_vec();
             outcomes.push((
                 counters,
                 all(&jobs).await,
@@ -1679,16 +1670,7 @@ mod locks {
                 .unwrap();
             let r = run(&step, false).await;
             assert!(store.planned() > 0, "{}: in the database", be.name());
-            let counters: Vec<u64> = [
-                LEASES_REPAIRED,
-                JOBS_REQUEUED,
-                JOBS_FAILED,
-                ANOMALIES,
-                SKIPPED_CHANGED,
-            ]
-            .iter()
-            .map(|c| r.count(*c))
-            .collect();
+            let counters: Vec<u64> = OUTCOME.map(|c| r.count(c)).to_vec();
             let mut after = brief(&all(&jobs).await);
             for row in &mut after {
                 if let Some(e) = &mut row.5 {

@@ -14,6 +14,17 @@ pub const ANOMALIES: Counter = Counter::new("anomalies");
 pub const SKIPPED_CHANGED: Counter = Counter::new("skipped_changed");
 /// Batches read (row by row) or repaired inside the database.
 pub const BATCHES: Counter = Counter::new("batches");
+/// The counters that say what a repair run did to the jobs, in this order: the same whichever
+/// way it ran (inside the database or row by row, in any batch sizes), unlike [`BATCHES`].
+/// Every run reports each of them, zero or not.
+pub const OUTCOME: [Counter; 5] = [
+    LEASES_REPAIRED,
+    JOBS_REQUEUED,
+    JOBS_FAILED,
+    ANOMALIES,
+    SKIPPED_CHANGED,
+];
+
 /// Old terminal jobs deleted by the prune step.
 pub const PRUNED: Counter = Counter::new("pruned");
 /// Old terminal jobs moved to the archive table by the prune step.

@@ -200,14 +200,7 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
             anomalies: Vec::new(),
             repaired: 0,
         };
-        for c in [
-            LEASES_REPAIRED,
-            JOBS_REQUEUED,
-            JOBS_FAILED,
-            ANOMALIES,
-            SKIPPED_CHANGED,
-            BATCHES,
-        ] {
+        for c in OUTCOME.into_iter().chain([BATCHES]) {
             t.report.add(c, 0);
         }
         let mut seen = 0_u64;

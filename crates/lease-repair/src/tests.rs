@@ -945,16 +945,7 @@ async fn in_the_database_or_row_by_row_the_outcome_is_the_same() {
                 .unwrap()
                 .in_database(in_db);
             let r = run(&step, false).await;
-            let counts: Vec<u64> = [
-                LEASES_REPAIRED,
-                JOBS_REQUEUED,
-                JOBS_FAILED,
-                ANOMALIES,
-                SKIPPED_CHANGED,
-            ]
-            .iter()
-            .map(|c| r.count(*c))
-            .collect();
+            let counts: Vec<u64> = OUTCOME.map(|c| r.count(c)).to_vec();
             assert!(
                 counts[0] > 0 && counts[1] > 0 && counts[2] > 0 && counts[3] > 0,
                 "{counts:?}"

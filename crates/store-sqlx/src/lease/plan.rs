@@ -325,6 +325,33 @@ impl SqlLeaseStore {
         }
     }
 
+    /// `UPDATE … SET <every plan> WHERE <condition> AND id > after [AND id <= upper]
+    /// RETURNING last_error, attempts`: one key range of every plan in one statement (the new
+    /// rows tell their plan by the message written; see [`distinct_messages`]).
+    fn key_range_update(
+        &self,
+        plans: &[RepairPlan],
+        after: Option<&JobKey>,
+        upper: Option<&JobKey>,
+        b: &mut Binds,
+    ) -> Result<String> {
+        let s = &self.q;
+        let sets = self.plan_sets(
+            plans,
+            &format!("t.{}", s.attempts),
+            &|i| self.of_kind(plans[i].kind),
+            b,
+        );
+        let w = self.plan_where(plans, after, b)?;
+        let upto = self.up_to(upper, b)?;
+        Ok(format!(
+            "UPDATE {t} AS t SET {sets} WHERE {w}{upto} RETURNING {le}, {att}",
+            t = s.table,
+            le = s.last_error,
+            att = s.attempts,
+        ))
+    }
+
     /// ` AND id <= upper`, or nothing when the range runs to the end.
     fn up_to(&self, upper: Option<&JobKey>, b: &mut Binds) -> Result<String> {
         Ok(match upper {
@@ -404,7 +431,6 @@ impl SqlLeaseStore {
             return Ok(None);
         }
         let d = self.db.dialect();
-        let s = &self.q;
         let mut tx = self.db.begin_walking(Some(PG_LOCK_WAIT)).await?;
         let mut b = Binds::new(d);
         let upper_sql = self.range_upper(plans, after, limit, &mut b)?;
@@ -426,14 +452,7 @@ impl SqlLeaseStore {
         };
         let upper = self.position(upper)?;
         let mut b = Binds::new(d);
-        let sets = self.plan_sets(
-            plans,
-            &format!("t.{}", s.attempts),
-            &|i| self.of_kind(plans[i].kind),
-            &mut b,
-        );
-        let w = self.plan_where(plans, after, &mut b)?;
-        let upto = self.up_to(upper.as_ref(), &mut b)?;
+        let update = self.key_range_update(plans, after, upper.as_ref(), &mut b)?;
         let mut counts = Vec::with_capacity(2 * plans.len());
         for p in plans {
             let m = b.push(Value::Text(Some(p.last_error.clone())));
@@ -450,13 +469,8 @@ impl SqlLeaseStore {
         // and every row (one with no plan's message, say a trigger rewrote it, is in no count)
         counts.push("COUNT(*)".into());
         let sql = format!(
-            "WITH done AS (UPDATE {t} AS t SET {sets} WHERE {w}{upto} \
-               RETURNING {le} AS recon_error, {att} AS recon_attempts) \
-             SELECT {counts} FROM done",
-            t = s.table,
-            le = s.last_error,
-            att = s.attempts,
-            counts = counts.join(", "),
+            "WITH done (recon_error, recon_attempts) AS ({update}) SELECT {} FROM done",
+            counts.join(", "),
         );
         let row = match tx
             .fetch_unprepared(&sql, &b.values, &vec![Kind::Int; 2 * plans.len() + 1])
@@ -634,25 +648,9 @@ impl SqlLeaseStore {
                     // Every plan in one statement; the new rows tell their plan by the message
                     // written and their outcome by the attempts written.
                     let mut b = Binds::new(d);
-                    let sets = self.plan_sets(
-                        plans,
-                        &format!("t.{}", s.attempts),
-                        &|i| self.of_kind(plans[i].kind),
-                        &mut b,
-                    );
-                    let w = self.plan_where(plans, after, &mut b)?;
-                    let upto = self.up_to(upper.as_ref(), &mut b)?;
+                    let update = self.key_range_update(plans, after, upper.as_ref(), &mut b)?;
                     let rows = tx
-                        .fetch(
-                            &format!(
-                                "UPDATE {t} AS t SET {sets} WHERE {w}{upto} RETURNING {le}, {att}",
-                                t = s.table,
-                                le = s.last_error,
-                                att = s.attempts,
-                            ),
-                            &b.values,
-                            &[Kind::Text, Kind::Int],
-                        )
+                        .fetch(&update, &b.values, &[Kind::Text, Kind::Int])
                         .await?;
                     for r in rows {
                         let mut r = r.into_iter();
