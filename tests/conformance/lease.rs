@@ -1683,7 +1683,41 @@ mod locks {
         assert_eq!(outcomes[0], outcomes[1], "{}", be.name());
     }
 
+    /// Plans a store cannot apply — of another kind than expired leases and orphans, or for two
+    /// processing states — are errors that change nothing; no plans at all is an empty batch.
+    async fn plans_the_store_cannot_apply_are_errors_that_change_nothing(t: &TestDb) {
+        let be = Backend::Sql(t);
+        let jobs = Jobs::new(&be, "processing_jobs", Shape::default()).await;
+        jobs.insert(&scenario_a(), Shape::default()).await;
+        let before = all(&jobs).await;
+        let plan = lease_repair::RepairPlan::new(
+            CandidateKind::ExpiredLease,
+            now(),
+            &plain_settings(false),
+        )
+        .unwrap();
+        let empty = jobs.lease.repair_planned(&[], None, 10).await.unwrap();
+        assert_eq!(empty.map(|b| b.repaired()), Some(0), "{}", be.name());
+        let mut anomaly = plan.clone();
+        anomaly.kind = CandidateKind::Anomaly;
+        let mut elsewhere = plan.clone();
+        elsewhere.processing_state = "running".into();
+        for (plans, says) in [
+            (vec![anomaly], "not Anomaly"),
+            (vec![plan, elsewhere], "two processing states"),
+        ] {
+            let e = jobs
+                .lease
+                .repair_planned(&plans, None, 10)
+                .await
+                .expect_err("refused");
+            assert!(format!("{e:#}").contains(says), "{}: {e:#}", be.name());
+        }
+        assert_eq!(all(&jobs).await, before, "{}", be.name());
+    }
+
     crate::conformance_sql!(
+        plans_the_store_cannot_apply_are_errors_that_change_nothing,
         a_row_a_worker_holds_is_never_repaired_in_the_database,
         a_trigger_that_rewrites_the_message_changes_nothing_else,
     );

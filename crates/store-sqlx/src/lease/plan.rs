@@ -133,17 +133,8 @@ impl SqlLeaseStore {
         Ok(w.join(" AND "))
     }
 
-    /// The rows `plans` cover with keys after `after`: the row-by-row read's condition for
-    /// each plan's kind, attempts in the plan's range, and values the row-by-row path could
-    /// decode.
-    fn plan_where(
-        &self,
-        plans: &[RepairPlan],
-        after: Option<&JobKey>,
-        b: &mut Binds,
-    ) -> Result<String> {
-        let d = self.db.dialect();
-        let s = &self.q;
+    /// `status = <the plans' processing state>` (exact: no collation folds it).
+    fn processing(&self, plans: &[RepairPlan], b: &mut Binds) -> Result<String> {
         let Some(first) = plans.first() else {
             return Err(Error::Config("no repair plan to apply".into()));
         };
@@ -156,12 +147,26 @@ impl SqlLeaseStore {
                 first.processing_state, p.processing_state
             )));
         }
-        let mut w = vec![exact_eq(
-            d,
-            &s.status,
+        Ok(exact_eq(
+            self.db.dialect(),
+            &self.q.status,
             b,
             Value::Text(Some(first.processing_state.clone())),
-        )];
+        ))
+    }
+
+    /// The rows `plans` cover with keys after `after`: the row-by-row read's condition for
+    /// each plan's kind, attempts in the plan's range, and values the row-by-row path could
+    /// decode.
+    fn plan_where(
+        &self,
+        plans: &[RepairPlan],
+        after: Option<&JobKey>,
+        b: &mut Binds,
+    ) -> Result<String> {
+        let d = self.db.dialect();
+        let s = &self.q;
+        let mut w = vec![self.processing(plans, b)?];
         let mut each = Vec::with_capacity(plans.len());
         for p in plans {
             each.push(format!("({})", self.plan_condition(p, b)?));
@@ -387,17 +392,8 @@ impl SqlLeaseStore {
         limit: usize,
         b: &mut Binds,
     ) -> Result<String> {
-        let d = self.db.dialect();
         let s = &self.q;
-        let Some(first) = plans.first() else {
-            return Err(Error::Config("no repair plan to apply".into()));
-        };
-        let st = exact_eq(
-            d,
-            &s.status,
-            b,
-            Value::Text(Some(first.processing_state.clone())),
-        );
+        let st = self.processing(plans, b)?;
         let after_sql = match after {
             Some(k) => format!(" AND {} > {}", s.id, self.id_param(b, k)?),
             None => String::new(),
