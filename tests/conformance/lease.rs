@@ -1716,9 +1716,100 @@ mod locks {
         assert_eq!(all(&jobs).await, before, "{}", be.name());
     }
 
+    /// A host trigger that changes *other* jobs as each one is repaired: here the next job's
+    /// attempts, which turns its retry into giving up. SQLite fires it as each row is written,
+    /// after its batch was counted (the counted batch sees the trigger's changes and goes the
+    /// `RETURNING` way); PostgreSQL fires it at the end of the statement, when only the job
+    /// after the batch is still processing. Either way the counters say what the table holds
+    /// afterwards.
+    /// MariaDB refuses a trigger that writes the table whose statement fired it: the run fails
+    /// and nothing changes.
+    async fn a_trigger_that_changes_other_jobs_is_counted_as_written(t: &TestDb) {
+        let be = Backend::Sql(t);
+        let d = t.db.dialect();
+        let jobs = Jobs::new(&be, "nudged", Shape::default()).await;
+        jobs.insert(&mixed(300, KeyKind::Integer), Shape::default())
+            .await;
+        let nudge =
+            "UPDATE nudged SET attempts = 4 WHERE id = NEW.id + 1 AND status = 'processing'";
+        match d {
+            Dialect::Postgres => {
+                t.exec(&format!(
+                    "CREATE FUNCTION nudge_next() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                     BEGIN {nudge}; RETURN NULL; END $$"
+                ))
+                .await;
+                t.exec(
+                    "CREATE TRIGGER nudge AFTER UPDATE OF status ON nudged FOR EACH ROW \
+                     WHEN (NEW.status <> 'processing') EXECUTE FUNCTION nudge_next()",
+                )
+                .await;
+            }
+            Dialect::MySql => {
+                t.exec(&format!(
+                    "CREATE TRIGGER nudge AFTER UPDATE ON nudged FOR EACH ROW {nudge}"
+                ))
+                .await;
+            }
+            _ => {
+                t.exec(&format!(
+                    "CREATE TRIGGER nudge AFTER UPDATE OF status ON nudged FOR EACH ROW \
+                     WHEN NEW.status <> 'processing' BEGIN {nudge}; END"
+                ))
+                .await;
+            }
+        }
+        let before = all(&jobs).await;
+        let store = Arc::new(CountPlanned::new(jobs.lease.clone()));
+        let step = LeaseRepair::new(store.clone(), plain_settings(false))
+            .unwrap()
+            .plan_batch_size(41)
+            .unwrap();
+        let r = step.reconcile(&RunContext::new(now())).await;
+        if d == Dialect::MySql {
+            let e = r.expect_err("MariaDB refuses the trigger");
+            assert!(format!("{e:#}").contains("nudged"), "{e:#}");
+            assert_eq!(all(&jobs).await, before, "{}", be.name());
+            return;
+        }
+        let r = r.unwrap();
+        assert!(store.planned() > 0, "{}: in the database", be.name());
+        let after = all(&jobs).await;
+        // (expired leases repaired, orphans requeued, jobs given up), as the counters count
+        let (mut table, mut nudged) = ([0; 3], 0);
+        for (was, is) in before.iter().zip(&after) {
+            if was.row.status == "processing" && is.row.status != "processing" {
+                let failed = is.row.status == "failed";
+                if was.row.lease_expires_at.is_some() {
+                    table[0] += 1;
+                } else if !failed {
+                    table[1] += 1;
+                }
+                if failed {
+                    table[2] += 1;
+                    nudged += u64::from(was.row.attempts < Some(3));
+                }
+            }
+        }
+        assert_eq!(
+            [
+                r.count(LEASES_REPAIRED),
+                r.count(JOBS_REQUEUED),
+                r.count(JOBS_FAILED)
+            ],
+            table,
+            "{}: counters against the table",
+            be.name()
+        );
+        // the trigger did turn retries into failures (on PostgreSQL only the first job of
+        // each next batch)
+        assert!(nudged > 0, "{}: nothing nudged", be.name());
+    }
+
     crate::conformance_sql!(
         plans_the_store_cannot_apply_are_errors_that_change_nothing,
         a_row_a_worker_holds_is_never_repaired_in_the_database,
         a_trigger_that_rewrites_the_message_changes_nothing_else,
+        a_trigger_that_changes_other_jobs_is_counted_as_written,
     );
 }

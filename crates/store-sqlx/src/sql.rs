@@ -26,6 +26,14 @@ impl Binds {
         self.d.param(self.values.len())
     }
 
+    /// A copy to try SQL on: what it binds is numbered as if bound here, and not bound here.
+    pub(crate) fn fork(&self) -> Self {
+        Self {
+            d: self.d,
+            values: self.values.clone(),
+        }
+    }
+
     /// Bind every value of `vs` and return `p1, p2, …` for an `IN (…)` list.
     pub(crate) fn list(&mut self, vs: impl IntoIterator<Item = Value>) -> String {
         vs.into_iter()

@@ -21,10 +21,14 @@
 //!   RETURNING …) SELECT COUNT(*), …, MAX(id) FROM done` — which skips held rows (as when two
 //!   plans write the same message). Either way a row changed and committed since the
 //!   statement's snapshot is re-checked against the condition when it is locked.
-//! - SQLite: the same key range and one `UPDATE … RETURNING last_error, attempts` of every
-//!   plan, counted in Rust by the same message rule, in one `BEGIN IMMEDIATE` transaction;
-//!   when plans write the same message, one statement per plan and outcome (given up,
-//!   retried), each counted by the rows it changed.
+//! - SQLite: the same key range in one `BEGIN IMMEDIATE` transaction, counted first by plan
+//!   and outcome without the per-value checks (cheaper, and a superset of the rows written),
+//!   then one guarded `UPDATE` of every plan with no row sent back; the counts stand when it
+//!   changed exactly as many rows and no trigger changed any. Otherwise (a range holding rows
+//!   the checks leave to the row-by-row path, a table with triggers) the batch is rolled back
+//!   and repaired by one `UPDATE … RETURNING last_error, attempts`, counted in Rust by the same
+//!   message rule — or, when plans write the same message, one statement per plan and outcome
+//!   (given up, retried), each counted by the rows it changed.
 //! - MariaDB/MySQL: `SELECT id, attempts, <plan> … FOR UPDATE SKIP LOCKED`, then one `UPDATE …
 //!   WHERE id IN (…)` of exactly the locked rows (MariaDB has no `UPDATE … RETURNING`).
 
@@ -45,6 +49,18 @@ const PG_LOCK_WAIT: &str = "200ms";
 /// also take trailing spaces, which the row-by-row path does not).
 const SQLITE_TS_SHAPE: &str =
     "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][T ][0-9][0-9]:[0-9][0-9]:[0-9][0-9]*[0-9Z]";
+
+/// Which rows a plan's condition picks on SQLite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pick {
+    /// The rows the plan covers whose every value the row-by-row path reads too (SQLite's
+    /// per-value checks included): the rows a repair may write.
+    Readable,
+    /// Those and possibly more: the same condition without SQLite's per-value checks of text
+    /// timestamps and lease owners. Only counted, never written (see
+    /// [`sqlite_counted`](SqlLeaseStore::sqlite_counted)).
+    Loose,
+}
 
 /// Whether every plan writes its own message, so that a repaired row tells its plan by its
 /// new `last_error` (used where `RETURNING` sees only the new row).
@@ -67,7 +83,7 @@ impl SqlLeaseStore {
 
     /// The condition of the rows `plan` covers, without the status and key parts
     /// [`plan_where`](Self::plan_where) adds for every plan.
-    fn plan_condition(&self, plan: &RepairPlan, b: &mut Binds) -> Result<String> {
+    fn plan_condition(&self, plan: &RepairPlan, pick: Pick, b: &mut Binds) -> Result<String> {
         let d = self.db.dialect();
         let s = &self.q;
         let mut w = Vec::new();
@@ -95,6 +111,7 @@ impl SqlLeaseStore {
                     // Text: compared as text like the row-by-row read, and then as the instant
                     // SQLite reads (a time with an offset may sort before `now` as text and
                     // still lie ahead).
+                    (Dialect::Sqlite, _) if pick == Pick::Loose => {}
                     (Dialect::Sqlite, _) => {
                         let now = b.push(self.ts(Some(plan.now)));
                         // SQLite's date functions roll a 30 February over into March and take
@@ -107,7 +124,7 @@ impl SqlLeaseStore {
                         ));
                     }
                 }
-                if d == Dialect::Sqlite {
+                if d == Dialect::Sqlite && pick == Pick::Readable {
                     // An owner the row-by-row path might not read (not text, not UTF-8) is
                     // left to it: it reports such rows instead of repairing them. Printable
                     // ASCII always reads. (Comparing `length` in characters and in bytes is
@@ -156,12 +173,13 @@ impl SqlLeaseStore {
     }
 
     /// The rows `plans` cover with keys after `after`: the row-by-row read's condition for
-    /// each plan's kind, attempts in the plan's range, and values the row-by-row path could
-    /// decode.
+    /// each plan's kind, attempts in the plan's range, and (with [`Pick::Readable`]) values
+    /// the row-by-row path could decode.
     fn plan_where(
         &self,
         plans: &[RepairPlan],
         after: Option<&JobKey>,
+        pick: Pick,
         b: &mut Binds,
     ) -> Result<String> {
         let d = self.db.dialect();
@@ -169,7 +187,7 @@ impl SqlLeaseStore {
         let mut w = vec![self.processing(plans, b)?];
         let mut each = Vec::with_capacity(plans.len());
         for p in plans {
-            each.push(format!("({})", self.plan_condition(p, b)?));
+            each.push(format!("({})", self.plan_condition(p, pick, b)?));
         }
         w.push(format!("({})", each.join(" OR ")));
         if d == Dialect::Sqlite {
@@ -187,16 +205,28 @@ impl SqlLeaseStore {
         Ok(w.join(" AND "))
     }
 
-    /// `value(plan)` for the row's plan: the value itself for one plan, else a `CASE` over
-    /// `is_plan(i)` (true for rows of the `i`-th plan), the last plan taking the rest.
+    /// `value(plan)` for the row's plan: the value itself when every plan has the same one
+    /// (the same SQL and bound values; e.g. `updated_at`, or the status when the plans give
+    /// up alike), else a `CASE` over `is_plan(i)` (true for rows of the `i`-th plan), the last
+    /// plan taking the rest.
     fn per_plan(
         plans: &[RepairPlan],
         is_plan: &dyn Fn(usize) -> String,
         b: &mut Binds,
         mut value: impl FnMut(&RepairPlan, &mut Binds) -> String,
     ) -> String {
-        if let [only] = plans {
-            return value(only, b);
+        let Some((first, rest)) = plans.split_first() else {
+            return String::new();
+        };
+        let mut one = b.fork();
+        let sql = value(first, &mut one);
+        let same = rest.iter().all(|p| {
+            let mut other = b.fork();
+            value(p, &mut other) == sql && other.values == one.values
+        });
+        if same {
+            *b = one;
+            return sql;
         }
         let last = plans.len() - 1;
         let mut arms = Vec::with_capacity(plans.len());
@@ -330,14 +360,16 @@ impl SqlLeaseStore {
         }
     }
 
-    /// `UPDATE … SET <every plan> WHERE <condition> AND id > after [AND id <= upper]
-    /// RETURNING last_error, attempts`: one key range of every plan in one statement (the new
-    /// rows tell their plan by the message written; see [`distinct_messages`]).
+    /// `UPDATE … SET <every plan> WHERE <condition> AND id > after [AND id <= upper]`, with
+    /// `returning` followed by `RETURNING last_error, attempts`: one key range of every plan in
+    /// one statement (the new rows tell their plan by the message written; see
+    /// [`distinct_messages`]).
     fn key_range_update(
         &self,
         plans: &[RepairPlan],
         after: Option<&JobKey>,
         upper: Option<&JobKey>,
+        returning: bool,
         b: &mut Binds,
     ) -> Result<String> {
         let s = &self.q;
@@ -347,14 +379,13 @@ impl SqlLeaseStore {
             &|i| self.of_kind(plans[i].kind),
             b,
         );
-        let w = self.plan_where(plans, after, b)?;
+        let w = self.plan_where(plans, after, Pick::Readable, b)?;
         let upto = self.up_to(upper, b)?;
-        Ok(format!(
-            "UPDATE {t} AS t SET {sets} WHERE {w}{upto} RETURNING {le}, {att}",
-            t = s.table,
-            le = s.last_error,
-            att = s.attempts,
-        ))
+        let mut sql = format!("UPDATE {t} AS t SET {sets} WHERE {w}{upto}", t = s.table);
+        if returning {
+            sql.push_str(&format!(" RETURNING {}, {}", s.last_error, s.attempts));
+        }
+        Ok(sql)
     }
 
     /// ` AND id <= upper`, or nothing when the range runs to the end.
@@ -363,6 +394,28 @@ impl SqlLeaseStore {
             Some(k) => format!(" AND {} <= {}", self.q.id, self.id_param(b, k)?),
             None => String::new(),
         })
+    }
+
+    /// `COUNT(<rows of plan i>), COUNT(<of those, given up>)` for every plan, then
+    /// `COUNT(*)`: the columns [`read_counts`](Self::read_counts) reads. `conds(i, plan, b)`
+    /// gives the condition of the `i`-th plan's rows and, if the plan gives up on any, the
+    /// condition of those (binds pushed in that order).
+    fn count_columns(
+        plans: &[RepairPlan],
+        b: &mut Binds,
+        mut conds: impl FnMut(usize, &RepairPlan, &mut Binds) -> (String, Option<String>),
+    ) -> String {
+        let mut cols = Vec::with_capacity(2 * plans.len() + 1);
+        for (i, p) in plans.iter().enumerate() {
+            let (rows, given_up) = conds(i, p, b);
+            cols.push(format!("COUNT(CASE WHEN {rows} THEN 1 END)"));
+            cols.push(given_up.map_or_else(
+                || "0".to_owned(),
+                |c| format!("COUNT(CASE WHEN {c} THEN 1 END)"),
+            ));
+        }
+        cols.push("COUNT(*)".into());
+        cols.join(", ")
     }
 
     /// The per-plan counts of a statement that selected, for each plan, the rows it repaired
@@ -448,25 +501,19 @@ impl SqlLeaseStore {
         };
         let upper = self.position(upper)?;
         let mut b = Binds::new(d);
-        let update = self.key_range_update(plans, after, upper.as_ref(), &mut b)?;
-        let mut counts = Vec::with_capacity(2 * plans.len());
-        for p in plans {
+        let update = self.key_range_update(plans, after, upper.as_ref(), true, &mut b)?;
+        // (and every row: one with no plan's message, say a trigger rewrote it, is in no count)
+        let counts = Self::count_columns(plans, &mut b, |_, p, b| {
             let m = b.push(Value::Text(Some(p.last_error.clone())));
-            counts.push(format!("COUNT(CASE WHEN recon_error = {m} THEN 1 END)"));
             // written attempts = stored + increment
-            counts.push(match p.fail_from {
-                Some(f) => format!(
-                    "COUNT(CASE WHEN recon_error = {m} AND recon_attempts >= {} THEN 1 END)",
-                    b.push(Value::Int(Some(f.saturating_add(p.increment))))
-                ),
-                None => "0".into(),
+            let given_up = p.fail_from.map(|f| {
+                let f = b.push(Value::Int(Some(f.saturating_add(p.increment))));
+                format!("recon_error = {m} AND recon_attempts >= {f}")
             });
-        }
-        // and every row (one with no plan's message, say a trigger rewrote it, is in no count)
-        counts.push("COUNT(*)".into());
+            (format!("recon_error = {m}"), given_up)
+        });
         let sql = format!(
-            "WITH done (recon_error, recon_attempts) AS ({update}) SELECT {} FROM done",
-            counts.join(", "),
+            "WITH done (recon_error, recon_attempts) AS ({update}) SELECT {counts} FROM done"
         );
         let row = match tx
             .fetch_unprepared(&sql, &b.values, &vec![Kind::Int; 2 * plans.len() + 1])
@@ -487,6 +534,103 @@ impl SqlLeaseStore {
             );
             return Ok(None);
         };
+        tx.commit().await?;
+        // the range's end is the keyset position, whatever in it was repaired
+        out.more = upper.is_some();
+        out.last = upper;
+        Ok(Some(out))
+    }
+
+    /// The end of SQLite's next key range (see [`range_upper`](Self::range_upper)), read in
+    /// the batch's transaction.
+    async fn sqlite_range_end(
+        &self,
+        tx: &mut crate::db::Tx,
+        plans: &[RepairPlan],
+        after: Option<&JobKey>,
+        limit: usize,
+    ) -> Result<Option<JobKey>> {
+        let mut b = Binds::new(self.db.dialect());
+        let sql = self.range_upper(plans, after, limit, &mut b)?;
+        let end = tx
+            .fetch(&sql, &b.values, &[self.key_kind()])
+            .await?
+            .pop()
+            .and_then(|mut r| r.pop());
+        self.position(end)
+    }
+
+    /// SQLite's usual batch, without a row sent back: in one `BEGIN IMMEDIATE` transaction,
+    /// count the key range's rows by plan and outcome with the plans' condition *without* the
+    /// per-value checks ([`Pick::Loose`]: a superset of the rows the repair may write, and
+    /// cheaper), then run the guarded `UPDATE` with no `RETURNING` (SQLite hands every
+    /// returned row over one by one: the slower part of the batch). The counts stand when the
+    /// `UPDATE` changed exactly as many rows as were counted — the superset was the set, and
+    /// nothing else changes rows while the transaction holds the write lock — and no trigger
+    /// changed any row meanwhile (`total_changes()` moved by exactly that many; a trigger
+    /// changing a job not yet written could change its outcome). Otherwise the transaction
+    /// is rolled back and `None` returned: a range with rows the checks leave to the
+    /// row-by-row path, or a table with triggers, is repaired the `RETURNING` way.
+    async fn sqlite_counted(
+        &self,
+        plans: &[RepairPlan],
+        after: Option<&JobKey>,
+        limit: usize,
+    ) -> Result<Option<PlannedBatch>> {
+        let d = self.db.dialect();
+        let mut tx = self.db.begin().await?;
+        let upper = self.sqlite_range_end(&mut tx, plans, after, limit).await?;
+        let mut b = Binds::new(d);
+        let counts = Self::count_columns(plans, &mut b, |_, p, b| {
+            let rows = self.of_kind(p.kind);
+            let given_up = p.fail_from.map(|f| {
+                let f = b.push(Value::Int(Some(f)));
+                format!("{rows} AND {} >= {f}", self.q.attempts)
+            });
+            (rows, given_up)
+        });
+        let w = self.plan_where(plans, after, Pick::Loose, &mut b)?;
+        let upto = self.up_to(upper.as_ref(), &mut b)?;
+        let sql = format!(
+            "SELECT {counts}, total_changes() FROM {t} AS t WHERE {w}{upto}",
+            t = self.q.table
+        );
+        let row = tx
+            .fetch(&sql, &b.values, &vec![Kind::Int; 2 * plans.len() + 2])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        let mut cells = row.into_iter().map(Some);
+        let (Some(mut out), Some(before)) = (
+            Self::read_counts(plans, &mut cells),
+            cells.next().flatten().and_then(Value::int),
+        ) else {
+            return Ok(None);
+        };
+        if out.repaired() > 0 {
+            let mut b = Binds::new(d);
+            let update = self.key_range_update(plans, after, upper.as_ref(), false, &mut b)?;
+            let changed = tx.execute(&update, &b.values).await?;
+            let total = tx
+                .fetch("SELECT total_changes()", &[], &[Kind::Int])
+                .await?
+                .pop()
+                .and_then(|mut r| r.pop())
+                .and_then(Value::int);
+            let changed_i = i64::try_from(changed).unwrap_or(i64::MAX);
+            let by_triggers = total.map(|t| t.saturating_sub(before).saturating_sub(changed_i));
+            if changed != out.repaired() || by_triggers != Some(0) {
+                // (rolled back when `tx` drops)
+                tracing::debug!(
+                    table = %self.map.table,
+                    counted = out.repaired(),
+                    changed,
+                    ?by_triggers,
+                    "a counted repair could not tell what it did; the batch goes the RETURNING way"
+                );
+                return Ok(None);
+            }
+        }
         tx.commit().await?;
         // the range's end is the keyset position, whatever in it was repaired
         out.more = upper.is_some();
@@ -522,7 +666,7 @@ impl SqlLeaseStore {
                     &|_| String::new(),
                     &mut b,
                 );
-                let w = self.plan_where(one, after, &mut b)?;
+                let w = self.plan_where(one, after, Pick::Readable, &mut b)?;
                 let split = match (op, plan.fail_from) {
                     (Some(op), Some(f)) => {
                         format!(" AND {} {op} {}", s.attempts, b.push(Value::Int(Some(f))))
@@ -563,7 +707,7 @@ impl SqlLeaseStore {
                 // Rows another transaction holds (or plans the new rows cannot tell apart):
                 // lock the batch's rows first, skipping held ones, then update them.
                 let mut b = Binds::new(d);
-                let w = self.plan_where(plans, after, &mut b)?;
+                let w = self.plan_where(plans, after, Pick::Readable, &mut b)?;
                 let n = b.push(limit_v);
                 let sets = self.plan_sets(
                     plans,
@@ -571,18 +715,13 @@ impl SqlLeaseStore {
                     &|i| format!("picked.recon_plan = {i}"),
                     &mut b,
                 );
-                let mut counts = Vec::with_capacity(2 * plans.len());
-                for (i, p) in plans.iter().enumerate() {
-                    counts.push(format!("COUNT(CASE WHEN recon_plan = {i} THEN 1 END)"));
-                    counts.push(match p.fail_from {
-                        Some(f) => format!(
-                            "COUNT(CASE WHEN recon_plan = {i} AND recon_attempts >= {} THEN 1 END)",
-                            b.push(Value::Int(Some(f)))
-                        ),
-                        None => "0".into(),
+                let counts = Self::count_columns(plans, &mut b, |i, p, b| {
+                    let given_up = p.fail_from.map(|f| {
+                        let f = b.push(Value::Int(Some(f)));
+                        format!("recon_plan = {i} AND recon_attempts >= {f}")
                     });
-                }
-                counts.push("COUNT(*)".into());
+                    (format!("recon_plan = {i}"), given_up)
+                });
                 let last = match self.map.key_kind {
                     KeyKind::Uuid => "MAX(CAST(recon_key AS TEXT))",
                     _ => "MAX(recon_key)",
@@ -599,7 +738,6 @@ impl SqlLeaseStore {
                     att = s.attempts,
                     t = s.table,
                     which = self.plan_index(plans),
-                    counts = counts.join(", "),
                 );
                 let mut kinds = vec![Kind::Int; 2 * plans.len() + 1];
                 kinds.push(key);
@@ -626,25 +764,23 @@ impl SqlLeaseStore {
             }
             // The batch is the key range up to the `limit`-th processing job (found on the
             // `(status, id)` index alone), repaired by statements that test the condition, in
-            // one transaction.
+            // one transaction: counted first and then updated (see `sqlite_counted`), or, when
+            // that cannot tell what it did, updated with `RETURNING` and counted in Rust.
             // (Picking the rows first and updating them by key looked every row up twice:
             // about twice the plain statement.)
             Dialect::Sqlite => {
+                if let Some(out) = self.sqlite_counted(plans, after, limit).await? {
+                    return Ok(out);
+                }
                 let mut tx = self.db.begin().await?;
-                let mut b = Binds::new(d);
-                let upper_sql = self.range_upper(plans, after, limit, &mut b)?;
-                let upper = tx
-                    .fetch(&upper_sql, &b.values, &[key])
-                    .await?
-                    .pop()
-                    .and_then(|mut r| r.pop());
-                let upper = self.position(upper)?;
+                let upper = self.sqlite_range_end(&mut tx, plans, after, limit).await?;
                 let mut out = PlannedBatch::empty(plans.len());
                 if distinct_messages(plans) {
                     // Every plan in one statement; the new rows tell their plan by the message
                     // written and their outcome by the attempts written.
                     let mut b = Binds::new(d);
-                    let update = self.key_range_update(plans, after, upper.as_ref(), &mut b)?;
+                    let update =
+                        self.key_range_update(plans, after, upper.as_ref(), true, &mut b)?;
                     let rows = tx
                         .fetch(&update, &b.values, &[Kind::Text, Kind::Int])
                         .await?;
@@ -681,7 +817,7 @@ impl SqlLeaseStore {
             Dialect::MySql => {
                 let mut tx = self.db.begin().await?;
                 let mut b = Binds::new(d);
-                let w = self.plan_where(plans, after, &mut b)?;
+                let w = self.plan_where(plans, after, Pick::Readable, &mut b)?;
                 let n = b.push(limit_v);
                 // `ORDER BY status, id` and the hint: see the row-by-row read.
                 let sql = format!(
