@@ -4,8 +4,8 @@
 //!
 //! The plans of a run (expired leases, orphans) are applied together, in one pass: their
 //! kinds are disjoint (an expired lease has an expiry, an orphan has none), so one batch picks
-//! the rows any plan covers and writes each with its own plan (`CASE` on the kind when there
-//! are two). One pass matters on PostgreSQL: a second pass would step over every row version
+//! the rows any plan covers and writes each with its own plan (a `CASE` on the kind for a
+//! column the plans write differently). One pass matters on PostgreSQL: a second pass would step over every row version
 //! the first one left behind in the `(status, id)` index.
 //!
 //! Every backend writes a plan with `CASE attempts …` and picks its batch with the same
@@ -23,12 +23,12 @@
 //!   statement's snapshot is re-checked against the condition when it is locked.
 //! - SQLite: the same key range in one `BEGIN IMMEDIATE` transaction, counted first by plan
 //!   and outcome without the per-value checks (cheaper, and a superset of the rows written),
-//!   then one guarded `UPDATE` of every plan with no row sent back; the counts stand when it
-//!   changed exactly as many rows and no trigger changed any. Otherwise (a range holding rows
-//!   the checks leave to the row-by-row path, a table with triggers) the batch is rolled back
-//!   and repaired by one `UPDATE … RETURNING last_error, attempts`, counted in Rust by the same
-//!   message rule — or, when plans write the same message, one statement per plan and outcome
-//!   (given up, retried), each counted by the rows it changed.
+//!   then one guarded `UPDATE` of every plan with no row sent back; when it changed fewer rows
+//!   than counted (rows the checks leave to the row-by-row path), counted again and the rows
+//!   left taken off. On a table with triggers the batch is instead one `UPDATE … RETURNING
+//!   last_error, attempts`, counted in Rust by the same message rule — or, when plans write the
+//!   same message, one statement per plan and outcome (given up, retried), each counted by the
+//!   rows it changed.
 //! - MariaDB/MySQL: `SELECT id, attempts, <plan> … FOR UPDATE SKIP LOCKED`, then one `UPDATE …
 //!   WHERE id IN (…)` of exactly the locked rows (MariaDB has no `UPDATE … RETURNING`).
 
@@ -108,10 +108,11 @@ impl SqlLeaseStore {
                         let min = b.push(self.ts(Some(DateTime::<Utc>::MIN_UTC)));
                         w.push(format!("typeof({e}) = 'integer' AND {e} >= {min}"));
                     }
+                    // Loose: as text only (see `Pick`).
+                    (Dialect::Sqlite, _) if pick == Pick::Loose => {}
                     // Text: compared as text like the row-by-row read, and then as the instant
                     // SQLite reads (a time with an offset may sort before `now` as text and
                     // still lie ahead).
-                    (Dialect::Sqlite, _) if pick == Pick::Loose => {}
                     (Dialect::Sqlite, _) => {
                         let now = b.push(self.ts(Some(plan.now)));
                         // SQLite's date functions roll a 30 February over into March and take
@@ -563,14 +564,19 @@ impl SqlLeaseStore {
     /// SQLite's usual batch, without a row sent back: in one `BEGIN IMMEDIATE` transaction,
     /// count the key range's rows by plan and outcome with the plans' condition *without* the
     /// per-value checks ([`Pick::Loose`]: a superset of the rows the repair may write, and
-    /// cheaper), then run the guarded `UPDATE` with no `RETURNING` (SQLite hands every
-    /// returned row over one by one: the slower part of the batch). The counts stand when the
-    /// `UPDATE` changed exactly as many rows as were counted — the superset was the set, and
-    /// nothing else changes rows while the transaction holds the write lock — and no trigger
-    /// changed any row meanwhile (`total_changes()` moved by exactly that many; a trigger
-    /// changing a job not yet written could change its outcome). Otherwise the transaction
-    /// is rolled back and `None` returned: a range with rows the checks leave to the
-    /// row-by-row path, or a table with triggers, is repaired the `RETURNING` way.
+    /// cheaper than checking every value twice), then run the guarded `UPDATE` with no
+    /// `RETURNING` (SQLite hands every returned row over one by one: the slower part of the
+    /// batch). Nothing else writes while the transaction holds SQLite's write lock, so when
+    /// the `UPDATE` changed as many rows as were counted, the superset was the set and the
+    /// counts stand. When it changed fewer (the range holds rows the checks leave to the
+    /// row-by-row path), the same count again counts the rows left, unchanged, and the
+    /// difference is what was written — as long as every state a plan writes differs from the
+    /// processing state, so that a written row no longer matches.
+    ///
+    /// `None` (nothing done) for a table with triggers (a trigger that changes a job not yet
+    /// written could change its outcome): the batch then goes the uncounted way. As a net for
+    /// triggers the catalogue lookup misses, `total_changes()` must move by exactly the rows
+    /// the `UPDATE` changed, else the transaction is rolled back and `None` returned too.
     async fn sqlite_counted(
         &self,
         plans: &[RepairPlan],
@@ -579,6 +585,9 @@ impl SqlLeaseStore {
     ) -> Result<Option<PlannedBatch>> {
         let d = self.db.dialect();
         let mut tx = self.db.begin().await?;
+        if self.sqlite_has_triggers(&mut tx).await? {
+            return Ok(None);
+        }
         let upper = self.sqlite_range_end(&mut tx, plans, after, limit).await?;
         let mut b = Binds::new(d);
         let counts = Self::count_columns(plans, &mut b, |_, p, b| {
@@ -591,32 +600,49 @@ impl SqlLeaseStore {
         });
         let w = self.plan_where(plans, after, Pick::Loose, &mut b)?;
         let upto = self.up_to(upper.as_ref(), &mut b)?;
-        let sql = format!(
+        let count = format!(
             "SELECT {counts}, total_changes() FROM {t} AS t WHERE {w}{upto}",
             t = self.q.table
         );
-        let row = tx
-            .fetch(&sql, &b.values, &vec![Kind::Int; 2 * plans.len() + 2])
-            .await?
-            .pop()
-            .unwrap_or_default();
-        let mut cells = row.into_iter().map(Some);
-        let (Some(mut out), Some(before)) = (
-            Self::read_counts(plans, &mut cells),
-            cells.next().flatten().and_then(Value::int),
-        ) else {
+        let kinds = vec![Kind::Int; 2 * plans.len() + 2];
+        let Some((mut out, before)) =
+            Self::sqlite_counts(plans, tx.fetch(&count, &b.values, &kinds).await?)
+        else {
             return Ok(None);
         };
         if out.repaired() > 0 {
-            let mut b = Binds::new(d);
-            let update = self.key_range_update(plans, after, upper.as_ref(), false, &mut b)?;
-            let changed = tx.execute(&update, &b.values).await?;
-            let total = tx
-                .fetch("SELECT total_changes()", &[], &[Kind::Int])
-                .await?
-                .pop()
-                .and_then(|mut r| r.pop())
-                .and_then(Value::int);
+            let mut ub = Binds::new(d);
+            let update = self.key_range_update(plans, after, upper.as_ref(), false, &mut ub)?;
+            let changed = tx.execute(&update, &ub.values).await?;
+            let total = if changed == out.repaired() {
+                Self::one_int(
+                    tx.fetch("SELECT total_changes()", &[], &[Kind::Int])
+                        .await?,
+                )
+            } else {
+                // Some counted rows were left alone: count what is left and take it off.
+                let written_leave = plans.iter().all(|p| {
+                    p.retry_state != p.processing_state
+                        && (p.fail_from.is_none() || p.failed_state != p.processing_state)
+                });
+                let left = match written_leave {
+                    true => Self::sqlite_counts(plans, tx.fetch(&count, &b.values, &kinds).await?),
+                    false => None,
+                };
+                let Some((left, total)) = left else {
+                    return Ok(None);
+                };
+                for (c, l) in out.counts.iter_mut().zip(&left.counts) {
+                    let (Some(requeued), Some(failed)) = (
+                        c.requeued.checked_sub(l.requeued),
+                        c.failed.checked_sub(l.failed),
+                    ) else {
+                        return Ok(None);
+                    };
+                    *c = lease_repair::PlannedCounts { requeued, failed };
+                }
+                Some(total)
+            };
             let changed_i = i64::try_from(changed).unwrap_or(i64::MAX);
             let by_triggers = total.map(|t| t.saturating_sub(before).saturating_sub(changed_i));
             if changed != out.repaired() || by_triggers != Some(0) {
@@ -626,7 +652,7 @@ impl SqlLeaseStore {
                     counted = out.repaired(),
                     changed,
                     ?by_triggers,
-                    "a counted repair could not tell what it did; the batch goes the RETURNING way"
+                    "a counted repair could not tell what it wrote; the batch goes the uncounted way"
                 );
                 return Ok(None);
             }
@@ -636,6 +662,38 @@ impl SqlLeaseStore {
         out.more = upper.is_some();
         out.last = upper;
         Ok(Some(out))
+    }
+
+    /// The per-plan counts and `total_changes()` of SQLite's count (see
+    /// [`sqlite_counted`](Self::sqlite_counted)).
+    fn sqlite_counts(plans: &[RepairPlan], rows: Vec<Vec<Value>>) -> Option<(PlannedBatch, i64)> {
+        let row = rows.into_iter().next()?;
+        let mut cells = row.into_iter().map(Some);
+        let out = Self::read_counts(plans, &mut cells)?;
+        let total = cells.next().flatten().and_then(Value::int)?;
+        Some((out, total))
+    }
+
+    /// Whether SQLite knows a trigger on the job table (in its schema, or a temporary one).
+    async fn sqlite_has_triggers(&self, tx: &mut crate::db::Tx) -> Result<bool> {
+        let table = &self.map.table;
+        let schema = table
+            .schema()
+            .map_or_else(|| "main".to_owned(), |s| s.quoted(Dialect::Sqlite));
+        let name = Value::Text(Some(table.table().to_string()));
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {schema}.sqlite_master WHERE type = 'trigger' \
+               AND tbl_name = ? COLLATE NOCASE) \
+             OR EXISTS (SELECT 1 FROM temp.sqlite_master WHERE type = 'trigger' \
+               AND tbl_name = ? COLLATE NOCASE)"
+        );
+        let any = Self::one_int(tx.fetch(&sql, &[name.clone(), name], &[Kind::Int]).await?);
+        Ok(any != Some(0))
+    }
+
+    /// The one integer cell of a one-row, one-column answer.
+    fn one_int(rows: Vec<Vec<Value>>) -> Option<i64> {
+        rows.into_iter().next()?.into_iter().next()?.int()
     }
 
     /// SQLite's key range when the plans write the same message: plan by plan and outcome by
@@ -764,8 +822,8 @@ impl SqlLeaseStore {
             }
             // The batch is the key range up to the `limit`-th processing job (found on the
             // `(status, id)` index alone), repaired by statements that test the condition, in
-            // one transaction: counted first and then updated (see `sqlite_counted`), or, when
-            // that cannot tell what it did, updated with `RETURNING` and counted in Rust.
+            // one transaction: counted first and then updated (see `sqlite_counted`), or, on a
+            // table with triggers, updated with `RETURNING` and counted in Rust.
             // (Picking the rows first and updating them by key looked every row up twice:
             // about twice the plain statement.)
             Dialect::Sqlite => {
@@ -884,5 +942,192 @@ impl SqlLeaseStore {
                 Ok(out)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! SQLite's counted batches, which the conformance suite cannot tell from the uncounted
+    //! way (both write and count the same): taken when they can count, refused otherwise.
+
+    use chrono::{DateTime, Duration, Utc};
+    use lease_repair::{CandidateKind, PlannedCounts, RepairPlan};
+
+    use crate::{ConnectOptions, Db, JobTable, SqlLeaseStore};
+
+    fn now() -> DateTime<Utc> {
+        "2024-01-24T12:00:00Z".parse().unwrap()
+    }
+
+    fn plan(kind: CandidateKind) -> RepairPlan {
+        RepairPlan {
+            kind,
+            processing_state: "processing".into(),
+            now: now(),
+            increment: 0,
+            max_attempts: 100,
+            fail_from: Some(3),
+            retry_at: vec![now() + Duration::seconds(10)],
+            retry_state: "retry".into(),
+            failed_state: "failed".into(),
+            last_error: format!("{kind:?}"),
+        }
+    }
+
+    /// One connection (an attached database is per connection), a fresh file.
+    async fn db(name: &str) -> (Db, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "recon-plan-{name}-{}-{}",
+            std::process::id(),
+            Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let opts = ConnectOptions {
+            max_connections: 1,
+            ..ConnectOptions::default()
+        };
+        let url = format!("sqlite:{}", dir.join("main.db").display());
+        (Db::connect_with(&url, opts).await.unwrap(), dir)
+    }
+
+    /// Jobs 1–3 expired (attempts 0, 3 and 1; job 3's owner is not ASCII, so the checks
+    /// leave it to the row-by-row path), 4 orphaned, 5 with a live lease, 6 done.
+    async fn jobs(db: &Db, table: &str) {
+        db.execute(
+            &format!(
+                "CREATE TABLE {table} (id INTEGER PRIMARY KEY, status TEXT NOT NULL, \
+                 locked_by TEXT, locked_until TEXT, attempts INTEGER, last_error TEXT)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            &format!(
+                "INSERT INTO {table} VALUES \
+                 (1, 'processing', 'w', '2024-01-24T11:00:00+00:00', 0, NULL), \
+                 (2, 'processing', 'w', '2024-01-24T11:00:00+00:00', 3, NULL), \
+                 (3, 'processing', 'wörker', '2024-01-24T11:00:00+00:00', 1, NULL), \
+                 (4, 'processing', NULL, NULL, 1, NULL), \
+                 (5, 'processing', 'w', '2024-01-24T13:00:00+00:00', 0, NULL), \
+                 (6, 'done', NULL, NULL, 0, NULL)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn statuses(db: &Db, table: &str) -> Vec<Option<String>> {
+        let rows = db
+            .fetch(
+                &format!("SELECT status FROM {table} ORDER BY id"),
+                &[],
+                &[crate::value::Kind::Text],
+            )
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(|mut r| r.pop().and_then(crate::value::Value::text))
+            .collect()
+    }
+
+    fn store(db: &Db, table: &str) -> SqlLeaseStore {
+        db.lease_store(JobTable::builder(table).build().unwrap())
+    }
+
+    fn plans() -> [RepairPlan; 2] {
+        [
+            plan(CandidateKind::ExpiredLease),
+            plan(CandidateKind::Orphaned),
+        ]
+    }
+
+    #[tokio::test]
+    async fn counted_batches_count_what_they_wrote() {
+        let (db, dir) = db("counted").await;
+        jobs(&db, "jobs").await;
+        let out = store(&db, "jobs")
+            .sqlite_counted(&plans(), None, 100)
+            .await
+            .unwrap()
+            .expect("a table without triggers is counted");
+        // job 3 counted first, left alone by the guarded UPDATE, counted again and taken off
+        let c = |requeued, failed| PlannedCounts { requeued, failed };
+        assert_eq!(out.counts, [c(1, 1), c(1, 0)]);
+        let want = [
+            "retry",
+            "failed",
+            "processing",
+            "retry",
+            "processing",
+            "done",
+        ];
+        assert_eq!(
+            statuses(&db, "jobs").await,
+            want.map(|s| Some(s.to_owned()))
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_table_with_triggers_is_not_counted() {
+        let (db, dir) = db("triggers").await;
+        jobs(&db, "jobs").await;
+        db.execute(
+            "CREATE TRIGGER nudge AFTER UPDATE OF status ON jobs FOR EACH ROW \
+             BEGIN UPDATE jobs SET attempts = 4 WHERE id = NEW.id + 1; END",
+            &[],
+        )
+        .await
+        .unwrap();
+        let before = statuses(&db, "jobs").await;
+        let changes = || async {
+            let rows = db
+                .fetch("SELECT total_changes()", &[], &[crate::value::Kind::Int])
+                .await
+                .unwrap();
+            rows.into_iter().next().and_then(|r| r.into_iter().next())
+        };
+        let changed_before = changes().await;
+        let out = store(&db, "jobs")
+            .sqlite_counted(&plans(), None, 100)
+            .await
+            .unwrap();
+        assert!(out.is_none(), "{out:?}");
+        assert_eq!(statuses(&db, "jobs").await, before);
+        // refused up front: not written and rolled back (the one connection counts both)
+        assert_eq!(changes().await, changed_before);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A job table found through an attached database: its triggers are not in the
+    /// catalogues the lookup reads, and `total_changes()` catches what they wrote.
+    #[tokio::test]
+    async fn triggers_the_lookup_misses_roll_the_batch_back() {
+        let (db, dir) = db("attached").await;
+        let aux = dir.join("aux.db").display().to_string();
+        db.execute(
+            "ATTACH DATABASE ? AS aux",
+            &[crate::value::Value::Text(Some(aux))],
+        )
+        .await
+        .unwrap();
+        jobs(&db, "aux.jobs").await;
+        db.execute(
+            "CREATE TRIGGER aux.nudge AFTER UPDATE OF status ON jobs FOR EACH ROW \
+             BEGIN UPDATE jobs SET attempts = 4 WHERE id = NEW.id + 1; END",
+            &[],
+        )
+        .await
+        .unwrap();
+        let before = statuses(&db, "jobs").await;
+        let out = store(&db, "jobs")
+            .sqlite_counted(&plans(), None, 100)
+            .await
+            .unwrap();
+        assert!(out.is_none(), "{out:?}");
+        assert_eq!(statuses(&db, "jobs").await, before, "rolled back");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
