@@ -638,6 +638,74 @@ async fn a_timestamp_in_an_unknown_format_is_reported_and_the_rest_go_on(t: &Tes
     );
 }
 
+/// SQLite keeps whatever text a host writes. Expiries spelled every way SQLite's date
+/// functions or a host's formatter might (an offset, a space before it, fractions, a lower-case
+/// `t` or `z`, no seconds, no time, hour 24, 30 February, trailing and leading spaces, a
+/// Julian day number): whatever the row-by-row path makes of each — repaired, or reported as
+/// unreadable or as a live lease — the in-database repair makes the same.
+async fn text_expiries_in_any_spelling_come_out_alike_both_ways(t: &TestDb) {
+    assert_eq!(t.db.dialect(), Dialect::Sqlite);
+    let spellings = [
+        "2024-01-24T11:00:00+00:00",
+        "2024-01-24 11:00:00",
+        "2024-01-24T11:00:00Z",
+        "2024-01-24T11:00:00z",
+        "2024-01-24t11:00:00Z",
+        "2024-01-24T11:00:00.5+00:00",
+        "2024-01-24T11:00:00.123456789+00:00",
+        "2024-01-24T11:00:00 +00:00",
+        "2024-01-24T11:00:00 Z",
+        "2024-01-24T11:00:00+0000",
+        "2024-01-24T13:00:00+02:00",
+        "2024-01-24T11:30:00+01:00",
+        "2024-01-24T11:00:00-01:00",
+        "2024-01-24T11:00:00 ",
+        " 2024-01-24T11:00:00+00:00",
+        "2024-01-24T11:00",
+        "2024-01-24",
+        "2024-01-24T24:00:00+00:00",
+        "2023-02-30T11:00:00+00:00",
+        "2460334.0",
+        "2024-01-24T11:00:00  +00:00",
+        "2024-01-24T11:00:00.+00:00",
+        "2024-01-24T11:00:00.Z",
+        "2024-01-24T11:00:00+00",
+        "2024-01-24T11:00:00+00:00:00",
+        "2024-01-24T11:00:00+00:00Z",
+        "2024-01-24T11:00:00+01:30",
+        "2024-01-24T11:00:00+24:00",
+        "2024-01-24T11:00:00.1234567890123+00:00",
+        "2024-01-24 11:00:00.000",
+        "2024-1-24T11:00:00+00:00",
+        "+2024-01-24T11:00:00+00:00",
+        "2024-01-24T11:00:60+00:00",
+        "2024-01-24T11:60:00+00:00",
+    ];
+    let mut outcomes = Vec::new();
+    for in_db in [true, false] {
+        let table = format!("spelled_{}", u8::from(in_db));
+        let jobs = Jobs::new(&Backend::Sql(t), &table, Shape::default()).await;
+        for (i, e) in spellings.iter().enumerate() {
+            t.exec(&format!(
+                "INSERT INTO {table} (id, status, locked_by, locked_until, attempts) \
+                 VALUES ({}, 'processing', 'w', '{e}', {})",
+                i + 1,
+                i % 4
+            ))
+            .await;
+        }
+        let step = LeaseRepair::new(jobs.lease.clone(), settings())
+            .unwrap()
+            .in_database(in_db);
+        let r = run(&step).await.unwrap();
+        let mut counters: Vec<u64> = OUTCOME.map(|c| r.count(c)).to_vec();
+        counters.push(r.count(ANOMALIES));
+        outcomes.push((counters, jobs.all_raw_status().await));
+    }
+    assert!(outcomes[0].0[0] > 0, "some are repaired: {:?}", outcomes[0]);
+    assert_eq!(outcomes[0], outcomes[1], "in the database, then row by row");
+}
+
 // 8 (PostgreSQL and MariaDB: a typed column refuses `next tuesday`, but holds times no calendar
 // has: PostgreSQL's `infinity` and `-infinity`, MariaDB's zero date and, with
 // ALLOW_INVALID_DATES, 30 February)
@@ -1264,6 +1332,7 @@ mod sqlite_only {
         )*};
     }
     cases!(
+        text_expiries_in_any_spelling_come_out_alike_both_ways,
         a_timestamp_in_an_unknown_format_is_reported_and_the_rest_go_on,
         non_utf8_text_is_reported_and_the_rest_go_on,
         a_column_holding_text_where_attempts_should_be

@@ -44,11 +44,17 @@ use crate::{Dialect, Error, Result, TimestampFormat};
 /// hands the batch to the statement that locks rows first and skips held ones.
 const PG_LOCK_WAIT: &str = "200ms";
 
-/// A SQLite text timestamp the row-by-row path reads too: a full date, `T` or a space, a
-/// time with seconds, and nothing after but fractions and a zone (SQLite's own date functions
-/// also take trailing spaces, which the row-by-row path does not).
-const SQLITE_TS_SHAPE: &str =
-    "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][T ][0-9][0-9]:[0-9][0-9]:[0-9][0-9]*[0-9Z]";
+/// A SQLite text timestamp the row-by-row path reads too, up to the last digit of its
+/// seconds but one: a full date, `T` or a space, a time with seconds. After it, see
+/// [`SQLITE_TS_TAILS`].
+const SQLITE_TS_HEAD: &str =
+    "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][T ][0-9][0-9]:[0-9][0-9]:[0-9]";
+
+/// What may follow [`SQLITE_TS_HEAD`]: the seconds' last digit, then fractions and an offset
+/// ending in a digit, or `Z` right after a digit. SQLite's own date functions also take
+/// trailing spaces and a space before `Z`, which the row-by-row path does not (it does take a
+/// space before a numeric offset).
+const SQLITE_TS_TAILS: [&str; 2] = ["*[0-9]", "*[0-9]Z"];
 
 /// Which rows a plan's condition picks on SQLite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,9 +125,12 @@ impl SqlLeaseStore {
                         // hour 24; the row-by-row path reads neither.
                         w.push(format!(
                             "typeof({e}) = 'text' AND julianday({e}) < julianday({now}) \
-                             AND {e} GLOB '{SQLITE_TS_SHAPE}' \
+                             AND ({e} GLOB '{SQLITE_TS_HEAD}{t0}' \
+                               OR {e} GLOB '{SQLITE_TS_HEAD}{t1}') \
                              AND date(substr({e}, 1, 10)) = substr({e}, 1, 10) \
-                             AND substr({e}, 12, 2) < '24'"
+                             AND substr({e}, 12, 2) < '24'",
+                            t0 = SQLITE_TS_TAILS[0],
+                            t1 = SQLITE_TS_TAILS[1],
                         ));
                     }
                 }
