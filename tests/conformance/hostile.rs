@@ -706,6 +706,99 @@ async fn text_expiries_in_any_spelling_come_out_alike_both_ways(t: &TestDb) {
     assert_eq!(outcomes[0], outcomes[1], "in the database, then row by row");
 }
 
+/// Text keys in a column declared `COLLATE NOCASE`, whose order is not the bytes' order
+/// (`a-…` < `B-…` there, `B-…` < `a-…` in bytes): both ways page through every stuck job, in
+/// small batches, and repair each once.
+async fn text_keys_in_a_nocase_column_are_all_repaired_both_ways(t: &TestDb) {
+    assert_eq!(t.db.dialect(), Dialect::Sqlite);
+    let letters = ["a", "B", "c", "D", "e", "F"];
+    let mut outcomes = Vec::new();
+    for in_db in [true, false] {
+        let table = format!("nocase_{}", u8::from(in_db));
+        t.exec(&format!(
+            "CREATE TABLE {table} (id TEXT PRIMARY KEY COLLATE NOCASE, status TEXT NOT NULL, \
+             locked_by TEXT, locked_until TEXT, attempts INTEGER, last_error TEXT)"
+        ))
+        .await;
+        t.exec(&format!(
+            "CREATE INDEX {table}_keyset ON {table} (status, id)"
+        ))
+        .await;
+        for i in 0..60 {
+            let (owner, until) = if i % 3 == 0 {
+                ("NULL", "NULL".to_owned())
+            } else {
+                ("'w'", "'2024-01-24T11:00:00+00:00'".to_owned())
+            };
+            t.exec(&format!(
+                "INSERT INTO {table} (id, status, locked_by, locked_until, attempts) \
+                 VALUES ('{}-{i:03}', 'processing', {owner}, {until}, {})",
+                letters[i % letters.len()],
+                i % 4
+            ))
+            .await;
+        }
+        let map = JobTable::builder(&table)
+            .key_kind(store_sqlx::KeyKind::Text)
+            .build()
+            .unwrap();
+        let step = LeaseRepair::new(Arc::new(t.db.lease_store(map)), settings())
+            .unwrap()
+            .batch_size(7)
+            .unwrap()
+            .plan_batch_size(5)
+            .unwrap()
+            .in_database(in_db);
+        let r = run(&step).await.unwrap();
+        let counters: Vec<u64> = OUTCOME.map(|c| r.count(c)).to_vec();
+        let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {table} WHERE status = 'processing'"
+        )))
+        .fetch_one(t.db.as_sqlite().unwrap())
+        .await
+        .unwrap();
+        outcomes.push((counters, left));
+    }
+    assert_eq!(outcomes[0].1, 0, "every job repaired: {outcomes:?}");
+    assert_eq!(outcomes[0], outcomes[1], "in the database, then row by row");
+    // and the in-database pass alone pages through all of them (nothing left to the row path)
+    t.exec(
+        "UPDATE nocase_1 SET status = 'processing', \
+         locked_by = CASE WHEN CAST(substr(id, 3) AS INTEGER) % 3 = 0 THEN NULL ELSE 'w' END, \
+         locked_until = CASE WHEN CAST(substr(id, 3) AS INTEGER) % 3 = 0 THEN NULL \
+                        ELSE '2024-01-24T11:00:00+00:00' END",
+    )
+    .await;
+    let map = JobTable::builder("nocase_1")
+        .key_kind(store_sqlx::KeyKind::Text)
+        .build()
+        .unwrap();
+    let store = t.db.lease_store(map);
+    let plans = [
+        lease_repair::CandidateKind::ExpiredLease,
+        lease_repair::CandidateKind::Orphaned,
+    ]
+    .map(|k| lease_repair::RepairPlan::new(k, now(), &settings()).unwrap());
+    let (mut after, mut repaired, mut batches) = (None, 0, 0);
+    loop {
+        let b = lease_repair::LeaseStore::repair_planned(&store, &plans, after, 5)
+            .await
+            .unwrap()
+            .expect("SQLite repairs in the database");
+        repaired += b.repaired();
+        batches += 1;
+        if !b.more {
+            break;
+        }
+        after = b.last;
+    }
+    assert_eq!(repaired, 60, "in {batches} batches");
+    assert!(
+        batches >= 12,
+        "{batches} batches of at most 5 processing jobs"
+    );
+}
+
 // 8 (PostgreSQL and MariaDB: a typed column refuses `next tuesday`, but holds times no calendar
 // has: PostgreSQL's `infinity` and `-infinity`, MariaDB's zero date and, with
 // ALLOW_INVALID_DATES, 30 February)
@@ -1332,6 +1425,7 @@ mod sqlite_only {
         )*};
     }
     cases!(
+        text_keys_in_a_nocase_column_are_all_repaired_both_ways,
         text_expiries_in_any_spelling_come_out_alike_both_ways,
         a_timestamp_in_an_unknown_format_is_reported_and_the_rest_go_on,
         non_utf8_text_is_reported_and_the_rest_go_on,
