@@ -634,9 +634,10 @@ impl SqlLeaseStore {
                     p.retry_state != p.processing_state
                         && (p.fail_from.is_none() || p.failed_state != p.processing_state)
                 });
-                let left = match written_leave {
-                    true => Self::sqlite_counts(plans, tx.fetch(&count, &b.values, &kinds).await?),
-                    false => None,
+                let left = if written_leave {
+                    Self::sqlite_counts(plans, tx.fetch(&count, &b.values, &kinds).await?)
+                } else {
+                    None
                 };
                 let Some((left, total)) = left else {
                     return Ok(None);
