@@ -43,20 +43,20 @@ fn plain_settings(count_interrupted: bool) -> Settings {
 }
 
 /// Passes every call through, counting the batches the store repaired inside the database.
-struct CountPlanned {
+pub(crate) struct CountPlanned {
     inner: Arc<dyn lease_repair::LeaseStore>,
     planned: std::sync::atomic::AtomicU64,
 }
 
 impl CountPlanned {
-    fn new(inner: Arc<dyn lease_repair::LeaseStore>) -> Self {
+    pub(crate) fn new(inner: Arc<dyn lease_repair::LeaseStore>) -> Self {
         Self {
             inner,
             planned: 0.into(),
         }
     }
 
-    fn planned(&self) -> u64 {
+    pub(crate) fn planned(&self) -> u64 {
         self.planned.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -309,6 +309,8 @@ impl<S: LeaseStore + 'static> Reconciler for LeaseRepair<S> {
                     t.report.add(SKIPPED_CHANGED, applied.skipped.len() as u64);
                 }
                 ctx.report_progress(seen, None);
+                // (committed: a run that stops later still reports it)
+                ctx.checkpoint(&t.report);
                 if !full {
                     break;
                 }
@@ -365,9 +367,12 @@ impl<S: LeaseStore> LeaseRepair<S> {
                 }
                 *seen += b.repaired();
                 ctx.report_progress(*seen, None);
+                ctx.checkpoint(&t.report);
             }
-            // a position that does not move on would repeat the batch for ever
-            if !b.more || b.last.is_none() || b.last <= after {
+            // A position that does not move on would repeat the batch for ever. (Compared for
+            // equality only: the database orders the keys — a text key in a column with its
+            // own collation, SQLite `NOCASE` say, may sort lower in Rust and still be ahead.)
+            if !b.more || b.last.is_none() || b.last == after {
                 return Ok(true);
             }
             after = b.last;
@@ -467,6 +472,7 @@ impl<S: PruneStore + 'static> Reconciler for LeasePrune<S> {
             let n = self.store.prune_batch(query.clone()).await?;
             report.add(counter, n).add(BATCHES, 1);
             ctx.report_progress(report.count(counter), None);
+            ctx.checkpoint(&report);
             if n < self.batch_size as u64 {
                 break;
             }

@@ -1062,3 +1062,102 @@ async fn no_pass_in_the_database_when_only_anomalies_are_stuck() {
     let r = run(&step, false).await;
     assert_eq!(r.count(BATCHES), 0);
 }
+
+/// The in-database pass follows the store's positions in the store's order: a key that sorts
+/// lower in Rust (`"B"` < `"a"` in bytes, not in a `NOCASE` column) goes on; a position that
+/// does not move on ends the pass instead of repeating the batch for ever.
+#[tokio::test]
+async fn the_in_database_pass_goes_on_in_the_store_order_and_stops_where_it_does_not_move() {
+    let mut store = MockLeaseStore::new();
+    store.expect_any_stuck().returning(|_| Ok(true));
+    store.expect_read_candidates().returning(|q| {
+        Ok(if q.limit == 1 {
+            vec![row(1, "processing", None, None, Some(0))]
+        } else {
+            vec![]
+        })
+    });
+    store.expect_apply().never();
+    let text = |s: &str| Some(JobKey::Text(s.to_owned()));
+    let mut seq = mockall::Sequence::new();
+    for (after, last) in [(None, "a"), (text("a"), "B"), (text("B"), "B")] {
+        store
+            .expect_repair_planned()
+            .times(1)
+            .in_sequence(&mut seq)
+            .withf(move |_, a, _| *a == after)
+            .returning(move |plans, _, _| {
+                let mut b = PlannedBatch::empty(plans.len());
+                b.counts[0].requeued = 1;
+                b.last = Some(JobKey::Text(last.to_owned()));
+                b.more = true;
+                Ok(Some(b))
+            });
+    }
+    let step = LeaseRepair::new(store, Settings::new(presets::api_call())).unwrap();
+    let r = run(&step, false).await;
+    assert_eq!(r.count(LEASES_REPAIRED), 3);
+    assert_eq!(r.count(BATCHES), 3);
+}
+
+/// The database goes away after the first batch was written: the runner still reports what
+/// that batch repaired, with the error (the step checkpoints every committed batch).
+#[tokio::test]
+async fn a_run_that_fails_half_way_reports_the_batches_it_wrote() {
+    let mut store = MockLeaseStore::new();
+    store.expect_any_stuck().returning(|_| Ok(true));
+    store.expect_read_candidates().returning(|q| {
+        Ok(if q.limit == 1 {
+            vec![row(1, "processing", None, None, Some(0))]
+        } else {
+            vec![]
+        })
+    });
+    store.expect_apply().never();
+    let mut seq = mockall::Sequence::new();
+    store
+        .expect_repair_planned()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|plans, _, _| {
+            let mut b = PlannedBatch::empty(plans.len());
+            b.counts[0].requeued = 40;
+            b.counts[1].failed = 2;
+            b.last = Some(JobKey::Int(50));
+            b.more = true;
+            Ok(Some(b))
+        });
+    store
+        .expect_repair_planned()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _, _| {
+            Err(recon_core::Error::transient(
+                "repair batch",
+                std::io::Error::other("connection reset"),
+            ))
+        });
+    let step = LeaseRepair::new(store, Settings::new(presets::api_call())).unwrap();
+    let report = recon_core::Runner::builder("startup")
+        .time_source(Arc::new(recon_core::ManualClock::at(now())))
+        .step(step)
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    let s = &report.steps[0];
+    assert_eq!(s.status, recon_core::StepStatus::Failed);
+    assert!(
+        s.error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("connection reset")
+    );
+    assert_eq!(
+        OUTCOME.map(|c| s.report.count(c)),
+        [40, 0, 2, 0, 0],
+        "the first batch, as written"
+    );
+    assert_eq!(s.report.count(BATCHES), 1);
+}

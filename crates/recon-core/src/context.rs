@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::StepReport;
+
 /// Identifier of one run: the run's start time and a short unique suffix,
 /// e.g. `20240124T120000Z-3f9a1c0b27d4e815`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -63,6 +65,22 @@ pub struct Progress {
 /// A callback that receives [`Progress`] reports.
 pub type ProgressHook = Arc<dyn Fn(&Progress) + Send + Sync>;
 
+/// Where a step's [`RunContext::checkpoint`]s go: the runner keeps the last one, and reports
+/// it when the step fails, times out or panics.
+#[derive(Clone, Default)]
+pub(crate) struct Checkpoints(Arc<std::sync::Mutex<Option<StepReport>>>);
+
+impl Checkpoints {
+    /// The last checkpoint, or an empty report named `step`.
+    pub(crate) fn last(&self, step: &str) -> StepReport {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .unwrap_or_else(|| StepReport::new(step))
+    }
+}
+
 /// Everything a [`Reconciler`](crate::Reconciler) needs to know about the current run.
 ///
 /// `now` is read once when the run starts and stays frozen for every step, so that all
@@ -75,6 +93,7 @@ pub struct RunContext {
     deadline: Option<Instant>,
     step: Arc<str>,
     progress: Option<ProgressHook>,
+    checkpoints: Option<Checkpoints>,
 }
 
 impl fmt::Debug for RunContext {
@@ -103,6 +122,7 @@ impl RunContext {
             deadline: None,
             step: Arc::from(""),
             progress: None,
+            checkpoints: None,
         }
     }
 
@@ -141,6 +161,13 @@ impl RunContext {
         self
     }
 
+    /// Keep the step's checkpoints in `to` (the runner, per step).
+    #[must_use]
+    pub(crate) fn with_checkpoints(mut self, to: Checkpoints) -> Self {
+        self.checkpoints = Some(to);
+        self
+    }
+
     /// The run's id.
     pub fn run_id(&self) -> &RunId {
         &self.run_id
@@ -175,6 +202,21 @@ impl RunContext {
     /// The name of the step currently running (empty outside a runner).
     pub fn step(&self) -> &str {
         &self.step
+    }
+
+    /// Record what the step has done and committed so far — its report as it stands, say after
+    /// each batch it wrote. If the step then fails, times out or panics, the [`Runner`]
+    /// reports the last checkpoint's counters with the error instead of none, so a run that
+    /// stopped half-way still says what it changed. A step that returns its report needs
+    /// nothing else; without a runner (a context built by hand) this does nothing.
+    ///
+    /// [`Runner`]: crate::Runner
+    pub fn checkpoint(&self, report: &StepReport) {
+        if let Some(to) = &self.checkpoints {
+            *to.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(report.clone());
+        }
     }
 
     /// Report progress of the current step to the host's hook, if one is set.

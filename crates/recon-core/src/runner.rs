@@ -514,7 +514,12 @@ impl Runner {
             counters = Empty,
             duration_ms = Empty,
         );
-        let ctx = base.clone().with_step(&step.name).with_deadline(deadline);
+        let checkpoints = crate::context::Checkpoints::default();
+        let ctx = base
+            .clone()
+            .with_step(&step.name)
+            .with_deadline(deadline)
+            .with_checkpoints(checkpoints.clone());
         let reconciler = step.reconciler.clone();
         // A task of its own: a panicking step is recorded instead of taking the run down, and
         // a timed-out step is cancelled at its next await point (its transaction rolls back).
@@ -541,9 +546,10 @@ impl Runner {
         let elapsed = step_started.elapsed();
         let (status, mut report, error) = match joined {
             Some(Ok(Ok(report))) => (StepStatus::Succeeded, report, None),
+            // (what a step that stopped half-way had committed: its last checkpoint)
             Some(Ok(Err(e))) => (
                 StepStatus::Failed,
-                StepReport::new(&step.name),
+                checkpoints.last(&step.name),
                 Some(StepError {
                     message: crate::truncate(e.to_string(), StepReport::MAX_REASON_BYTES),
                     transient: e.is_transient(),
@@ -563,7 +569,7 @@ impl Runner {
                 };
                 (
                     StepStatus::Failed,
-                    StepReport::new(&step.name),
+                    checkpoints.last(&step.name),
                     Some(StepError {
                         message,
                         transient: false,
@@ -574,7 +580,7 @@ impl Runner {
                 let which = bound.map_or("deadline", |d| d.cause);
                 (
                     StepStatus::TimedOut,
-                    StepReport::new(&step.name),
+                    checkpoints.last(&step.name),
                     Some(StepError {
                         message: format!("timed out after {} ms ({which})", elapsed.as_millis()),
                         transient: true,

@@ -1039,3 +1039,58 @@ Errors (1):
 ";
     assert_eq!(text, expected);
 }
+
+/// A step that commits one batch (checkpointed), then fails, sleeps past its timeout or panics.
+struct HalfWay(&'static str);
+
+#[async_trait]
+impl Reconciler for HalfWay {
+    fn name(&self) -> &str {
+        self.0
+    }
+    async fn reconcile(&self, ctx: &RunContext) -> Result<StepReport> {
+        let mut r = StepReport::new(self.0);
+        r.add(TOUCHED, 500);
+        ctx.checkpoint(&r);
+        // (not checkpointed: the second batch did not commit)
+        r.add(TOUCHED, 500);
+        match self.0 {
+            "fails" => Err(Error::transient(
+                "write batch 2",
+                std::io::Error::other("connection reset"),
+            )),
+            "hangs" => {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(r)
+            }
+            _ => panic!("host bug after a batch"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_that_stops_half_way_reports_what_it_committed() {
+    let report = runner("r")
+        .step(HalfWay("fails"))
+        .step_with(
+            HalfWay("hangs"),
+            StepOptions::new().timeout(Duration::from_secs(5)),
+        )
+        .step(HalfWay("panics"))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    for (name, status) in [
+        ("fails", StepStatus::Failed),
+        ("hangs", StepStatus::TimedOut),
+        ("panics", StepStatus::Failed),
+    ] {
+        let s = report.step(name).unwrap();
+        assert_eq!(s.status, status, "{name}");
+        assert!(s.error.is_some(), "{name}");
+        assert_eq!(s.report.count(TOUCHED), 500, "{name}: the committed batch");
+        assert_eq!(s.report.name(), name);
+    }
+    assert_eq!(report.status, RunStatus::Failed);
+}
