@@ -905,6 +905,8 @@ impl RecoveryReconciler {
                 }
             }
             ctx.report_progress(handled as u64, None);
+            // (the batch is written: a run that stops later still reports it)
+            ctx.checkpoint(report);
             if !full {
                 break;
             }

@@ -787,6 +787,8 @@ impl<R: Send + Sync + 'static> SyncReconciler<R> {
             self.apply_page(ctx, page.records, report, &mut progress)
                 .await?;
             ctx.report_progress(report.count(counters::FETCHED), None);
+            // (the page is written: a run that stops later still reports it)
+            ctx.checkpoint(report);
             match page.next_page_token {
                 Some(t) => token = Some(t),
                 None => {

@@ -565,10 +565,13 @@ impl QueueDiffReconciler {
                 report.push_error(format!("job {id}"), reason);
             }
             // in a dry run the sweep already counted these orphans (nothing was removed)
+            // (each write is checkpointed: a run that stops later still reports it)
             if !(swept && dry) {
                 self.remove(&plan.orphaned, ORPHANED, dry, report).await?;
+                ctx.checkpoint(report);
             }
             self.remove(&plan.obsolete, OBSOLETE, dry, report).await?;
+            ctx.checkpoint(report);
             if !plan.reschedule.is_empty() {
                 let want = plan.reschedule.len() as u64;
                 let n = if dry {
@@ -585,6 +588,7 @@ impl QueueDiffReconciler {
                 report.add(RESCHEDULED, n);
             }
             ctx.report_progress(checked, None);
+            ctx.checkpoint(report);
             after = Some(last);
             if jobs.len() < self.settings.batch_size {
                 break;
@@ -651,6 +655,7 @@ impl QueueDiffReconciler {
                 }
             }
             ctx.report_progress(checked, None);
+            ctx.checkpoint(report);
             after = Some(last);
             if rows.len() < self.settings.batch_size {
                 break;

@@ -552,3 +552,45 @@ async fn recovery_works_in_bounded_statements() {
     assert_eq!(report.details()["queue_health"]["overall"], "warning");
     assert!(report.notes().iter().any(|n| n == "queue health: warning"));
 }
+
+/// The queue goes away on its second page, after the first page's orphan was removed: the
+/// runner still reports that removal with the error (the step checkpoints every write).
+#[tokio::test]
+async fn a_diff_that_fails_half_way_reports_what_it_removed() {
+    let mut queue = MockJobQueue::new();
+    let mut seq = Sequence::new();
+    queue
+        .expect_page()
+        .with(eq(None), eq(2))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| Ok(vec![job_of(1, 0), job_of(2, 0)]));
+    queue
+        .expect_remove()
+        .withf(|ids| ids == ["gen-res-002"])
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|ids| Ok(ids.len() as u64));
+    queue
+        .expect_page()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| Err(outage()));
+    let mut entities = MockEntitySource::new();
+    entities.expect_key_type().return_const(KeyType::Text);
+    entities
+        .expect_get_many()
+        .times(1)
+        .returning(|_| Ok(vec![reservation(1)]));
+    let report = recon_core::Runner::builder("startup")
+        .time_source(Arc::new(recon_core::ManualClock::at(now())))
+        .step(diff(queue, entities, 2))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    let s = &report.steps[0];
+    assert_eq!(s.status, recon_core::StepStatus::Failed);
+    assert_eq!(s.report.get("orphaned"), Some(1), "{:?}", s.report);
+    assert_eq!(s.report.get("batches"), Some(1));
+}

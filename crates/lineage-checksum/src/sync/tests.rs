@@ -905,3 +905,31 @@ async fn a_row_stamped_by_a_run_that_started_later_is_not_deleted() {
         ["stay-2"]
     );
 }
+
+/// The upstream goes down for good after the first page was written: the runner still reports
+/// that page's records with the error (the step checkpoints every page it wrote).
+#[tokio::test(start_paused = true)]
+async fn a_sync_that_fails_half_way_reports_the_pages_it_wrote() {
+    let w = World::new();
+    w.upstream.set(
+        (0..4)
+            .map(|i| rec(&format!("stay-{i}"), at(-10 + i), "A", "confirmed"))
+            .collect(),
+    );
+    w.marks.advance("stays-sync", at(-60)).await.unwrap();
+    *w.upstream.down_from_offset.lock().unwrap() = Some(2);
+    let runner = Runner::builder("upstream-sync")
+        .step(w.sync_with(SyncSettings::new("stays-sync").page_size(2)))
+        .build()
+        .unwrap();
+    let report = runner.run().await;
+    let step = report.step("stays-sync").unwrap();
+    assert_eq!(step.status, recon_core::StepStatus::Failed);
+    assert_eq!(
+        w.local.rows.lock().unwrap().len(),
+        2,
+        "the first page is written"
+    );
+    assert_eq!(step.report.count(counters::CREATED), 2, "and reported");
+    assert_eq!(step.report.count(counters::PAGES), 1);
+}
