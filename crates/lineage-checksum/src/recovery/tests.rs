@@ -827,3 +827,78 @@ async fn a_failed_replay_never_counts_as_reaching_its_stage() {
         "failed at the first stage: it reached no stage"
     );
 }
+
+/// A failed-record store whose database goes away after the first page of due records.
+struct DownAfterFirstPage {
+    inner: Arc<MemoryFailedRecordStore>,
+    dues: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl FailedRecordStore for DownAfterFirstPage {
+    async fn record(&self, p: &str, f: &[NewFailure]) -> Result<u64> {
+        self.inner.record(p, f).await
+    }
+    async fn due(&self, p: &str, q: &DueQuery) -> Result<Vec<FailedRecord>> {
+        if self.dues.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Err(Error::transient(
+                "read due failures",
+                std::io::Error::other("connection reset"),
+            ));
+        }
+        self.inner.due(p, q).await
+    }
+    async fn apply(&self, p: &str, o: &[FailureOutcome]) -> Result<u64> {
+        self.inner.apply(p, o).await
+    }
+    async fn counts_by_error_type(&self, p: &str) -> Result<Vec<crate::failed::ErrorTypeCount>> {
+        self.inner.counts_by_error_type(p).await
+    }
+    async fn list(&self, p: &str, q: &ListQuery) -> Result<Vec<FailedRecord>> {
+        self.inner.list(p, q).await
+    }
+    async fn prune(&self, p: &str, q: &crate::failed::PruneQuery) -> Result<u64> {
+        self.inner.prune(p, q).await
+    }
+}
+
+/// The store goes away after the first batch of replays was written: the runner still reports
+/// the records that batch recovered (the step checkpoints every batch).
+#[tokio::test]
+async fn a_recovery_that_fails_half_way_reports_the_batches_it_wrote() {
+    let inner = Arc::new(MemoryFailedRecordStore::new());
+    let keys = ["ok-1", "ok-2", "ok-3", "ok-4"];
+    let failures: Vec<NewFailure> = keys
+        .iter()
+        .map(|k| failure(k, "loaded", "WeaviateTimeout"))
+        .collect();
+    inner.record("cases", &failures).await.unwrap();
+    let store = Arc::new(DownAfterFirstPage {
+        inner: inner.clone(),
+        dues: Default::default(),
+    });
+    let handler = Arc::new(FakeHandler::default());
+    let load = retry_policy::presets::vector_store_load();
+    let rec = RecoveryReconciler::new("cases", stages(), store)
+        .unwrap()
+        .stage("loaded", StageRecovery::new(handler, Arc::new(load)))
+        .unwrap()
+        .with_settings(RecoverySettings::new().batch_size(2))
+        .unwrap();
+    let report = recon_core::Runner::builder("recovery")
+        .time_source(Arc::new(recon_core::ManualClock::at(now())))
+        .step(rec)
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    let s = &report.steps[0];
+    assert_eq!(s.status, recon_core::StepStatus::Failed);
+    let resolved = all_rows(&inner)
+        .await
+        .iter()
+        .filter(|r| r.state == FailureState::Resolved)
+        .count() as u64;
+    assert_eq!(resolved, 2, "the first batch is written");
+    assert_eq!(s.report.count(counters::RECOVERED), 2, "and reported");
+}
