@@ -72,7 +72,9 @@ pub struct PlannedBatch {
     /// Per plan, in the order the plans were given: the jobs it repaired.
     pub counts: Vec<PlannedCounts>,
     /// The keyset position for the next batch: the highest key the batch covered (repaired
-    /// or looked at); `None` when there is nothing after it.
+    /// or looked at), in the store's own key order (a database collation may differ from
+    /// Rust's); `None` when there is nothing after it. A position answered twice in one run
+    /// is an error.
     pub last: Option<JobKey>,
     /// Whether rows after `last` remain to be looked at (another batch is needed).
     pub more: bool,

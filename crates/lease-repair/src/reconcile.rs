@@ -335,6 +335,8 @@ impl<S: LeaseStore> LeaseRepair<S> {
         seen: &mut u64,
     ) -> recon_core::Result<bool> {
         let mut after: Option<JobKey> = None;
+        // every position the store has answered (one a batch)
+        let mut visited = std::collections::HashSet::new();
         loop {
             if ctx.deadline_passed() {
                 t.report.note(
@@ -369,13 +371,23 @@ impl<S: LeaseStore> LeaseRepair<S> {
                 ctx.report_progress(*seen, None);
                 ctx.checkpoint(&t.report);
             }
-            // A position that does not move on would repeat the batch for ever. (Compared for
-            // equality only: the database orders the keys — a text key in a column with its
-            // own collation, SQLite `NOCASE` say, may sort lower in Rust and still be ahead.)
-            if !b.more || b.last.is_none() || b.last == after {
+            let Some(last) = b.last.filter(|_| b.more) else {
                 return Ok(true);
+            };
+            // A position the store answered before would repeat batches for ever. (Not
+            // compared in Rust's order: the database orders the keys — a text key in a column
+            // with its own collation, SQLite `NOCASE` say, may sort lower in Rust and still be
+            // ahead.)
+            if !visited.insert(last.clone()) {
+                return Err(t.fail(
+                    "repair stuck jobs in the database",
+                    recon_core::Error::permanent(
+                        "the store's answer",
+                        format!("position {last} came back: keyset pagination is broken"),
+                    ),
+                ));
             }
-            after = b.last;
+            after = Some(last);
         }
     }
 }

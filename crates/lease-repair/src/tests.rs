@@ -1064,10 +1064,10 @@ async fn no_pass_in_the_database_when_only_anomalies_are_stuck() {
 }
 
 /// The in-database pass follows the store's positions in the store's order: a key that sorts
-/// lower in Rust (`"B"` < `"a"` in bytes, not in a `NOCASE` column) goes on; a position that
-/// does not move on ends the pass instead of repeating the batch for ever.
+/// lower in Rust (`"B"` < `"a"` in bytes, not in a `NOCASE` column) goes on; a position the
+/// store answered before is an error instead of batches repeated for ever.
 #[tokio::test]
-async fn the_in_database_pass_goes_on_in_the_store_order_and_stops_where_it_does_not_move() {
+async fn the_in_database_pass_goes_on_in_the_store_order_and_a_repeated_position_is_an_error() {
     let mut store = MockLeaseStore::new();
     store.expect_any_stuck().returning(|_| Ok(true));
     store.expect_read_candidates().returning(|q| {
@@ -1080,7 +1080,7 @@ async fn the_in_database_pass_goes_on_in_the_store_order_and_stops_where_it_does
     store.expect_apply().never();
     let text = |s: &str| Some(JobKey::Text(s.to_owned()));
     let mut seq = mockall::Sequence::new();
-    for (after, last) in [(None, "a"), (text("a"), "B"), (text("B"), "B")] {
+    for (after, last) in [(None, "a"), (text("a"), "B"), (text("B"), "a")] {
         store
             .expect_repair_planned()
             .times(1)
@@ -1095,9 +1095,15 @@ async fn the_in_database_pass_goes_on_in_the_store_order_and_stops_where_it_does
             });
     }
     let step = LeaseRepair::new(store, Settings::new(presets::api_call())).unwrap();
-    let r = run(&step, false).await;
-    assert_eq!(r.count(LEASES_REPAIRED), 3);
-    assert_eq!(r.count(BATCHES), 3);
+    let e = step
+        .reconcile(&RunContext::new(now()))
+        .await
+        .expect_err("`a` came back");
+    assert!(format!("{e:#}").contains("position a came back"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("after 3 repairs in 3 batches"),
+        "{e:#}"
+    );
 }
 
 /// The database goes away after the first batch was written: the runner still reports what
@@ -1160,4 +1166,111 @@ async fn a_run_that_fails_half_way_reports_the_batches_it_wrote() {
         "the first batch, as written"
     );
     assert_eq!(s.report.count(BATCHES), 1);
+}
+
+/// Row by row: the first batch is read and written, then the database goes away on the next
+/// read; the runner still reports the first batch.
+#[tokio::test]
+async fn a_row_by_row_run_that_fails_half_way_reports_the_batch_it_wrote() {
+    let mut store = MockLeaseStore::new();
+    store.expect_any_stuck().returning(|_| Ok(true));
+    let mut seq = mockall::Sequence::new();
+    store
+        .expect_read_candidates()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|q| {
+            Ok((1..=q.limit as i64)
+                .map(|k| {
+                    row(
+                        k,
+                        "processing",
+                        Some("w"),
+                        Some("2024-01-24T11:00:00Z"),
+                        Some(0),
+                    )
+                })
+                .collect())
+        });
+    store
+        .expect_apply()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|r, _| {
+            Ok(ApplyOutcome {
+                applied: r.iter().map(|r| r.expected.key.clone()).collect(),
+                skipped: vec![],
+            })
+        });
+    store
+        .expect_read_candidates()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| {
+            Err(recon_core::Error::transient(
+                "read stuck jobs",
+                std::io::Error::other("connection reset"),
+            ))
+        });
+    let step = LeaseRepair::new(store, Settings::new(presets::api_call()))
+        .unwrap()
+        .in_database(false)
+        .batch_size(3)
+        .unwrap();
+    let report = recon_core::Runner::builder("startup")
+        .time_source(Arc::new(recon_core::ManualClock::at(now())))
+        .step(step)
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    let s = &report.steps[0];
+    assert_eq!(s.status, recon_core::StepStatus::Failed);
+    assert_eq!(
+        s.report.count(LEASES_REPAIRED),
+        3,
+        "the first batch, as written"
+    );
+}
+
+/// Prune: one batch deleted, then the database goes away: that batch is reported.
+#[tokio::test]
+async fn a_prune_that_fails_half_way_reports_the_batch_it_deleted() {
+    let mut store = MockPruneStore::new();
+    let mut seq = mockall::Sequence::new();
+    store
+        .expect_prune_batch()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|q| Ok(q.limit as u64));
+    store
+        .expect_prune_batch()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| {
+            Err(recon_core::Error::transient(
+                "prune",
+                std::io::Error::other("connection reset"),
+            ))
+        });
+    let step = LeasePrune::new(
+        store,
+        vec!["done".into()],
+        Duration::days(30),
+        PruneMode::Delete,
+    )
+    .unwrap()
+    .batch_size(10)
+    .unwrap();
+    let report = recon_core::Runner::builder("prune")
+        .time_source(Arc::new(recon_core::ManualClock::at(now())))
+        .step(step)
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    let s = &report.steps[0];
+    assert_eq!(s.status, recon_core::StepStatus::Failed);
+    assert_eq!(s.report.count(BATCHES), 1);
+    assert_eq!(s.report.count(PRUNED), 10, "the first batch, as deleted");
 }

@@ -741,6 +741,7 @@ impl<R: Send + Sync + 'static> SyncReconciler<R> {
                 if !gone.is_empty() {
                     store.remove(ns, &gone).await?;
                     report.add(counters::DELETED, gone.len() as u64);
+                    ctx.checkpoint(report);
                 }
                 if !full {
                     break;
@@ -822,6 +823,7 @@ impl<R: Send + Sync + 'static> SyncReconciler<R> {
                 match orphans.cleanup(ctx).await {
                     Ok(n) => {
                         report.add(counters::ORPHANED, n);
+                        ctx.checkpoint(report);
                     }
                     Err(e) => {
                         // The sync results stand; the next run retries the cleanup.

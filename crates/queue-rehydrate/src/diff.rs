@@ -692,6 +692,7 @@ impl Reconciler for QueueDiffReconciler {
                 "orphan_sweep",
                 serde_json::to_value(swept).unwrap_or(serde_json::Value::Null),
             );
+            ctx.checkpoint(&report);
         }
         let finished = self.queue_to_truth(ctx, &mut report).await?;
         if finished && self.settings.enqueue_missing {

@@ -594,3 +594,30 @@ async fn a_diff_that_fails_half_way_reports_what_it_removed() {
     assert_eq!(s.report.get("orphaned"), Some(1), "{:?}", s.report);
     assert_eq!(s.report.get("batches"), Some(1));
 }
+
+/// The sweep removed orphans, then the queue goes away: the sweep's removals are reported.
+#[tokio::test]
+async fn a_diff_that_fails_after_its_sweep_reports_the_sweep() {
+    let mut sweeper = MockOrphanSweeper::new();
+    sweeper.expect_sweep_orphans().times(1).returning(|_, _| {
+        Ok(SweepCounts {
+            orphaned: 7,
+            batches: 1,
+            ..Default::default()
+        })
+    });
+    let mut queue = MockJobQueue::new();
+    queue.expect_page().returning(|_, _| Err(outage()));
+    let mut entities = MockEntitySource::new();
+    entities.expect_key_type().return_const(KeyType::Text);
+    let report = recon_core::Runner::builder("startup")
+        .time_source(Arc::new(recon_core::ManualClock::at(now())))
+        .step(sweep_only(queue, entities, sweeper))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    let s = &report.steps[0];
+    assert_eq!(s.status, recon_core::StepStatus::Failed);
+    assert_eq!(s.report.get("orphaned"), Some(7), "{:?}", s.report);
+}

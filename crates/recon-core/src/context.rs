@@ -204,11 +204,17 @@ impl RunContext {
         &self.step
     }
 
-    /// Record what the step has done and committed so far — its report as it stands, say after
-    /// each batch it wrote. If the step then fails, times out or panics, the [`Runner`]
-    /// reports the last checkpoint's counters with the error instead of none, so a run that
-    /// stopped half-way still says what it changed. A step that returns its report needs
-    /// nothing else; without a runner (a context built by hand) this does nothing.
+    /// Record what the step has done and committed so far — its report as it stands (counters,
+    /// notes, item errors), say right after each batch it wrote. If the step then fails, times
+    /// out or panics, the [`Runner`] reports the last checkpoint with the error instead of an
+    /// empty report, so a run that stopped half-way still says what it changed. It is a lower
+    /// bound: work committed after the last checkpoint is not in it. In a dry run it holds
+    /// what the step would have done.
+    ///
+    /// Only the step itself should call this (not code it hands the context to). A step that
+    /// returns its report needs nothing else: a finished step is reported with the report it
+    /// returned. Nothing is stored: a later run does not resume from a checkpoint. Without a
+    /// runner (a context built by hand) this does nothing.
     ///
     /// [`Runner`]: crate::Runner
     pub fn checkpoint(&self, report: &StepReport) {

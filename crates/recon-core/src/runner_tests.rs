@@ -1051,11 +1051,14 @@ impl Reconciler for HalfWay {
     async fn reconcile(&self, ctx: &RunContext) -> Result<StepReport> {
         let mut r = StepReport::new(self.0);
         r.add(TOUCHED, 500);
-        ctx.checkpoint(&r);
+        if self.0 != "fails too" {
+            ctx.checkpoint(&r);
+        }
         // (not checkpointed: the second batch did not commit)
         r.add(TOUCHED, 500);
         match self.0 {
-            "fails" => Err(Error::transient(
+            "finishes" => Ok(r),
+            "fails" | "fails too" => Err(Error::transient(
                 "write batch 2",
                 std::io::Error::other("connection reset"),
             )),
@@ -1093,4 +1096,32 @@ async fn a_step_that_stops_half_way_reports_what_it_committed() {
         assert_eq!(s.report.name(), name);
     }
     assert_eq!(report.status, RunStatus::Failed);
+}
+
+#[tokio::test]
+async fn checkpoints_belong_to_their_step_and_a_finished_step_reports_its_own_report() {
+    let report = runner("r")
+        .step(HalfWay("fails"))
+        .step(HalfWay("fails too"))
+        .step(HalfWay("finishes"))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    let count = |name| report.step(name).unwrap().report.count(TOUCHED);
+    assert_eq!(count("fails"), 500, "its own checkpoint");
+    assert_eq!(
+        count("fails too"),
+        0,
+        "never checkpointed: nothing of the step before"
+    );
+    assert_eq!(
+        count("finishes"),
+        1000,
+        "the report it returned, not its checkpoint"
+    );
+    assert_eq!(
+        report.step("finishes").unwrap().status,
+        StepStatus::Succeeded
+    );
 }
