@@ -599,16 +599,27 @@ impl MessageRecovery {
 
     /// Repeat a bounded set-based `op` until it reports fewer than a batch, `expected` rows
     /// are done, or the deadline passes.
-    async fn drain<'a, F, Fut>(&'a self, ctx: &RunContext, expected: u64, op: F) -> Result<u64>
+    async fn drain<'a, F, Fut>(
+        &'a self,
+        ctx: &RunContext,
+        expected: u64,
+        counter: Counter,
+        report: &mut StepReport,
+        op: F,
+    ) -> Result<u64>
     where
         F: Fn(usize) -> Fut,
         Fut: std::future::Future<Output = Result<u64>> + 'a,
     {
         let limit = self.settings.batch_size;
         let mut done = 0_u64;
+        report.add(counter, 0);
         while done < expected && !ctx.deadline_passed() {
             let n = op(limit).await?;
             done += n;
+            report.add(counter, n);
+            // (committed: a run that stops later still reports it)
+            ctx.checkpoint(report);
             if n < limit as u64 {
                 break;
             }
@@ -637,29 +648,31 @@ impl Reconciler for MessageRecovery {
         let claimed_before = self.settings.stuck_after.map(|age| now - age);
         let stuck = store.count_stuck(claimed_before).await?;
         let released = if dry {
+            report.add(STUCK_RELEASED, stuck);
             stuck
         } else {
-            self.drain(ctx, stuck, |limit| {
+            self.drain(ctx, stuck, STUCK_RELEASED, &mut report, |limit| {
                 store.release_stuck(claimed_before, limit)
             })
             .await?
         };
-        report.add(STUCK_RELEASED, released);
 
         let mut archived = 0;
         if let Some(days) = self.settings.archive_after_days {
             let cutoff = now - TimeDelta::days(i64::from(days));
             let old = store.count_failed_before(cutoff).await?;
             archived = if dry {
+                report.add(FAILED_ARCHIVED, old);
                 old
             } else {
-                self.drain(ctx, old, |limit| {
+                self.drain(ctx, old, FAILED_ARCHIVED, &mut report, |limit| {
                     store.archive_failed_before(cutoff, now, limit)
                 })
                 .await?
             };
+        } else {
+            report.add(FAILED_ARCHIVED, 0);
         }
-        report.add(FAILED_ARCHIVED, archived);
         if ctx.deadline_passed() {
             report.note("stopped at the deadline; the rest is left for the next run");
         }

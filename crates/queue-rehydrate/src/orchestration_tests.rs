@@ -621,3 +621,35 @@ async fn a_diff_that_fails_after_its_sweep_reports_the_sweep() {
     assert_eq!(s.status, recon_core::StepStatus::Failed);
     assert_eq!(s.report.get("orphaned"), Some(7), "{:?}", s.report);
 }
+
+/// Message recovery releases one batch of stuck messages, then the store goes away: that
+/// batch is reported.
+#[tokio::test]
+async fn a_message_recovery_that_fails_half_way_reports_what_it_released() {
+    let mut store = MockMessageStore::new();
+    store.expect_count_stuck().returning(|_| Ok(5));
+    let mut seq = Sequence::new();
+    store
+        .expect_release_stuck()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, limit| Ok(limit as u64));
+    store
+        .expect_release_stuck()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| Err(outage()));
+    let step = MessageRecovery::new("messages", Arc::new(store))
+        .with_settings(RecoverySettings::new().batch_size(2))
+        .unwrap();
+    let report = recon_core::Runner::builder("messages")
+        .time_source(Arc::new(recon_core::ManualClock::at(now())))
+        .step(step)
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    let s = &report.steps[0];
+    assert_eq!(s.status, recon_core::StepStatus::Failed);
+    assert_eq!(s.report.get("stuck_released"), Some(2), "{:?}", s.report);
+}
