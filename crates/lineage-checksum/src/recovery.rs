@@ -1046,19 +1046,19 @@ impl Reconciler for RetentionReconciler {
                 .map(|d| before(now, d)),
             limit: self.settings.batch_size,
         };
-        let mut total = 0u64;
         loop {
             let n = self
                 .failures
                 .prune(&self.pipeline, &q)
                 .await
                 .map_err(recon_core::Error::from)?;
-            total += n;
+            report.add(retention_counters::FAILED_RECORDS_PRUNED, n);
+            // (deleted: a run that stops later still reports it)
+            ctx.checkpoint(&report);
             if n < q.limit as u64 || ctx.deadline_passed() {
                 break;
             }
         }
-        report.add(retention_counters::FAILED_RECORDS_PRUNED, total);
         if let Some(runs) = &self.runs {
             let n = runs.prune(before(now, self.settings.runs)).await?;
             report.add(retention_counters::RUNS_PRUNED, n);

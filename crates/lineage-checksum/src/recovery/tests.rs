@@ -902,3 +902,40 @@ async fn a_recovery_that_fails_half_way_reports_the_batches_it_wrote() {
     assert_eq!(resolved, 2, "the first batch is written");
     assert_eq!(s.report.count(counters::RECOVERED), 2, "and reported");
 }
+
+/// Retention deletes one batch, then the store goes away: the deleted records are reported.
+#[tokio::test]
+async fn a_retention_that_fails_half_way_reports_what_it_deleted() {
+    let mut store = MockFailedRecordStore::new();
+    let mut seq = mockall::Sequence::new();
+    store
+        .expect_prune()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, q| Ok(q.limit as u64));
+    store
+        .expect_prune()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| {
+            Err(Error::transient(
+                "prune failed records",
+                std::io::Error::other("connection reset"),
+            ))
+        });
+    let settings = RetentionSettings {
+        batch_size: 2,
+        ..RetentionSettings::default()
+    };
+    let step = RetentionReconciler::new("cases", Arc::new(store), None, settings).unwrap();
+    let report = recon_core::Runner::builder("retention")
+        .time_source(Arc::new(recon_core::ManualClock::at(now())))
+        .step(step)
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    let s = &report.steps[0];
+    assert_eq!(s.status, recon_core::StepStatus::Failed);
+    assert_eq!(s.report.count(retention_counters::FAILED_RECORDS_PRUNED), 2);
+}
