@@ -983,12 +983,11 @@ proptest! {
     }
 }
 
-/// A mock store that says something is stuck, reads nothing row by row, and answers every
-/// planned batch with `counts` (one batch, nothing after it).
-fn planning_store(counts: Vec<PlannedCounts>) -> MockLeaseStore {
+/// A mock store that says something is stuck (a candidate of each kind for the one-row look)
+/// and reads nothing row by row: the in-database pass is left to `repair_planned`.
+fn stuck_in_the_database() -> MockLeaseStore {
     let mut store = MockLeaseStore::new();
     store.expect_any_stuck().returning(|_| Ok(true));
-    // a candidate of each kind for the one-row look, nothing for the row-by-row reads
     store.expect_read_candidates().returning(|q| {
         Ok(if q.limit == 1 {
             vec![row(1, "processing", None, None, Some(0))]
@@ -997,6 +996,25 @@ fn planning_store(counts: Vec<PlannedCounts>) -> MockLeaseStore {
         })
     });
     store.expect_apply().never();
+    store
+}
+
+/// `step` run alone by a runner at `now()`: its outcome, as the run log gets it.
+async fn run_alone(step: impl Reconciler + 'static) -> recon_core::StepOutcome {
+    let mut report = recon_core::Runner::builder("run")
+        .time_source(Arc::new(recon_core::ManualClock::at(now())))
+        .step(step)
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    report.steps.remove(0)
+}
+
+/// A mock store that says something is stuck, reads nothing row by row, and answers every
+/// planned batch with `counts` (one batch, nothing after it).
+fn planning_store(counts: Vec<PlannedCounts>) -> MockLeaseStore {
+    let mut store = stuck_in_the_database();
     store
         .expect_repair_planned()
         .times(1)
@@ -1068,16 +1086,7 @@ async fn no_pass_in_the_database_when_only_anomalies_are_stuck() {
 /// store answered before is an error instead of batches repeated for ever.
 #[tokio::test]
 async fn the_in_database_pass_goes_on_in_the_store_order_and_a_repeated_position_is_an_error() {
-    let mut store = MockLeaseStore::new();
-    store.expect_any_stuck().returning(|_| Ok(true));
-    store.expect_read_candidates().returning(|q| {
-        Ok(if q.limit == 1 {
-            vec![row(1, "processing", None, None, Some(0))]
-        } else {
-            vec![]
-        })
-    });
-    store.expect_apply().never();
+    let mut store = stuck_in_the_database();
     let text = |s: &str| Some(JobKey::Text(s.to_owned()));
     let mut seq = mockall::Sequence::new();
     for (after, last) in [(None, "a"), (text("a"), "B"), (text("B"), "a")] {
@@ -1110,16 +1119,7 @@ async fn the_in_database_pass_goes_on_in_the_store_order_and_a_repeated_position
 /// that batch repaired, with the error (the step checkpoints every committed batch).
 #[tokio::test]
 async fn a_run_that_fails_half_way_reports_the_batches_it_wrote() {
-    let mut store = MockLeaseStore::new();
-    store.expect_any_stuck().returning(|_| Ok(true));
-    store.expect_read_candidates().returning(|q| {
-        Ok(if q.limit == 1 {
-            vec![row(1, "processing", None, None, Some(0))]
-        } else {
-            vec![]
-        })
-    });
-    store.expect_apply().never();
+    let mut store = stuck_in_the_database();
     let mut seq = mockall::Sequence::new();
     store
         .expect_repair_planned()
@@ -1144,14 +1144,7 @@ async fn a_run_that_fails_half_way_reports_the_batches_it_wrote() {
             ))
         });
     let step = LeaseRepair::new(store, Settings::new(presets::api_call())).unwrap();
-    let report = recon_core::Runner::builder("startup")
-        .time_source(Arc::new(recon_core::ManualClock::at(now())))
-        .step(step)
-        .build()
-        .unwrap()
-        .run()
-        .await;
-    let s = &report.steps[0];
+    let s = run_alone(step).await;
     assert_eq!(s.status, recon_core::StepStatus::Failed);
     assert!(
         s.error
@@ -1217,14 +1210,7 @@ async fn a_row_by_row_run_that_fails_half_way_reports_the_batch_it_wrote() {
         .in_database(false)
         .batch_size(3)
         .unwrap();
-    let report = recon_core::Runner::builder("startup")
-        .time_source(Arc::new(recon_core::ManualClock::at(now())))
-        .step(step)
-        .build()
-        .unwrap()
-        .run()
-        .await;
-    let s = &report.steps[0];
+    let s = run_alone(step).await;
     assert_eq!(s.status, recon_core::StepStatus::Failed);
     assert_eq!(
         s.report.count(LEASES_REPAIRED),
@@ -1262,14 +1248,7 @@ async fn a_prune_that_fails_half_way_reports_the_batch_it_deleted() {
     .unwrap()
     .batch_size(10)
     .unwrap();
-    let report = recon_core::Runner::builder("prune")
-        .time_source(Arc::new(recon_core::ManualClock::at(now())))
-        .step(step)
-        .build()
-        .unwrap()
-        .run()
-        .await;
-    let s = &report.steps[0];
+    let s = run_alone(step).await;
     assert_eq!(s.status, recon_core::StepStatus::Failed);
     assert_eq!(s.report.count(BATCHES), 1);
     assert_eq!(s.report.count(PRUNED), 10, "the first batch, as deleted");

@@ -582,14 +582,7 @@ async fn a_diff_that_fails_half_way_reports_what_it_removed() {
         .expect_get_many()
         .times(1)
         .returning(|_| Ok(vec![reservation(1)]));
-    let report = recon_core::Runner::builder("startup")
-        .time_source(Arc::new(recon_core::ManualClock::at(now())))
-        .step(diff(queue, entities, 2))
-        .build()
-        .unwrap()
-        .run()
-        .await;
-    let s = &report.steps[0];
+    let s = run_alone(diff(queue, entities, 2)).await;
     assert_eq!(s.status, recon_core::StepStatus::Failed);
     assert_eq!(s.report.get("orphaned"), Some(1), "{:?}", s.report);
     assert_eq!(s.report.get("batches"), Some(1));
@@ -610,14 +603,7 @@ async fn a_diff_that_fails_after_its_sweep_reports_the_sweep() {
     queue.expect_page().returning(|_, _| Err(outage()));
     let mut entities = MockEntitySource::new();
     entities.expect_key_type().return_const(KeyType::Text);
-    let report = recon_core::Runner::builder("startup")
-        .time_source(Arc::new(recon_core::ManualClock::at(now())))
-        .step(sweep_only(queue, entities, sweeper))
-        .build()
-        .unwrap()
-        .run()
-        .await;
-    let s = &report.steps[0];
+    let s = run_alone(sweep_only(queue, entities, sweeper)).await;
     assert_eq!(s.status, recon_core::StepStatus::Failed);
     assert_eq!(s.report.get("orphaned"), Some(7), "{:?}", s.report);
 }
@@ -642,14 +628,19 @@ async fn a_message_recovery_that_fails_half_way_reports_what_it_released() {
     let step = MessageRecovery::new("messages", Arc::new(store))
         .with_settings(RecoverySettings::new().batch_size(2))
         .unwrap();
-    let report = recon_core::Runner::builder("messages")
+    let s = run_alone(step).await;
+    assert_eq!(s.status, recon_core::StepStatus::Failed);
+    assert_eq!(s.report.get("stuck_released"), Some(2), "{:?}", s.report);
+}
+
+/// `step` run alone by a runner at `now()`: its outcome, as the run log gets it.
+async fn run_alone(step: impl Reconciler + 'static) -> recon_core::StepOutcome {
+    let mut report = recon_core::Runner::builder("run")
         .time_source(Arc::new(recon_core::ManualClock::at(now())))
         .step(step)
         .build()
         .unwrap()
         .run()
         .await;
-    let s = &report.steps[0];
-    assert_eq!(s.status, recon_core::StepStatus::Failed);
-    assert_eq!(s.report.get("stuck_released"), Some(2), "{:?}", s.report);
+    report.steps.remove(0)
 }

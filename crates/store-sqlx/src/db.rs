@@ -521,9 +521,7 @@ impl Db {
         let rows = self
             .fetch(sql, &[], &[Kind::Ts(TimestampFormat::Rfc3339)])
             .await?;
-        rows.into_iter()
-            .next()
-            .and_then(|mut r| r.pop())
+        Value::single(rows)
             .and_then(Value::ts)
             .ok_or_else(|| Error::Config("the database returned no time".into()))
     }

@@ -161,9 +161,8 @@ impl Metrics {
                     let v = self
                         .db
                         .fetch(&sql, &[], &[Kind::Float])
-                        .await?
-                        .pop()
-                        .and_then(|mut r| r.pop())
+                        .await
+                        .map(Value::single)?
                         .and_then(Value::float);
                     report.detail(name.clone(), json!(v));
                 }

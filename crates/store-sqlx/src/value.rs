@@ -33,6 +33,11 @@ pub(crate) enum Array {
 }
 
 impl Value {
+    /// The one cell of a one-row, one-column answer (`None` for no row).
+    pub(crate) fn single(rows: Vec<Vec<Value>>) -> Option<Value> {
+        rows.into_iter().next()?.pop()
+    }
+
     pub(crate) fn int(self) -> Option<i64> {
         match self {
             Value::Int(v) => v,

@@ -43,11 +43,7 @@ impl WatermarkStore for SqlWatermarkStore {
                 &[Kind::Ts(TimestampFormat::Rfc3339)],
             )
             .await?;
-        Ok(rows
-            .into_iter()
-            .next()
-            .and_then(|mut r| r.pop())
-            .and_then(Value::ts))
+        Ok(Value::single(rows).and_then(Value::ts))
     }
 
     async fn advance(&self, name: &str, to: DateTime<Utc>) -> recon_core::Result<()> {
@@ -75,10 +71,8 @@ impl WatermarkStore for SqlWatermarkStore {
                 &args[..1],
                 &[Kind::Ts(TimestampFormat::Rfc3339)],
             )
-            .await?
-            .into_iter()
-            .next()
-            .and_then(|mut r| r.pop())
+            .await
+            .map(Value::single)?
             .and_then(Value::ts);
         match current {
             Some(current) if to < current => {

@@ -885,14 +885,7 @@ async fn a_recovery_that_fails_half_way_reports_the_batches_it_wrote() {
         .unwrap()
         .with_settings(RecoverySettings::new().batch_size(2))
         .unwrap();
-    let report = recon_core::Runner::builder("recovery")
-        .time_source(Arc::new(recon_core::ManualClock::at(now())))
-        .step(rec)
-        .build()
-        .unwrap()
-        .run()
-        .await;
-    let s = &report.steps[0];
+    let s = run_alone(rec).await;
     assert_eq!(s.status, recon_core::StepStatus::Failed);
     let resolved = all_rows(&inner)
         .await
@@ -928,14 +921,19 @@ async fn a_retention_that_fails_half_way_reports_what_it_deleted() {
         ..RetentionSettings::default()
     };
     let step = RetentionReconciler::new("cases", Arc::new(store), None, settings).unwrap();
-    let report = recon_core::Runner::builder("retention")
+    let s = run_alone(step).await;
+    assert_eq!(s.status, recon_core::StepStatus::Failed);
+    assert_eq!(s.report.count(retention_counters::FAILED_RECORDS_PRUNED), 2);
+}
+
+/// `step` run alone by a runner at `now()`: its outcome, as the run log gets it.
+async fn run_alone(step: impl Reconciler + 'static) -> recon_core::StepOutcome {
+    let mut report = recon_core::Runner::builder("run")
         .time_source(Arc::new(recon_core::ManualClock::at(now())))
         .step(step)
         .build()
         .unwrap()
         .run()
         .await;
-    let s = &report.steps[0];
-    assert_eq!(s.status, recon_core::StepStatus::Failed);
-    assert_eq!(s.report.count(retention_counters::FAILED_RECORDS_PRUNED), 2);
+    report.steps.remove(0)
 }

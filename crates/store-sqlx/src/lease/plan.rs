@@ -535,7 +535,7 @@ impl SqlLeaseStore {
             Err(e) => return Err(e),
         };
         let mut cells = row.into_iter().map(|c| c.ok());
-        let Some(mut out) = Self::read_counts(plans, &mut cells) else {
+        let Some(out) = Self::read_counts(plans, &mut cells) else {
             // A row came out with no plan's message (a trigger rewrote it): rolled back when
             // `tx` drops, and done the locking way, which does not count by message.
             tracing::debug!(
@@ -545,10 +545,16 @@ impl SqlLeaseStore {
             return Ok(None);
         };
         tx.commit().await?;
-        // the range's end is the keyset position, whatever in it was repaired
+        Ok(Some(Self::ending_at(out, upper)))
+    }
+
+    /// `out` as the batch of a key range ending at `upper`: the range's end is the keyset
+    /// position, whatever in it was repaired; `None` (the range ran to the table's end) is the
+    /// last batch.
+    fn ending_at(mut out: PlannedBatch, upper: Option<JobKey>) -> PlannedBatch {
         out.more = upper.is_some();
         out.last = upper;
-        Ok(Some(out))
+        out
     }
 
     /// The end of SQLite's next key range (see [`range_upper`](Self::range_upper)), read in
@@ -562,11 +568,7 @@ impl SqlLeaseStore {
     ) -> Result<Option<JobKey>> {
         let mut b = Binds::new(self.db.dialect());
         let sql = self.range_upper(plans, after, limit, &mut b)?;
-        let end = tx
-            .fetch(&sql, &b.values, &[self.key_kind()])
-            .await?
-            .pop()
-            .and_then(|mut r| r.pop());
+        let end = Value::single(tx.fetch(&sql, &b.values, &[self.key_kind()]).await?);
         self.position(end)
     }
 
@@ -624,7 +626,7 @@ impl SqlLeaseStore {
             let update = self.key_range_update(plans, after, upper.as_ref(), false, &mut ub)?;
             let changed = tx.execute(&update, &ub.values).await?;
             let total = if changed == out.repaired() {
-                Self::one_int(
+                Self::single_int(
                     tx.fetch("SELECT total_changes()", &[], &[Kind::Int])
                         .await?,
                 )
@@ -668,10 +670,12 @@ impl SqlLeaseStore {
             }
         }
         tx.commit().await?;
-        // the range's end is the keyset position, whatever in it was repaired
-        out.more = upper.is_some();
-        out.last = upper;
-        Ok(Some(out))
+        Ok(Some(Self::ending_at(out, upper)))
+    }
+
+    /// The integer of a one-row, one-column answer.
+    fn single_int(rows: Vec<Vec<Value>>) -> Option<i64> {
+        Value::single(rows)?.int()
     }
 
     /// The per-plan counts and `total_changes()` of SQLite's count (see
@@ -697,13 +701,8 @@ impl SqlLeaseStore {
              OR EXISTS (SELECT 1 FROM temp.sqlite_master WHERE type = 'trigger' \
                AND tbl_name = ? COLLATE NOCASE)"
         );
-        let any = Self::one_int(tx.fetch(&sql, &[name.clone(), name], &[Kind::Int]).await?);
+        let any = Self::single_int(tx.fetch(&sql, &[name.clone(), name], &[Kind::Int]).await?);
         Ok(any != Some(0))
-    }
-
-    /// The one integer cell of a one-row, one-column answer.
-    fn one_int(rows: Vec<Vec<Value>>) -> Option<i64> {
-        rows.into_iter().next()?.into_iter().next()?.int()
     }
 
     /// SQLite's key range when the plans write the same message: plan by plan and outcome by
@@ -877,10 +876,7 @@ impl SqlLeaseStore {
                         .await?;
                 }
                 tx.commit().await?;
-                // the range's end is the keyset position, whatever in it was repaired
-                out.more = upper.is_some();
-                out.last = upper;
-                Ok(out)
+                Ok(Self::ending_at(out, upper))
             }
             Dialect::MySql => {
                 let mut tx = self.db.begin().await?;
@@ -1097,7 +1093,7 @@ mod tests {
                 .fetch("SELECT total_changes()", &[], &[crate::value::Kind::Int])
                 .await
                 .unwrap();
-            rows.into_iter().next().and_then(|r| r.into_iter().next())
+            crate::value::Value::single(rows)
         };
         let changed_before = changes().await;
         let out = store(&db, "jobs")
