@@ -1807,10 +1807,65 @@ mod locks {
         assert!(nudged > 0, "{}: nothing nudged", be.name());
     }
 
+    /// A host constraint the repair breaks part-way through a statement — here "at most one
+    /// failed job" — fails the run with the database's error and leaves the batch as it was,
+    /// the jobs written before the failing one included (SQLite writes its batches `UPDATE OR
+    /// FAIL`, without a statement journal: the transaction is rolled back whole), both ways.
+    async fn a_constraint_the_repair_breaks_leaves_its_batch_as_it_was(t: &TestDb) {
+        let be = Backend::Sql(t);
+        for in_db in [true, false] {
+            let table = format!("guarded_{}", u8::from(in_db));
+            let jobs = Jobs::new(&be, &table, Shape::default()).await;
+            jobs.insert(&mixed(120, KeyKind::Integer), Shape::default())
+                .await;
+            match t.db.dialect() {
+                // (no partial indexes: a check that no job fails at all, broken by the first)
+                Dialect::MySql => {
+                    t.exec(&format!(
+                        "ALTER TABLE {table} ADD CONSTRAINT {table}_once CHECK (status <> 'failed')"
+                    ))
+                    .await;
+                }
+                _ => {
+                    t.exec(&format!(
+                        "CREATE UNIQUE INDEX {table}_once ON {table} (status) WHERE status = 'failed'"
+                    ))
+                    .await;
+                }
+            }
+            let before = all(&jobs).await;
+            let store = Arc::new(CountPlanned::new(jobs.lease.clone()));
+            let step = LeaseRepair::new(store.clone(), plain_settings(false))
+                .unwrap()
+                .batch_size(1000)
+                .unwrap()
+                .plan_batch_size(1000)
+                .unwrap()
+                .in_database(in_db);
+            let e = step
+                .reconcile(&RunContext::new(now()))
+                .await
+                .expect_err("the constraint refuses the batch");
+            assert!(
+                format!("{e:#}").to_lowercase().contains("constraint"),
+                "{}: {e:#}",
+                be.name()
+            );
+            assert_eq!(store.planned(), 0, "{}: no batch went through", be.name());
+            assert_eq!(
+                all(&jobs).await,
+                before,
+                "{}: in the database {in_db}",
+                be.name()
+            );
+        }
+    }
+
     crate::conformance_sql!(
         plans_the_store_cannot_apply_are_errors_that_change_nothing,
         a_row_a_worker_holds_is_never_repaired_in_the_database,
         a_trigger_that_rewrites_the_message_changes_nothing_else,
         a_trigger_that_changes_other_jobs_is_counted_as_written,
+        a_constraint_the_repair_breaks_leaves_its_batch_as_it_was,
     );
 }

@@ -21,22 +21,22 @@
 //!   RETURNING …) SELECT COUNT(*), …, MAX(id) FROM done` — which skips held rows (as when two
 //!   plans write the same message). Either way a row changed and committed since the
 //!   statement's snapshot is re-checked against the condition when it is locked.
-//! - SQLite: the same key range in one `BEGIN IMMEDIATE` transaction, counted first by plan
-//!   and outcome without the per-value checks (cheaper, and a superset of the rows written),
-//!   then one guarded `UPDATE` of every plan with no row sent back; when it changed fewer rows
-//!   than counted (rows the checks leave to the row-by-row path), counted again and the rows
-//!   left taken off. On a table with triggers the batch is instead one `UPDATE … RETURNING
-//!   last_error, attempts`, counted in Rust by the same message rule — or, when plans write the
-//!   same message, one statement per plan and outcome (given up, retried), each counted by the
-//!   rows it changed.
+//! - SQLite: the same key range in one `BEGIN IMMEDIATE` transaction: one guarded `UPDATE OR
+//!   FAIL` of every plan with no row sent back, counted by how many rows of the range each
+//!   state the plans write gained (before and after, on the `(status, id)` index) less the
+//!   orphans, counted before it with their own condition ([`StateGains`]). On a table with
+//!   triggers, or plans whose states cannot tell the counts apart, the batch is instead one
+//!   `UPDATE … RETURNING last_error, attempts`, counted in Rust by the same message rule — or,
+//!   when plans write the same message, one statement per plan and outcome (given up,
+//!   retried), each counted by the rows it changed.
 //! - MariaDB/MySQL: `SELECT id, attempts, <plan> … FOR UPDATE SKIP LOCKED`, then one `UPDATE …
 //!   WHERE id IN (…)` of exactly the locked rows (MariaDB has no `UPDATE … RETURNING`).
 
 use chrono::{DateTime, Utc};
-use lease_repair::{CandidateKind, JobKey, PlannedBatch, RepairPlan};
+use lease_repair::{CandidateKind, JobKey, PlannedBatch, PlannedCounts, RepairPlan};
 
 use super::{KeyKind, SqlLeaseStore};
-use crate::sql::{Binds, exact_eq};
+use crate::sql::{Binds, exact_eq, update_in_tx};
 use crate::value::{Kind, Value};
 use crate::{Dialect, Error, Result, TimestampFormat};
 
@@ -44,29 +44,24 @@ use crate::{Dialect, Error, Result, TimestampFormat};
 /// hands the batch to the statement that locks rows first and skips held ones.
 const PG_LOCK_WAIT: &str = "200ms";
 
-/// A SQLite text timestamp the row-by-row path reads too, up to the last digit of its
-/// seconds but one: a full date, `T` or a space, a time with seconds. After it, see
-/// [`SQLITE_TS_TAILS`].
-const SQLITE_TS_HEAD: &str =
-    "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][T ][0-9][0-9]:[0-9][0-9]:[0-9]";
+/// The shape of a SQLite text timestamp the row-by-row path reads too, once SQLite's
+/// `julianday` has read it: a date, `T` or a space, a time with seconds, then anything
+/// ending in a digit (the seconds, a fraction, a numeric offset) — or see
+/// [`SQLITE_TS_ZULU`].
+///
+/// `?` is enough where digits belong: SQLite reads a date only as exactly `YYYY-MM-DD`
+/// (four, two and two digits), then skips every space and `T`, then reads exactly `HH:MM`
+/// and, after a `:`, exactly two digits of seconds. With its `-`, `:` and the one separator
+/// where this pattern puts them, a text `julianday` read has digits in every `?` before the
+/// `*` (one more separator would move both colons). Digit classes there cost about twice the
+/// whole check (a `[0-9]` is parsed again for every character it is tried on), and a leading
+/// `*[0-9]` tries its class at every character; here the `*` starts after the seconds.
+const SQLITE_TS_SHAPE: &str = "????-??-??[T ]??:??:?*[0-9]";
 
-/// What may follow [`SQLITE_TS_HEAD`]: the seconds' last digit, then fractions and an offset
-/// ending in a digit, or `Z` right after a digit. SQLite's own date functions also take
-/// trailing spaces and a space before `Z`, which the row-by-row path does not (it does take a
-/// space before a numeric offset).
-const SQLITE_TS_TAILS: [&str; 2] = ["*[0-9]", "*[0-9]Z"];
-
-/// Which rows a plan's condition picks on SQLite.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Pick {
-    /// The rows the plan covers whose every value the row-by-row path reads too (SQLite's
-    /// per-value checks included): the rows a repair may write.
-    Readable,
-    /// Those and possibly more: the same condition without SQLite's per-value checks of text
-    /// timestamps and lease owners. Only counted, never written (see
-    /// [`sqlite_counted`](SqlLeaseStore::sqlite_counted)).
-    Loose,
-}
+/// [`SQLITE_TS_SHAPE`] ending in `Z` right after a digit. SQLite's own date functions also
+/// take trailing spaces, a space before `Z` and a lowercase `z`, which the row-by-row path
+/// does not (it does take a space before a numeric offset).
+const SQLITE_TS_ZULU: &str = "????-??-??[T ]??:??:?*[0-9]Z";
 
 /// Whether every plan writes its own message, so that a repaired row tells its plan by its
 /// new `last_error` (used where `RETURNING` sees only the new row).
@@ -75,6 +70,88 @@ fn distinct_messages(plans: &[RepairPlan]) -> bool {
         .iter()
         .enumerate()
         .all(|(i, p)| plans[..i].iter().all(|q| q.last_error != p.last_error))
+}
+
+/// How SQLite's counted batch ([`sqlite_counted`](SqlLeaseStore::sqlite_counted)) tells
+/// its counts: the states the plans write, and the plan whose counts are what those states
+/// gained in the key range less the other plans' jobs, counted before the `UPDATE`.
+#[derive(Debug, PartialEq, Eq)]
+struct StateGains {
+    /// The plan not counted before: the expired leases when there are any (their condition is
+    /// the costly one), else the last.
+    derived: usize,
+    /// Every state a plan writes, once each.
+    states: Vec<String>,
+}
+
+impl StateGains {
+    /// `None` when the states cannot tell the counts: a plan writes the processing state (a
+    /// written row would not show), or the derived plan retries and gives up into one state.
+    fn new(plans: &[RepairPlan]) -> Option<Self> {
+        let derived = plans
+            .iter()
+            .position(|p| p.kind == CandidateKind::ExpiredLease)
+            .or_else(|| plans.len().checked_sub(1))?;
+        let mut states: Vec<String> = Vec::new();
+        for p in plans {
+            for (st, _) in Self::written(p) {
+                if *st == p.processing_state {
+                    return None;
+                }
+                if !states.contains(st) {
+                    states.push(st.clone());
+                }
+            }
+        }
+        let d = &plans[derived];
+        if d.fail_from.is_some() && d.retry_state == d.failed_state {
+            return None;
+        }
+        Some(Self { derived, states })
+    }
+
+    /// The states `plan` writes: `(state, given up)`.
+    fn written(plan: &RepairPlan) -> impl Iterator<Item = (&String, bool)> {
+        std::iter::once((&plan.retry_state, false))
+            .chain(plan.fail_from.map(|_| (&plan.failed_state, true)))
+    }
+
+    /// Every plan's counts from what each of [`states`](Self::states) gained and the other
+    /// plans' counts (`None` at the derived plan): `None` when they do not add up (a count
+    /// the states did not gain, or a gain no plan explains).
+    fn derive(
+        &self,
+        plans: &[RepairPlan],
+        mut gained: Vec<u64>,
+        counted: &[Option<PlannedCounts>],
+    ) -> Option<Vec<PlannedCounts>> {
+        let at = |st: &String| self.states.iter().position(|s| s == st);
+        let mut out = vec![PlannedCounts::default(); plans.len()];
+        for (i, p) in plans.iter().enumerate() {
+            if i == self.derived {
+                continue;
+            }
+            let c = (*counted.get(i)?)?;
+            for (st, failed) in Self::written(p) {
+                let g = &mut gained[at(st)?];
+                *g = g.checked_sub(if failed { c.failed } else { c.requeued })?;
+            }
+            if p.fail_from.is_none() && c.failed > 0 {
+                return None;
+            }
+            out[i] = c;
+        }
+        let d = &plans[self.derived];
+        for (st, failed) in Self::written(d) {
+            let g = std::mem::take(&mut gained[at(st)?]);
+            if failed {
+                out[self.derived].failed = g;
+            } else {
+                out[self.derived].requeued = g;
+            }
+        }
+        gained.iter().all(|g| *g == 0).then_some(out)
+    }
 }
 
 impl SqlLeaseStore {
@@ -89,7 +166,7 @@ impl SqlLeaseStore {
 
     /// The condition of the rows `plan` covers, without the status and key parts
     /// [`plan_where`](Self::plan_where) adds for every plan.
-    fn plan_condition(&self, plan: &RepairPlan, pick: Pick, b: &mut Binds) -> Result<String> {
+    fn plan_condition(&self, plan: &RepairPlan, b: &mut Binds) -> Result<String> {
         let d = self.db.dialect();
         let s = &self.q;
         let mut w = Vec::new();
@@ -114,27 +191,24 @@ impl SqlLeaseStore {
                         let min = b.push(self.ts(Some(DateTime::<Utc>::MIN_UTC)));
                         w.push(format!("typeof({e}) = 'integer' AND {e} >= {min}"));
                     }
-                    // Loose: as text only (see `Pick`).
-                    (Dialect::Sqlite, _) if pick == Pick::Loose => {}
                     // Text: compared as text like the row-by-row read, and then as the instant
                     // SQLite reads (a time with an offset may sort before `now` as text and
                     // still lie ahead).
                     (Dialect::Sqlite, _) => {
                         let now = b.push(self.ts(Some(plan.now)));
                         // SQLite's date functions roll a 30 February over into March and take
-                        // hour 24; the row-by-row path reads neither.
+                        // hour 24; the row-by-row path reads neither. (A day before the 29th
+                        // is in every month: `date` is called only for the others.)
                         w.push(format!(
                             "typeof({e}) = 'text' AND julianday({e}) < julianday({now}) \
-                             AND ({e} GLOB '{SQLITE_TS_HEAD}{t0}' \
-                               OR {e} GLOB '{SQLITE_TS_HEAD}{t1}') \
-                             AND date(substr({e}, 1, 10)) = substr({e}, 1, 10) \
-                             AND substr({e}, 12, 2) < '24'",
-                            t0 = SQLITE_TS_TAILS[0],
-                            t1 = SQLITE_TS_TAILS[1],
+                             AND ({e} GLOB '{SQLITE_TS_SHAPE}' OR {e} GLOB '{SQLITE_TS_ZULU}') \
+                             AND (substr({e}, 9, 2) < '29' \
+                               OR date(substr({e}, 1, 10)) = substr({e}, 1, 10)) \
+                             AND substr({e}, 12, 2) < '24'"
                         ));
                     }
                 }
-                if d == Dialect::Sqlite && pick == Pick::Readable {
+                if d == Dialect::Sqlite {
                     // An owner the row-by-row path might not read (not text, not UTF-8) is
                     // left to it: it reports such rows instead of repairing them. Printable
                     // ASCII always reads. (Comparing `length` in characters and in bytes is
@@ -183,13 +257,12 @@ impl SqlLeaseStore {
     }
 
     /// The rows `plans` cover with keys after `after`: the row-by-row read's condition for
-    /// each plan's kind, attempts in the plan's range, and (with [`Pick::Readable`]) values
-    /// the row-by-row path could decode.
+    /// each plan's kind, attempts in the plan's range, and (on SQLite) values the row-by-row
+    /// path could decode.
     fn plan_where(
         &self,
         plans: &[RepairPlan],
         after: Option<&JobKey>,
-        pick: Pick,
         b: &mut Binds,
     ) -> Result<String> {
         let d = self.db.dialect();
@@ -197,7 +270,7 @@ impl SqlLeaseStore {
         let mut w = vec![self.processing(plans, b)?];
         let mut each = Vec::with_capacity(plans.len());
         for p in plans {
-            each.push(format!("({})", self.plan_condition(p, pick, b)?));
+            each.push(format!("({})", self.plan_condition(p, b)?));
         }
         w.push(format!("({})", each.join(" OR ")));
         if d == Dialect::Sqlite {
@@ -389,9 +462,10 @@ impl SqlLeaseStore {
             &|i| self.of_kind(plans[i].kind),
             b,
         );
-        let w = self.plan_where(plans, after, Pick::Readable, b)?;
+        let w = self.plan_where(plans, after, b)?;
         let upto = self.up_to(upper, b)?;
-        let mut sql = format!("UPDATE {t} AS t SET {sets} WHERE {w}{upto}", t = s.table);
+        let verb = update_in_tx(self.db.dialect());
+        let mut sql = format!("{verb} {t} AS t SET {sets} WHERE {w}{upto}", t = s.table);
         if returning {
             sql.push_str(&format!(" RETURNING {}, {}", s.last_error, s.attempts));
         }
@@ -457,10 +531,7 @@ impl SqlLeaseStore {
     ) -> Result<String> {
         let s = &self.q;
         let st = self.processing(plans, b)?;
-        let after_sql = match after {
-            Some(k) => format!(" AND {} > {}", s.id, self.id_param(b, k)?),
-            None => String::new(),
-        };
+        let after_sql = self.after_key(after, b)?;
         let offset = b.push(Value::Int(Some(
             i64::try_from(limit.saturating_sub(1)).unwrap_or(i64::MAX),
         )));
@@ -572,120 +643,183 @@ impl SqlLeaseStore {
         self.position(end)
     }
 
-    /// SQLite's usual batch, without a row sent back: in one `BEGIN IMMEDIATE` transaction,
-    /// count the key range's rows by plan and outcome with the plans' condition *without* the
-    /// per-value checks ([`Pick::Loose`]: a superset of the rows the repair may write, and
-    /// cheaper than checking every value twice), then run the guarded `UPDATE` with no
-    /// `RETURNING` (SQLite hands every returned row over one by one: the slower part of the
-    /// batch). Nothing else writes while the transaction holds SQLite's write lock, so when
-    /// the `UPDATE` changed as many rows as were counted, the superset was the set and the
-    /// counts stand. When it changed fewer (the range holds rows the checks leave to the
-    /// row-by-row path), the same count again counts the rows left, unchanged, and the
-    /// difference is what was written — as long as every state a plan writes differs from the
-    /// processing state, so that a written row no longer matches.
+    /// SQLite's usual batch, without a row sent back: in one `BEGIN IMMEDIATE` transaction
+    /// (nothing else writes while it holds SQLite's write lock), the guarded `UPDATE` of every
+    /// plan with no `RETURNING` (SQLite hands every returned row over one by one: the slower
+    /// part of the batch), counted by what it did to the key range. Before and after it, how
+    /// many rows of the range hold each state the plans write (on the `(status, id)` index
+    /// alone, when there is one); and before it, the jobs of every plan but one, each with its
+    /// plan's own condition. What each state gained, less those, is the last plan's — the
+    /// expired leases, whose condition checks every value and would cost the most to test
+    /// twice. See [`StateGains`].
     ///
-    /// `None` (nothing done) for a table with triggers (a trigger that changes a job not yet
-    /// written could change its outcome): the batch then goes the uncounted way. As a net for
-    /// triggers the catalogue lookup misses, `total_changes()` must move by exactly the rows
-    /// the `UPDATE` changed, else the transaction is rolled back and `None` returned too.
+    /// `None` (nothing done) when the plans' states cannot tell the counts apart (see
+    /// [`StateGains::new`]) or the table has triggers (a trigger could change other jobs'
+    /// states): the batch then goes the `RETURNING` way. As a net for triggers the catalogue
+    /// lookup misses, `total_changes()` must move by exactly the rows the `UPDATE` changed and
+    /// the gains must add up to them, else the transaction is rolled back and `None` returned.
     async fn sqlite_counted(
         &self,
         plans: &[RepairPlan],
         after: Option<&JobKey>,
         limit: usize,
     ) -> Result<Option<PlannedBatch>> {
+        let Some(gains) = StateGains::new(plans) else {
+            return Ok(None);
+        };
         let d = self.db.dialect();
         let mut tx = self.db.begin().await?;
         if self.sqlite_has_triggers(&mut tx).await? {
             return Ok(None);
         }
         let upper = self.sqlite_range_end(&mut tx, plans, after, limit).await?;
+        // Before: the states' rows, the other plans' jobs (given up, all), total_changes().
         let mut b = Binds::new(d);
-        let counts = Self::count_columns(plans, &mut b, |_, p, b| {
-            let rows = self.of_kind(p.kind);
-            let given_up = p.fail_from.map(|f| {
-                let f = b.push(Value::Int(Some(f)));
-                format!("{rows} AND {} >= {f}", self.q.attempts)
-            });
-            (rows, given_up)
-        });
-        let w = self.plan_where(plans, after, Pick::Loose, &mut b)?;
-        let upto = self.up_to(upper.as_ref(), &mut b)?;
-        let count = format!(
-            "SELECT {counts}, total_changes() FROM {t} AS t WHERE {w}{upto}",
-            t = self.q.table
-        );
-        let kinds = vec![Kind::Int; 2 * plans.len() + 2];
-        let Some((mut out, before)) =
-            Self::sqlite_counts(plans, tx.fetch(&count, &b.values, &kinds).await?)
+        let mut cols = self.state_counts(&gains.states, after, upper.as_ref(), &mut b)?;
+        let mut from = Vec::new();
+        for (i, p) in plans.iter().enumerate() {
+            if i == gains.derived {
+                continue;
+            }
+            let given_up = match p.fail_from {
+                Some(f) => format!(
+                    "COUNT(CASE WHEN {} >= {} THEN 1 END)",
+                    self.q.attempts,
+                    b.push(Value::Int(Some(f)))
+                ),
+                None => "0".to_owned(),
+            };
+            let w = self.plan_where(std::slice::from_ref(p), after, &mut b)?;
+            let upto = self.up_to(upper.as_ref(), &mut b)?;
+            from.push(format!(
+                "(SELECT {given_up} AS f, COUNT(*) AS n FROM {t} AS t WHERE {w}{upto}) AS p{i}",
+                t = self.q.table
+            ));
+            cols.push(format!("p{i}.f, p{i}.n"));
+        }
+        cols.push("total_changes()".to_owned());
+        let mut sql = format!("SELECT {}", cols.join(", "));
+        if !from.is_empty() {
+            sql.push_str(&format!(" FROM {}", from.join(", ")));
+        }
+        let width = gains.states.len() + 2 * (plans.len() - 1) + 1;
+        let Some(before) = Self::ints(tx.fetch(&sql, &b.values, &vec![Kind::Int; width]).await?)
         else {
             return Ok(None);
         };
-        if out.repaired() > 0 {
-            let mut ub = Binds::new(d);
-            let update = self.key_range_update(plans, after, upper.as_ref(), false, &mut ub)?;
-            let changed = tx.execute(&update, &ub.values).await?;
-            let total = if changed == out.repaired() {
-                Self::single_int(
-                    tx.fetch("SELECT total_changes()", &[], &[Kind::Int])
-                        .await?,
-                )
-            } else {
-                // Some counted rows were left alone: count what is left and take it off.
-                let written_leave = plans.iter().all(|p| {
-                    p.retry_state != p.processing_state
-                        && (p.fail_from.is_none() || p.failed_state != p.processing_state)
-                });
-                let left = if written_leave {
-                    Self::sqlite_counts(plans, tx.fetch(&count, &b.values, &kinds).await?)
-                } else {
+        let (held, rest) = before.split_at(gains.states.len());
+        let (others, total_before) = rest.split_at(rest.len() - 1);
+        let mut counted = others.chunks(2).map(|c| PlannedCounts {
+            failed: c[0],
+            requeued: c[1].saturating_sub(c[0]),
+        });
+        let counted: Vec<Option<PlannedCounts>> = (0..plans.len())
+            .map(|i| {
+                if i == gains.derived {
                     None
-                };
-                let Some((left, total)) = left else {
-                    return Ok(None);
-                };
-                for (c, l) in out.counts.iter_mut().zip(&left.counts) {
-                    let (Some(requeued), Some(failed)) = (
-                        c.requeued.checked_sub(l.requeued),
-                        c.failed.checked_sub(l.failed),
-                    ) else {
-                        return Ok(None);
-                    };
-                    *c = lease_repair::PlannedCounts { requeued, failed };
+                } else {
+                    counted.next()
                 }
-                Some(total)
-            };
-            let changed_i = i64::try_from(changed).unwrap_or(i64::MAX);
-            let by_triggers = total.map(|t| t.saturating_sub(before).saturating_sub(changed_i));
-            if changed != out.repaired() || by_triggers != Some(0) {
+            })
+            .collect();
+        let mut ub = Binds::new(d);
+        let update = self.key_range_update(plans, after, upper.as_ref(), false, &mut ub)?;
+        let changed = tx.execute(&update, &ub.values).await?;
+        // After: the states' rows again, total_changes().
+        let mut b = Binds::new(d);
+        let mut cols = self.state_counts(&gains.states, after, upper.as_ref(), &mut b)?;
+        cols.push("total_changes()".to_owned());
+        let sql = format!("SELECT {}", cols.join(", "));
+        let after_counts = tx
+            .fetch(&sql, &b.values, &vec![Kind::Int; gains.states.len() + 1])
+            .await?;
+        let Some(now_held) = Self::ints(after_counts) else {
+            return Ok(None);
+        };
+        let (now_held, total_after) = now_held.split_at(gains.states.len());
+        let gained: Option<Vec<u64>> = now_held
+            .iter()
+            .zip(held)
+            .map(|(a, b)| a.checked_sub(*b))
+            .collect();
+        let by_others = total_after[0]
+            .checked_sub(total_before[0])
+            .and_then(|t| t.checked_sub(changed));
+        let counts = gained
+            .filter(|g| g.iter().sum::<u64>() == changed)
+            .and_then(|g| gains.derive(plans, g, &counted));
+        match counts {
+            Some(counts) if by_others == Some(0) => {
+                tx.commit().await?;
+                Ok(Some(Self::ending_at(
+                    PlannedBatch {
+                        counts,
+                        ..PlannedBatch::empty(plans.len())
+                    },
+                    upper,
+                )))
+            }
+            _ => {
                 // (rolled back when `tx` drops)
                 tracing::debug!(
                     table = %self.map.table,
-                    counted = out.repaired(),
                     changed,
-                    ?by_triggers,
+                    ?by_others,
                     "a counted repair could not tell what it wrote; the batch goes the uncounted way"
                 );
-                return Ok(None);
+                Ok(None)
             }
         }
-        tx.commit().await?;
-        Ok(Some(Self::ending_at(out, upper)))
+    }
+
+    /// `(SELECT COUNT(*) FROM <table> WHERE status = <state> AND <key range>)` for each of
+    /// `states`: a count the `(status, id)` index answers alone.
+    fn state_counts(
+        &self,
+        states: &[String],
+        after: Option<&JobKey>,
+        upper: Option<&JobKey>,
+        b: &mut Binds,
+    ) -> Result<Vec<String>> {
+        states
+            .iter()
+            .map(|st| {
+                let st = exact_eq(
+                    self.db.dialect(),
+                    &self.q.status,
+                    b,
+                    Value::Text(Some(st.clone())),
+                );
+                let from = self.after_key(after, b)?;
+                let upto = self.up_to(upper, b)?;
+                Ok(format!(
+                    "(SELECT COUNT(*) FROM {t} WHERE {st}{from}{upto})",
+                    t = self.q.table
+                ))
+            })
+            .collect()
+    }
+
+    /// ` AND id > after`, or nothing for the first batch.
+    fn after_key(&self, after: Option<&JobKey>, b: &mut Binds) -> Result<String> {
+        Ok(match after {
+            Some(k) => format!(" AND {} > {}", self.q.id, self.id_param(b, k)?),
+            None => String::new(),
+        })
+    }
+
+    /// The cells of a one-row answer as counts: `None` when a cell is not a count.
+    fn ints(rows: Vec<Vec<Value>>) -> Option<Vec<u64>> {
+        rows.into_iter()
+            .next()?
+            .into_iter()
+            .map(|v| v.int().and_then(|n| u64::try_from(n).ok()))
+            .collect()
     }
 
     /// The integer of a one-row, one-column answer.
     fn single_int(rows: Vec<Vec<Value>>) -> Option<i64> {
         Value::single(rows)?.int()
-    }
-
-    /// The per-plan counts and `total_changes()` of SQLite's count (see
-    /// [`sqlite_counted`](Self::sqlite_counted)).
-    fn sqlite_counts(plans: &[RepairPlan], rows: Vec<Vec<Value>>) -> Option<(PlannedBatch, i64)> {
-        let row = rows.into_iter().next()?;
-        let mut cells = row.into_iter().map(Some);
-        let out = Self::read_counts(plans, &mut cells)?;
-        let total = cells.next().flatten().and_then(Value::int)?;
-        Some((out, total))
     }
 
     /// Whether SQLite knows a trigger on the job table (in its schema, or a temporary one).
@@ -733,7 +867,7 @@ impl SqlLeaseStore {
                     &|_| String::new(),
                     &mut b,
                 );
-                let w = self.plan_where(one, after, Pick::Readable, &mut b)?;
+                let w = self.plan_where(one, after, &mut b)?;
                 let split = match (op, plan.fail_from) {
                     (Some(op), Some(f)) => {
                         format!(" AND {} {op} {}", s.attempts, b.push(Value::Int(Some(f))))
@@ -774,7 +908,7 @@ impl SqlLeaseStore {
                 // Rows another transaction holds (or plans the new rows cannot tell apart):
                 // lock the batch's rows first, skipping held ones, then update them.
                 let mut b = Binds::new(d);
-                let w = self.plan_where(plans, after, Pick::Readable, &mut b)?;
+                let w = self.plan_where(plans, after, &mut b)?;
                 let n = b.push(limit_v);
                 let sets = self.plan_sets(
                     plans,
@@ -881,7 +1015,7 @@ impl SqlLeaseStore {
             Dialect::MySql => {
                 let mut tx = self.db.begin().await?;
                 let mut b = Binds::new(d);
-                let w = self.plan_where(plans, after, Pick::Readable, &mut b)?;
+                let w = self.plan_where(plans, after, &mut b)?;
                 let n = b.push(limit_v);
                 // `ORDER BY status, id` and the hint: see the row-by-row read.
                 let sql = format!(
@@ -954,11 +1088,14 @@ impl SqlLeaseStore {
 #[cfg(test)]
 mod tests {
     //! SQLite's counted batches, which the conformance suite cannot tell from the uncounted
-    //! way (both write and count the same): taken when they can count, refused otherwise.
+    //! way (both write and count the same): taken when they can count, refused otherwise;
+    //! and how they tell their counts ([`StateGains`]).
 
     use chrono::{DateTime, Duration, Utc};
     use lease_repair::{CandidateKind, PlannedCounts, RepairPlan};
+    use proptest::prelude::*;
 
+    use super::StateGains;
     use crate::{ConnectOptions, Db, JobTable, SqlLeaseStore};
 
     fn now() -> DateTime<Utc> {
@@ -1049,6 +1186,101 @@ mod tests {
         ]
     }
 
+    fn c(requeued: u64, failed: u64) -> PlannedCounts {
+        PlannedCounts { requeued, failed }
+    }
+
+    /// What `plans` gaining `counts` adds to each of `g.states`.
+    fn gains_of(g: &StateGains, plans: &[RepairPlan], counts: &[PlannedCounts]) -> Vec<u64> {
+        let mut out = vec![0; g.states.len()];
+        for (p, n) in plans.iter().zip(counts) {
+            for (st, failed) in StateGains::written(p) {
+                let i = g.states.iter().position(|s| s == st).unwrap();
+                out[i] += if failed { n.failed } else { n.requeued };
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn expired_leases_get_what_the_states_gained_less_the_orphans() {
+        let plans = plans();
+        let g = StateGains::new(&plans).unwrap();
+        assert_eq!(g.derived, 0, "the expired leases");
+        assert_eq!(g.states, ["retry", "failed"]);
+        let counts = [c(7, 2), c(3, 1)];
+        let gained = gains_of(&g, &plans, &counts);
+        assert_eq!(gained, [10, 3]);
+        assert_eq!(
+            g.derive(&plans, gained, &[None, Some(counts[1])]),
+            Some(counts.to_vec())
+        );
+        // more orphans counted than the states gained, or a gain no plan explains
+        assert_eq!(g.derive(&plans, vec![2, 3], &[None, Some(c(3, 1))]), None);
+        let mut one = plans[1].clone();
+        one.fail_from = None;
+        let both = [plans[0].clone(), one];
+        assert_eq!(g.derive(&both, vec![10, 3], &[None, Some(c(3, 1))]), None);
+    }
+
+    #[test]
+    fn states_that_cannot_tell_the_counts_are_refused() {
+        let mut same = plan(CandidateKind::ExpiredLease);
+        same.failed_state = "retry".into();
+        assert_eq!(StateGains::new(&[same.clone()]), None, "one state for both");
+        // …unless the plan never gives up
+        same.fail_from = None;
+        assert!(StateGains::new(&[same]).is_some());
+        let mut stays = plan(CandidateKind::Orphaned);
+        stays.retry_state = "processing".into();
+        assert_eq!(
+            StateGains::new(&[plan(CandidateKind::ExpiredLease), stays]),
+            None,
+            "a written row would not show"
+        );
+        assert_eq!(StateGains::new(&[]), None);
+        // orphans alone: they are the derived plan
+        let g = StateGains::new(&[plan(CandidateKind::Orphaned)]).unwrap();
+        assert_eq!(g.derived, 0);
+    }
+
+    fn any_plan(kind: CandidateKind) -> impl Strategy<Value = RepairPlan> {
+        let state = prop::sample::select(vec!["a", "b", "c", "processing"]);
+        (state.clone(), state, prop::option::of(0_i64..5)).prop_map(move |(r, f, from)| {
+            let mut p = plan(kind);
+            p.retry_state = r.into();
+            p.failed_state = f.into();
+            p.fail_from = from;
+            p
+        })
+    }
+
+    proptest! {
+        /// Whatever states the plans write, when `StateGains` takes them, the counts it
+        /// derives are the counts that were written.
+        #[test]
+        fn derived_counts_are_the_written_counts(
+            expired in any_plan(CandidateKind::ExpiredLease),
+            orphans in any_plan(CandidateKind::Orphaned),
+            n in prop::array::uniform4(0_u64..1_000),
+        ) {
+            let plans = [expired, orphans];
+            let Some(g) = StateGains::new(&plans) else {
+                return Ok(());
+            };
+            let counts: Vec<PlannedCounts> = plans
+                .iter()
+                .zip([(n[0], n[1]), (n[2], n[3])])
+                .map(|(p, (r, f))| c(r, if p.fail_from.is_some() { f } else { 0 }))
+                .collect();
+            let gained = gains_of(&g, &plans, &counts);
+            let counted: Vec<Option<PlannedCounts>> = (0..2)
+                .map(|i| (i != g.derived).then_some(counts[i]))
+                .collect();
+            prop_assert_eq!(g.derive(&plans, gained, &counted), Some(counts));
+        }
+    }
+
     #[tokio::test]
     async fn counted_batches_count_what_they_wrote() {
         let (db, dir) = db("counted").await;
@@ -1058,8 +1290,8 @@ mod tests {
             .await
             .unwrap()
             .expect("a table without triggers is counted");
-        // job 3 counted first, left alone by the guarded UPDATE, counted again and taken off
-        let c = |requeued, failed| PlannedCounts { requeued, failed };
+        // the orphan counted first, the expired leases by what `retry` and `failed` gained
+        // (job 3 left alone by the guarded UPDATE, so not among them)
         assert_eq!(out.counts, [c(1, 1), c(1, 0)]);
         let want = [
             "retry",
