@@ -409,6 +409,94 @@ async fn connect(name: &str) -> Option<Db> {
     Some(db)
 }
 
+/// One timed `LeaseRepair` run (`name` for messages) on freshly stuck rows, its counters and
+/// rows checked untimed.
+async fn timed_repair(
+    db: &Db,
+    ctx: &RunContext,
+    settings: fn() -> Settings,
+    all: &Expect,
+    name: &str,
+) -> Duration {
+    let backend = db.dialect();
+    make_stuck(db).await;
+    let s = step(db, settings());
+    let t0 = Instant::now();
+    let r = s.reconcile(ctx).await.unwrap();
+    let took = t0.elapsed();
+    assert_eq!(
+        [
+            r.count(counters::LEASES_REPAIRED),
+            r.count(counters::JOBS_REQUEUED),
+            r.count(counters::JOBS_FAILED),
+            r.count(counters::ANOMALIES),
+            r.count(counters::SKIPPED_CHANGED),
+        ],
+        [
+            all.expired,
+            all.orphans - all.orphans_failed,
+            all.failed(),
+            0,
+            0
+        ],
+        "{backend:?}: {name} counters"
+    );
+    assert_eq!(
+        census(db, rows()).await,
+        all.census(),
+        "{backend:?}: {name} rows (retry, failed, live untouched, processing)"
+    );
+    took
+}
+
+/// One timed single UPDATE on freshly stuck rows, its rows checked untimed.
+async fn timed_single(db: &Db, all: &Expect) -> Duration {
+    let backend = db.dialect();
+    make_stuck(db).await;
+    let t0 = Instant::now();
+    let changed = single_update(db).await;
+    let took = t0.elapsed();
+    assert_eq!(changed, all.stuck(), "{backend:?}: single UPDATE rows");
+    assert_eq!(
+        census(db, rows()).await,
+        all.census(),
+        "{backend:?}: single UPDATE rows (retry, failed, live untouched, processing)"
+    );
+    took
+}
+
+/// `RECON_BENCH_PAIRS` (default 9) pairs of the in-database repair and the single UPDATE,
+/// each pair run back to back and the order flipped every pair: the ratio of each pair, in
+/// the database ÷ single. The groups above run each case's iterations one after another,
+/// a minute or more apart, and a machine whose I/O drifts in between moves their ratio
+/// (SQLite runs read 1.37–1.65× off the same build); a pair shares the machine's state.
+async fn paired(db: &Db, ctx: &RunContext, all: &Expect) -> Vec<f64> {
+    let n: usize = std::env::var("RECON_BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9);
+    let mut ratios = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = "lease_repair_in_database (paired)";
+        let (in_db, single) = if i % 2 == 0 {
+            let a = timed_repair(db, ctx, plain_settings, all, name).await;
+            (a, timed_single(db, all).await)
+        } else {
+            let b = timed_single(db, all).await;
+            (timed_repair(db, ctx, plain_settings, all, name).await, b)
+        };
+        ratios.push(in_db.as_secs_f64() / single.as_secs_f64());
+        eprintln!(
+            "lease_repair bench: {:?} pair {i}: in the database {:.0} ms, single {:.0} ms, {:.2}x",
+            db.dialect(),
+            ms(in_db),
+            ms(single),
+            in_db.as_secs_f64() / single.as_secs_f64()
+        );
+    }
+    ratios
+}
+
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
     let all = Expect::upto(rows());
@@ -457,60 +545,25 @@ fn bench(c: &mut Criterion) {
         ] {
             g.bench_function(name, |b| {
                 b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        rt.block_on(make_stuck(&db));
-                        let s = step(&db, settings());
-                        let t0 = Instant::now();
-                        let r = rt.block_on(s.reconcile(&ctx)).unwrap();
-                        let took = t0.elapsed();
-                        total += took;
-                        record(name, took);
-                        assert_eq!(
-                            [
-                                r.count(counters::LEASES_REPAIRED),
-                                r.count(counters::JOBS_REQUEUED),
-                                r.count(counters::JOBS_FAILED),
-                                r.count(counters::ANOMALIES),
-                                r.count(counters::SKIPPED_CHANGED),
-                            ],
-                            [
-                                all.expired,
-                                all.orphans - all.orphans_failed,
-                                all.failed(),
-                                0,
-                                0
-                            ],
-                            "{backend}: {name} counters"
-                        );
-                        assert_eq!(
-                            rt.block_on(census(&db, rows())),
-                            all.census(),
-                            "{backend}: {name} rows (retry, failed, live untouched, processing)"
-                        );
-                    }
-                    total
+                    (0..iters)
+                        .map(|_| {
+                            let took = rt.block_on(timed_repair(&db, &ctx, settings, &all, name));
+                            record(name, took);
+                            took
+                        })
+                        .sum()
                 })
             });
         }
         g.bench_function("single_update", |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    rt.block_on(make_stuck(&db));
-                    let t0 = Instant::now();
-                    let changed = rt.block_on(single_update(&db));
-                    let took = t0.elapsed();
-                    total += took;
-                    record("single_update", took);
-                    assert_eq!(changed, all.stuck(), "{backend}: single UPDATE rows");
-                    assert_eq!(
-                        rt.block_on(census(&db, rows())),
-                        all.census(),
-                        "{backend}: single UPDATE rows (retry, failed, live untouched, processing)"
-                    );
-                }
-                total
+                (0..iters)
+                    .map(|_| {
+                        let took = rt.block_on(timed_single(&db, &all));
+                        record("single_update", took);
+                        took
+                    })
+                    .sum()
             })
         });
         g.throughput(Throughput::Elements(sample.stuck()));
@@ -578,7 +631,8 @@ fn bench(c: &mut Criterion) {
             );
         });
         g.finish();
-        summary(backend, &all, &sample, &seen.lock().unwrap());
+        let pairs = rt.block_on(paired(&db, &ctx, &all));
+        summary(backend, &all, &sample, &seen.lock().unwrap(), &pairs);
         rt.block_on(exec(&db, &format!("DROP TABLE {T}")));
         rt.block_on(db.close());
     }
@@ -600,7 +654,7 @@ fn ms(d: Duration) -> f64 {
 
 /// The figures docs/benchmarks.md reports: medians of every timed iteration (warm-up
 /// included), per-job costs, the per-row loop extrapolated from its sample, and the ratios.
-fn summary(backend: &str, all: &Expect, sample: &Expect, seen: &[(&str, Duration)]) {
+fn summary(backend: &str, all: &Expect, sample: &Expect, seen: &[(&str, Duration)], pairs: &[f64]) {
     let lr = median(seen, "lease_repair");
     let db = median(seen, "lease_repair_in_database");
     let su = median(seen, "single_update");
@@ -610,12 +664,17 @@ fn summary(backend: &str, all: &Expect, sample: &Expect, seen: &[(&str, Duration
     let pr_job = per_job_us(pr, sample.stuck());
     let pr_full_ms = pr_job * all.stuck() as f64 / 1e3;
     let count = |name: &str| seen.iter().filter(|(n, _)| *n == name).count();
+    let mut pairs = pairs.to_vec();
+    pairs.sort_by(f64::total_cmp);
+    let paired = pairs.get(pairs.len() / 2).copied().unwrap_or(f64::NAN);
     println!(
         "SUMMARY {backend}: {} rows, {} stuck, {} live (batch {}, in the database {}) \
          | LeaseRepair in the database (no jitter) {:.0} ms ({:.2} µs/job) \
          | LeaseRepair row by row (jittered preset) {:.0} ms ({:.2} µs/job) \
          | single UPDATE {:.0} ms ({:.2} µs/job) \
-         -> in the database / single = {:.2}x (target <= 1.5), row by row / single = {:.2}x \
+         -> in the database / single = {:.2}x, row by row / single = {:.2}x \
+         | paired ({} pairs, order alternating): in the database / single median {:.2}x (target <= 1.5), \
+         range {:.2}-{:.2}x \
          | per-row loop MEASURED {:.0} ms on a 2 % sample of {} jobs ({:.1} µs/job), EXTRAPOLATED to {} jobs: {:.0} ms \
          -> per-row / in the database = {:.1}x, per-row / row by row = {:.1}x (target >= 10) \
          | clean {}-row table {:.2} ms (target <= 20) \
@@ -633,6 +692,10 @@ fn summary(backend: &str, all: &Expect, sample: &Expect, seen: &[(&str, Duration
         per_job_us(su, all.stuck()),
         db.as_secs_f64() / su.as_secs_f64(),
         lr.as_secs_f64() / su.as_secs_f64(),
+        pairs.len(),
+        paired,
+        pairs.first().copied().unwrap_or(f64::NAN),
+        pairs.last().copied().unwrap_or(f64::NAN),
         ms(pr),
         sample.stuck(),
         pr_job,
