@@ -31,7 +31,9 @@
 //! table size (default 1,000,000; stuck rows stay 10 % expired + 2 % orphaned);
 //! `RECON_BENCH_BACKENDS=postgres,mysql` runs only the listed backends; `RECON_BENCH_BATCH` and
 //! `RECON_BENCH_PLAN_BATCH` override LeaseRepair's row-by-row and in-database batch sizes
-//! (exploration only; the summary line says which).
+//! (exploration only; the summary line says which); `RECON_BENCH_PAIRS` (default 10) sets how
+//! many alternating pairs of the in-database repair and the single UPDATE run after the
+//! groups (see `paired`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -465,16 +467,19 @@ async fn timed_single(db: &Db, all: &Expect) -> Duration {
     took
 }
 
-/// `RECON_BENCH_PAIRS` (default 9) pairs of the in-database repair and the single UPDATE,
-/// each pair run back to back and the order flipped every pair: the ratio of each pair, in
-/// the database ÷ single. The groups above run each case's iterations one after another,
-/// a minute or more apart, and a machine whose I/O drifts in between moves their ratio
-/// (SQLite runs read 1.37–1.65× off the same build); a pair shares the machine's state.
+/// `RECON_BENCH_PAIRS` (default 10, made even) pairs of the in-database repair and the single
+/// UPDATE, each pair run back to back and the order flipped every pair: the ratio of each
+/// pair, in the database ÷ single. The groups above run each case's iterations one after
+/// another, a minute or more apart, and a machine whose I/O drifts in between moves their
+/// ratio (SQLite runs read 1.37–1.65× off the same build); a pair shares the machine's state.
+/// What ran just before matters too (on SQLite, both run faster or slower after the other
+/// case than after themselves, by up to a quarter): with the order flipped every pair, each
+/// case follows each case equally often, and the summary takes the pairs' geometric mean.
 async fn paired(db: &Db, ctx: &RunContext, all: &Expect) -> Vec<f64> {
     let n: usize = std::env::var("RECON_BENCH_PAIRS")
         .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(9);
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(10, |n| n.div_ceil(2) * 2);
     let mut ratios = Vec::with_capacity(n);
     for i in 0..n {
         let name = "lease_repair_in_database (paired)";
@@ -653,7 +658,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The figures docs/benchmarks.md reports: medians of every timed iteration (warm-up
-/// included), per-job costs, the per-row loop extrapolated from its sample, and the ratios.
+/// included), per-job costs, the per-row loop extrapolated from its sample, the ratios, and the
+/// pairs' geometric mean and range (see [`paired`]).
 fn summary(backend: &str, all: &Expect, sample: &Expect, seen: &[(&str, Duration)], pairs: &[f64]) {
     let lr = median(seen, "lease_repair");
     let db = median(seen, "lease_repair_in_database");
@@ -666,14 +672,14 @@ fn summary(backend: &str, all: &Expect, sample: &Expect, seen: &[(&str, Duration
     let count = |name: &str| seen.iter().filter(|(n, _)| *n == name).count();
     let mut pairs = pairs.to_vec();
     pairs.sort_by(f64::total_cmp);
-    let paired = pairs.get(pairs.len() / 2).copied().unwrap_or(f64::NAN);
+    let paired = (pairs.iter().map(|r| r.ln()).sum::<f64>() / pairs.len() as f64).exp();
     println!(
         "SUMMARY {backend}: {} rows, {} stuck, {} live (batch {}, in the database {}) \
          | LeaseRepair in the database (no jitter) {:.0} ms ({:.2} µs/job) \
          | LeaseRepair row by row (jittered preset) {:.0} ms ({:.2} µs/job) \
          | single UPDATE {:.0} ms ({:.2} µs/job) \
          -> in the database / single = {:.2}x, row by row / single = {:.2}x \
-         | paired ({} pairs, order alternating): in the database / single median {:.2}x (target <= 1.5), \
+         | paired ({} pairs, order alternating): in the database / single geometric mean {:.2}x (target <= 1.5), \
          range {:.2}-{:.2}x \
          | per-row loop MEASURED {:.0} ms on a 2 % sample of {} jobs ({:.1} µs/job), EXTRAPOLATED to {} jobs: {:.0} ms \
          -> per-row / in the database = {:.1}x, per-row / row by row = {:.1}x (target >= 10) \
