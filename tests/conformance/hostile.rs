@@ -681,7 +681,7 @@ async fn text_expiries_in_any_spelling_come_out_alike_both_ways(t: &TestDb) {
         "2024-01-24T11:00:60+00:00",
         "2024-01-24T11:60:00+00:00",
     ];
-    expiries_alike_both_ways(t, "spelled", &spellings).await;
+    expiries_alike_both_ways(t, "spelled", &quoted(spellings)).await;
 }
 
 /// Every spelling one character off a few readable ones (each character replaced by, or
@@ -725,13 +725,28 @@ async fn text_expiries_one_character_off_come_out_alike_both_ways(t: &TestDb) {
             }
         }
     }
-    let spellings: Vec<String> = spellings.into_iter().collect();
+    let mut spellings = quoted(spellings);
+    // SQLite's date functions and `GLOB` stop at a NUL; the row-by-row path reads on
+    for base in bases {
+        for tail in ["char(0)", "char(0) || 'junk'", "char(0) || '+05:00'"] {
+            spellings.push(format!("'{base}' || {tail}"));
+        }
+    }
     expiries_alike_both_ways(t, "one_off", &spellings).await;
 }
 
-/// Repairs a table of processing jobs with these text expiries (one each, owned) in the
-/// database and then, a copy, row by row: the counters and every row come out the same.
-async fn expiries_alike_both_ways(t: &TestDb, prefix: &str, spellings: &[impl AsRef<str>]) {
+/// Text values as SQL string literals.
+fn quoted<S: AsRef<str>>(values: impl IntoIterator<Item = S>) -> Vec<String> {
+    values
+        .into_iter()
+        .map(|v| format!("'{}'", v.as_ref().replace('\'', "''")))
+        .collect()
+}
+
+/// Repairs a table of processing jobs with these text expiries (one each, owned; SQL
+/// expressions) in the database and then, a copy, row by row: the counters and every row come
+/// out the same.
+async fn expiries_alike_both_ways(t: &TestDb, prefix: &str, spellings: &[String]) {
     let mut outcomes = Vec::new();
     for in_db in [true, false] {
         let table = format!("{prefix}_{}", u8::from(in_db));
@@ -742,12 +757,7 @@ async fn expiries_alike_both_ways(t: &TestDb, prefix: &str, spellings: &[impl As
                 .enumerate()
                 .map(|(i, e)| {
                     let i = n * 200 + i;
-                    format!(
-                        "({}, 'processing', 'w', '{}', {})",
-                        i + 1,
-                        e.as_ref().replace('\'', "''"),
-                        i % 4
-                    )
+                    format!("({}, 'processing', 'w', {e}, {})", i + 1, i % 4)
                 })
                 .collect();
             t.exec(&format!(
@@ -765,6 +775,56 @@ async fn expiries_alike_both_ways(t: &TestDb, prefix: &str, spellings: &[impl As
         outcomes.push((counters, jobs.all_raw_status().await));
     }
     assert!(outcomes[0].0[0] > 0, "some are repaired: {:?}", outcomes[0]);
+    assert_eq!(outcomes[0], outcomes[1], "in the database, then row by row");
+}
+
+/// A host trigger that keeps a tally with `INSERT OR REPLACE` (one row per state, replaced as
+/// jobs move): SQLite lets an outer `UPDATE OR …` override a trigger's own conflict clause,
+/// so the repair must write such a table with a plain `UPDATE`. Both ways repair every stuck
+/// job and the tally holds what the trigger wrote.
+async fn a_trigger_that_inserts_or_replaces_does_not_stop_the_repair(t: &TestDb) {
+    assert_eq!(t.db.dialect(), Dialect::Sqlite);
+    let mut outcomes = Vec::new();
+    for in_db in [true, false] {
+        let table = format!("tallied_{}", u8::from(in_db));
+        let jobs = Jobs::new(&Backend::Sql(t), &table, Shape::default()).await;
+        for i in 1..=40 {
+            let (owner, until) = if i % 4 == 0 {
+                ("NULL", "NULL")
+            } else {
+                ("'w'", "'2024-01-24T11:00:00+00:00'")
+            };
+            t.exec(&format!(
+                "INSERT INTO {table} (id, status, locked_by, locked_until, attempts) \
+                 VALUES ({i}, 'processing', {owner}, {until}, {})",
+                i % 5
+            ))
+            .await;
+        }
+        t.exec(&format!(
+            "CREATE TABLE {table}_tally (status TEXT PRIMARY KEY, last_id INTEGER)"
+        ))
+        .await;
+        t.exec(&format!(
+            "CREATE TRIGGER {table}_tally AFTER UPDATE OF status ON {table} FOR EACH ROW \
+             BEGIN INSERT OR REPLACE INTO {table}_tally VALUES (NEW.status, NEW.id); END"
+        ))
+        .await;
+        let step = LeaseRepair::new(jobs.lease.clone(), settings())
+            .unwrap()
+            .in_database(in_db);
+        let r = run(&step).await.unwrap();
+        let mut counters: Vec<u64> = OUTCOME.map(|c| r.count(c)).to_vec();
+        counters.push(r.count(ANOMALIES));
+        let tally = count(t, &format!("{table}_tally")).await;
+        outcomes.push((counters, jobs.all_raw_status().await, tally));
+    }
+    assert_eq!(
+        outcomes[0].0[0], 30,
+        "every expired lease: {:?}",
+        outcomes[0]
+    );
+    assert_eq!(outcomes[0].2, 2, "retry and failed tallied");
     assert_eq!(outcomes[0], outcomes[1], "in the database, then row by row");
 }
 
@@ -1498,6 +1558,7 @@ mod sqlite_only {
         text_keys_in_a_nocase_column_are_all_repaired_both_ways,
         text_expiries_in_any_spelling_come_out_alike_both_ways,
         text_expiries_one_character_off_come_out_alike_both_ways,
+        a_trigger_that_inserts_or_replaces_does_not_stop_the_repair,
         a_timestamp_in_an_unknown_format_is_reported_and_the_rest_go_on,
         non_utf8_text_is_reported_and_the_rest_go_on,
         a_column_holding_text_where_attempts_should_be

@@ -9,7 +9,7 @@ use lease_repair::{
     PruneMode, PruneQuery, PruneStore, Repair, RepairPlan,
 };
 
-use crate::sql::{Binds, CHUNK, exact_eq, exact_in, update_in_tx, with_deadlock_retry};
+use crate::sql::{Binds, CHUNK, exact_eq, exact_in, with_deadlock_retry};
 use crate::value::{Array, Kind, Value};
 use crate::{Db, Dialect, Error, Ident, Result, TableName, TimestampFormat};
 
@@ -867,10 +867,9 @@ impl SqlLeaseStore {
                     ),
                 };
                 format!(
-                    "{verb} {t} AS t SET {sets} FROM (VALUES {values}) AS v \
+                    "UPDATE {t} AS t SET {sets} FROM (VALUES {values}) AS v \
                      WHERE {id_match} AND t.{st} = {proc_p} AND t.{owner} IS {exp_owner} \
                        AND {until} AND t.{attempts} IS {exp_attempts} RETURNING {id}",
-                    verb = update_in_tx(Dialect::Sqlite),
                     values = values(),
                     owner = s.owner,
                     exp_owner = v("exp_owner"),

@@ -193,20 +193,6 @@ impl RowsTable {
     }
 }
 
-/// The verb of an `UPDATE` of many rows inside a transaction that is rolled back whole when
-/// the statement fails: `UPDATE OR FAIL` on SQLite. Inside a transaction SQLite otherwise keeps
-/// a statement journal of every page the statement changes (spilled to a temporary file), so
-/// that a constraint error could undo this statement alone; recon never commits a transaction
-/// after an error, so the journal buys nothing (it cost half as many writes again as the
-/// statement itself, about a tenth of its time). `OR FAIL` keeps the rows changed before the
-/// error in the transaction — rolled back with it.
-pub(crate) fn update_in_tx(d: Dialect) -> &'static str {
-    match d {
-        Dialect::Sqlite => "UPDATE OR FAIL",
-        _ => "UPDATE",
-    }
-}
-
 /// `col = value`, comparing text exactly on every backend.
 ///
 /// - SQLite: `(col = ? AND col COLLATE BINARY = ?)` — the first test can use an index on the

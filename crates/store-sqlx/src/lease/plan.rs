@@ -36,7 +36,7 @@ use chrono::{DateTime, Utc};
 use lease_repair::{CandidateKind, JobKey, PlannedBatch, PlannedCounts, RepairPlan};
 
 use super::{KeyKind, SqlLeaseStore};
-use crate::sql::{Binds, exact_eq, update_in_tx};
+use crate::sql::{Binds, exact_eq};
 use crate::value::{Kind, Value};
 use crate::{Dialect, Error, Result, TimestampFormat};
 
@@ -70,6 +70,21 @@ fn distinct_messages(plans: &[RepairPlan]) -> bool {
         .iter()
         .enumerate()
         .all(|(i, p)| plans[..i].iter().all(|q| q.last_error != p.last_error))
+}
+
+/// The statement [`key_range_update`](SqlLeaseStore::key_range_update) writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RangeUpdate {
+    /// `UPDATE … RETURNING last_error, attempts`.
+    Returning,
+    /// SQLite's `UPDATE OR FAIL`, nothing returned, for a table without triggers (see
+    /// [`sqlite_counted`](SqlLeaseStore::sqlite_counted)). Inside a transaction SQLite
+    /// otherwise keeps a statement journal of every page a multi-row statement changes (half
+    /// as many writes again, spilled to a temporary file), so that a constraint error could
+    /// undo the statement alone; the batch is rolled back whole on any error anyway. Not with
+    /// triggers: an outer `OR FAIL` overrides a trigger's own `INSERT OR REPLACE` / `OR IGNORE`
+    /// (and a table's `ON CONFLICT` clauses).
+    Counted,
 }
 
 /// How SQLite's counted batch ([`sqlite_counted`](SqlLeaseStore::sqlite_counted)) tells
@@ -198,13 +213,14 @@ impl SqlLeaseStore {
                         let now = b.push(self.ts(Some(plan.now)));
                         // SQLite's date functions roll a 30 February over into March and take
                         // hour 24; the row-by-row path reads neither. (A day before the 29th
-                        // is in every month: `date` is called only for the others.)
+                        // is in every month: `date` is called only for the others.) They and
+                        // `GLOB` also stop at a NUL, which the row-by-row path reads on.
                         w.push(format!(
                             "typeof({e}) = 'text' AND julianday({e}) < julianday({now}) \
                              AND ({e} GLOB '{SQLITE_TS_SHAPE}' OR {e} GLOB '{SQLITE_TS_ZULU}') \
                              AND (substr({e}, 9, 2) < '29' \
                                OR date(substr({e}, 1, 10)) = substr({e}, 1, 10)) \
-                             AND substr({e}, 12, 2) < '24'"
+                             AND substr({e}, 12, 2) < '24' AND instr({e}, char(0)) = 0"
                         ));
                     }
                 }
@@ -443,16 +459,16 @@ impl SqlLeaseStore {
         }
     }
 
-    /// `UPDATE … SET <every plan> WHERE <condition> AND id > after [AND id <= upper]`, with
-    /// `returning` followed by `RETURNING last_error, attempts`: one key range of every plan in
-    /// one statement (the new rows tell their plan by the message written; see
-    /// [`distinct_messages`]).
+    /// `UPDATE … SET <every plan> WHERE <condition> AND id > after [AND id <= upper]`: one key
+    /// range of every plan in one statement. [`RangeUpdate::Returning`] adds `RETURNING
+    /// last_error, attempts` (the new rows tell their plan by the message written; see
+    /// [`distinct_messages`]); [`RangeUpdate::Counted`] is SQLite's `UPDATE OR FAIL`.
     fn key_range_update(
         &self,
         plans: &[RepairPlan],
         after: Option<&JobKey>,
         upper: Option<&JobKey>,
-        returning: bool,
+        how: RangeUpdate,
         b: &mut Binds,
     ) -> Result<String> {
         let s = &self.q;
@@ -464,12 +480,20 @@ impl SqlLeaseStore {
         );
         let w = self.plan_where(plans, after, b)?;
         let upto = self.up_to(upper, b)?;
-        let verb = update_in_tx(self.db.dialect());
-        let mut sql = format!("{verb} {t} AS t SET {sets} WHERE {w}{upto}", t = s.table);
-        if returning {
-            sql.push_str(&format!(" RETURNING {}, {}", s.last_error, s.attempts));
-        }
-        Ok(sql)
+        Ok(match how {
+            RangeUpdate::Returning => format!(
+                "UPDATE {t} AS t SET {sets} WHERE {w}{upto} RETURNING {}, {}",
+                s.last_error,
+                s.attempts,
+                t = s.table
+            ),
+            RangeUpdate::Counted => {
+                format!(
+                    "UPDATE OR FAIL {t} AS t SET {sets} WHERE {w}{upto}",
+                    t = s.table
+                )
+            }
+        })
     }
 
     /// ` AND id <= upper`, or nothing when the range runs to the end.
@@ -582,7 +606,8 @@ impl SqlLeaseStore {
         };
         let upper = self.position(upper)?;
         let mut b = Binds::new(d);
-        let update = self.key_range_update(plans, after, upper.as_ref(), true, &mut b)?;
+        let update =
+            self.key_range_update(plans, after, upper.as_ref(), RangeUpdate::Returning, &mut b)?;
         // (and every row: one with no plan's message, say a trigger rewrote it, is in no count)
         let counts = Self::count_columns(plans, &mut b, |_, p, b| {
             let m = b.push(Value::Text(Some(p.last_error.clone())));
@@ -649,7 +674,7 @@ impl SqlLeaseStore {
     /// part of the batch), counted by what it did to the key range. Before and after it, how
     /// many rows of the range hold each state the plans write (on the `(status, id)` index
     /// alone, when there is one); and before it, the jobs of every plan but one, each with its
-    /// plan's own condition. What each state gained, less those, is the last plan's — the
+    /// plan's own condition. What each state gained, less those, is the one plan left's — the
     /// expired leases, whose condition checks every value and would cost the most to test
     /// twice. See [`StateGains`].
     ///
@@ -723,8 +748,18 @@ impl SqlLeaseStore {
             })
             .collect();
         let mut ub = Binds::new(d);
-        let update = self.key_range_update(plans, after, upper.as_ref(), false, &mut ub)?;
-        let changed = tx.execute(&update, &ub.values).await?;
+        let update =
+            self.key_range_update(plans, after, upper.as_ref(), RangeUpdate::Counted, &mut ub)?;
+        let changed = match tx.execute(&update, &ub.values).await {
+            Ok(n) => n,
+            Err(e) => {
+                // (rolled back when `tx` drops; the uncounted way runs it as a plain `UPDATE`
+                // and reports the error if it is the data's, not `OR FAIL`'s — say, a table
+                // constraint `ON CONFLICT REPLACE`)
+                tracing::debug!(table = %self.map.table, error = %e, "a counted repair failed; the batch goes the uncounted way");
+                return Ok(None);
+            }
+        };
         // After: the states' rows again, total_changes().
         let mut b = Binds::new(d);
         let mut cols = self.state_counts(&gains.states, after, upper.as_ref(), &mut b)?;
@@ -822,20 +857,41 @@ impl SqlLeaseStore {
         Value::single(rows)?.int()
     }
 
-    /// Whether SQLite knows a trigger on the job table (in its schema, or a temporary one).
+    /// Whether SQLite knows a trigger on the job table (in its schema, or a temporary one) —
+    /// or cannot tell: an unqualified table in neither `main` nor `temp` is one found through
+    /// an attached database, whose triggers live there (a `BEFORE` trigger that skips a row
+    /// with `RAISE(IGNORE)` would change neither the rows changed nor `total_changes()`, and
+    /// the orphans counted before the `UPDATE` would be off).
     async fn sqlite_has_triggers(&self, tx: &mut crate::db::Tx) -> Result<bool> {
         let table = &self.map.table;
-        let schema = table
-            .schema()
-            .map_or_else(|| "main".to_owned(), |s| s.quoted(Dialect::Sqlite));
         let name = Value::Text(Some(table.table().to_string()));
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {schema}.sqlite_master WHERE type = 'trigger' \
-               AND tbl_name = ? COLLATE NOCASE) \
-             OR EXISTS (SELECT 1 FROM temp.sqlite_master WHERE type = 'trigger' \
-               AND tbl_name = ? COLLATE NOCASE)"
-        );
-        let any = Self::single_int(tx.fetch(&sql, &[name.clone(), name], &[Kind::Int]).await?);
+        let found = |schema: &str, kind: &str, column: &str| {
+            format!(
+                "EXISTS (SELECT 1 FROM {schema}.sqlite_master WHERE type = '{kind}' \
+                   AND {column} = ? COLLATE NOCASE)"
+            )
+        };
+        let (sql, binds) = match table.schema() {
+            Some(schema) => (
+                format!(
+                    "SELECT {} OR {}",
+                    found(&schema.quoted(Dialect::Sqlite), "trigger", "tbl_name"),
+                    found("temp", "trigger", "tbl_name")
+                ),
+                2,
+            ),
+            None => (
+                format!(
+                    "SELECT {} OR {} OR NOT ({} OR {})",
+                    found("main", "trigger", "tbl_name"),
+                    found("temp", "trigger", "tbl_name"),
+                    found("main", "table", "name"),
+                    found("temp", "table", "name")
+                ),
+                4,
+            ),
+        };
+        let any = Self::single_int(tx.fetch(&sql, &vec![name; binds], &[Kind::Int]).await?);
         Ok(any != Some(0))
     }
 
@@ -965,8 +1021,9 @@ impl SqlLeaseStore {
             }
             // The batch is the key range up to the `limit`-th processing job (found on the
             // `(status, id)` index alone), repaired by statements that test the condition, in
-            // one transaction: counted first and then updated (see `sqlite_counted`), or, on a
-            // table with triggers, updated with `RETURNING` and counted in Rust.
+            // one transaction: updated and counted by what the written states gained (see
+            // `sqlite_counted`), or, on a table with triggers, updated with `RETURNING` and
+            // counted in Rust.
             // (Picking the rows first and updating them by key looked every row up twice:
             // about twice the plain statement.)
             Dialect::Sqlite => {
@@ -980,8 +1037,13 @@ impl SqlLeaseStore {
                     // Every plan in one statement; the new rows tell their plan by the message
                     // written and their outcome by the attempts written.
                     let mut b = Binds::new(d);
-                    let update =
-                        self.key_range_update(plans, after, upper.as_ref(), true, &mut b)?;
+                    let update = self.key_range_update(
+                        plans,
+                        after,
+                        upper.as_ref(),
+                        RangeUpdate::Returning,
+                        &mut b,
+                    )?;
                     let rows = tx
                         .fetch(&update, &b.values, &[Kind::Text, Kind::Int])
                         .await?;
@@ -1339,10 +1401,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// A job table found through an attached database: its triggers are not in the
-    /// catalogues the lookup reads, and `total_changes()` catches what they wrote.
+    /// A job table in an attached database: named unqualified (found through the attachment),
+    /// the lookup cannot see its triggers and refuses to count; named with its schema, the
+    /// lookup reads that schema's catalogue — counted without triggers, refused with one.
     #[tokio::test]
-    async fn triggers_the_lookup_misses_roll_the_batch_back() {
+    async fn a_table_in_an_attached_database_is_counted_only_by_its_schema() {
         let (db, dir) = db("attached").await;
         let aux = dir.join("aux.db").display().to_string();
         db.execute(
@@ -1352,9 +1415,46 @@ mod tests {
         .await
         .unwrap();
         jobs(&db, "aux.jobs").await;
+        let before = statuses(&db, "jobs").await;
+        let counted = |table: &'static str| {
+            let store = store(&db, table);
+            async move { store.sqlite_counted(&plans(), None, 100).await.unwrap() }
+        };
+        assert!(counted("jobs").await.is_none(), "unqualified");
+        assert_eq!(statuses(&db, "jobs").await, before, "refused up front");
         db.execute(
             "CREATE TRIGGER aux.nudge AFTER UPDATE OF status ON jobs FOR EACH ROW \
              BEGIN UPDATE jobs SET attempts = 4 WHERE id = NEW.id + 1; END",
+            &[],
+        )
+        .await
+        .unwrap();
+        assert!(counted("aux.jobs").await.is_none(), "its own trigger");
+        assert_eq!(statuses(&db, "jobs").await, before);
+        db.execute("DROP TRIGGER aux.nudge", &[]).await.unwrap();
+        let out = counted("aux.jobs").await.expect("qualified, no trigger");
+        assert_eq!(out.counts, [c(1, 1), c(1, 0)]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A table whose own conflict clause `OR FAIL` overrides (here `UNIQUE ON CONFLICT
+    /// IGNORE` on the message, which the second expired job's would break): the counted
+    /// `UPDATE` fails, nothing of it stays, and the batch is left to the uncounted way.
+    #[tokio::test]
+    async fn a_counted_update_that_fails_leaves_the_batch_to_the_uncounted_way() {
+        let (db, dir) = db("conflict").await;
+        db.execute(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY, status TEXT NOT NULL, \
+             locked_by TEXT, locked_until TEXT, attempts INTEGER, \
+             last_error TEXT UNIQUE ON CONFLICT IGNORE)",
+            &[],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            "INSERT INTO jobs VALUES \
+             (1, 'processing', 'w', '2024-01-24T11:00:00+00:00', 0, NULL), \
+             (2, 'processing', 'w', '2024-01-24T11:00:00+00:00', 1, NULL)",
             &[],
         )
         .await
@@ -1366,6 +1466,12 @@ mod tests {
             .unwrap();
         assert!(out.is_none(), "{out:?}");
         assert_eq!(statuses(&db, "jobs").await, before, "rolled back");
+        // the uncounted way writes it as the table says: job 2's message is ignored
+        let out = store(&db, "jobs")
+            .repair_planned_once(&plans(), None, 100)
+            .await
+            .unwrap();
+        assert_eq!(out.repaired(), 1, "{out:?}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }
