@@ -766,16 +766,25 @@ async fn expiries_alike_both_ways(t: &TestDb, prefix: &str, spellings: &[String]
             ))
             .await;
         }
-        let step = LeaseRepair::new(jobs.lease.clone(), settings())
-            .unwrap()
-            .in_database(in_db);
-        let r = run(&step).await.unwrap();
-        let mut counters: Vec<u64> = OUTCOME.map(|c| r.count(c)).to_vec();
-        counters.push(r.count(ANOMALIES));
-        outcomes.push((counters, jobs.all_raw_status().await));
+        outcomes.push(repaired_one_way(&jobs, in_db).await);
     }
     assert!(outcomes[0].0[0] > 0, "some are repaired: {:?}", outcomes[0]);
     assert_eq!(outcomes[0], outcomes[1], "in the database, then row by row");
+}
+
+/// One repair of `jobs` with scenario A's settings, inside the database or row by row: the
+/// outcome counters and the anomalies, then every row as stored.
+async fn repaired_one_way(
+    jobs: &Jobs<'_>,
+    in_db: bool,
+) -> (Vec<u64>, Vec<(String, String, Option<String>)>) {
+    let step = LeaseRepair::new(jobs.lease.clone(), settings())
+        .unwrap()
+        .in_database(in_db);
+    let r = run(&step).await.unwrap();
+    let mut counters: Vec<u64> = OUTCOME.map(|c| r.count(c)).to_vec();
+    counters.push(r.count(ANOMALIES));
+    (counters, jobs.all_raw_status().await)
 }
 
 /// A host trigger that keeps a tally with `INSERT OR REPLACE` (one row per state, replaced as
@@ -810,14 +819,9 @@ async fn a_trigger_that_inserts_or_replaces_does_not_stop_the_repair(t: &TestDb)
              BEGIN INSERT OR REPLACE INTO {table}_tally VALUES (NEW.status, NEW.id); END"
         ))
         .await;
-        let step = LeaseRepair::new(jobs.lease.clone(), settings())
-            .unwrap()
-            .in_database(in_db);
-        let r = run(&step).await.unwrap();
-        let mut counters: Vec<u64> = OUTCOME.map(|c| r.count(c)).to_vec();
-        counters.push(r.count(ANOMALIES));
+        let (counters, rows) = repaired_one_way(&jobs, in_db).await;
         let tally = count(t, &format!("{table}_tally")).await;
-        outcomes.push((counters, jobs.all_raw_status().await, tally));
+        outcomes.push((counters, rows, tally));
     }
     assert_eq!(
         outcomes[0].0[0], 30,

@@ -11,6 +11,11 @@ use retry_policy::presets;
 use crate::counters::*;
 use crate::*;
 
+/// The error of a database that went away during `what`.
+fn connection_reset(what: &str) -> recon_core::Error {
+    recon_core::Error::transient(what, std::io::Error::other("connection reset"))
+}
+
 fn t(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
 }
@@ -505,10 +510,7 @@ async fn a_store_failure_mid_run_says_what_was_done() {
         if calls == 1 {
             Ok(vec![row(1, "processing", None, None, Some(0))])
         } else {
-            Err(recon_core::Error::transient(
-                "read",
-                std::io::Error::other("connection reset"),
-            ))
+            Err(connection_reset("read"))
         }
     });
     store.expect_apply().times(1).returning(|r, _| {
@@ -1137,12 +1139,7 @@ async fn a_run_that_fails_half_way_reports_the_batches_it_wrote() {
         .expect_repair_planned()
         .times(1)
         .in_sequence(&mut seq)
-        .returning(|_, _, _| {
-            Err(recon_core::Error::transient(
-                "repair batch",
-                std::io::Error::other("connection reset"),
-            ))
-        });
+        .returning(|_, _, _| Err(connection_reset("repair batch")));
     let step = LeaseRepair::new(store, Settings::new(presets::api_call())).unwrap();
     let s = run_alone(step).await;
     assert_eq!(s.status, recon_core::StepStatus::Failed);
@@ -1199,12 +1196,7 @@ async fn a_row_by_row_run_that_fails_half_way_reports_the_batch_it_wrote() {
         .expect_read_candidates()
         .times(1)
         .in_sequence(&mut seq)
-        .returning(|_| {
-            Err(recon_core::Error::transient(
-                "read stuck jobs",
-                std::io::Error::other("connection reset"),
-            ))
-        });
+        .returning(|_| Err(connection_reset("read stuck jobs")));
     let step = LeaseRepair::new(store, Settings::new(presets::api_call()))
         .unwrap()
         .in_database(false)
@@ -1233,12 +1225,7 @@ async fn a_prune_that_fails_half_way_reports_the_batch_it_deleted() {
         .expect_prune_batch()
         .times(1)
         .in_sequence(&mut seq)
-        .returning(|_| {
-            Err(recon_core::Error::transient(
-                "prune",
-                std::io::Error::other("connection reset"),
-            ))
-        });
+        .returning(|_| Err(connection_reset("prune")));
     let step = LeasePrune::new(
         store,
         vec!["done".into()],

@@ -732,9 +732,13 @@ impl SqlLeaseStore {
         else {
             return Ok(None);
         };
+        // (a row of another width than asked for is not read: the uncounted way)
+        if before.len() != width {
+            return Ok(None);
+        }
         let (held, rest) = before.split_at(gains.states.len());
         let (others, total_before) = rest.split_at(rest.len() - 1);
-        let mut counted = others.chunks(2).map(|c| PlannedCounts {
+        let mut counted = others.chunks_exact(2).map(|c| PlannedCounts {
             failed: c[0],
             requeued: c[1].saturating_sub(c[0]),
         });
@@ -768,7 +772,8 @@ impl SqlLeaseStore {
         let after_counts = tx
             .fetch(&sql, &b.values, &vec![Kind::Int; gains.states.len() + 1])
             .await?;
-        let Some(now_held) = Self::ints(after_counts) else {
+        let Some(now_held) = Self::ints(after_counts).filter(|c| c.len() == gains.states.len() + 1)
+        else {
             return Ok(None);
         };
         let (now_held, total_after) = now_held.split_at(gains.states.len());
