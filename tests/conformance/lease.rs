@@ -1809,8 +1809,8 @@ mod locks {
 
     /// A host constraint the repair breaks part-way through a statement — here "at most one
     /// failed job" — fails the run with the database's error and leaves the batch as it was,
-    /// the jobs written before the failing one included (SQLite writes its batches `UPDATE OR
-    /// FAIL`, without a statement journal: the transaction is rolled back whole), both ways.
+    /// the jobs written before the failing one included (the batch's transaction is rolled
+    /// back whole), both ways.
     async fn a_constraint_the_repair_breaks_leaves_its_batch_as_it_was(t: &TestDb) {
         let be = Backend::Sql(t);
         for in_db in [true, false] {
