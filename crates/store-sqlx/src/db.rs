@@ -713,6 +713,14 @@ impl Tx {
     pub(crate) async fn commit(self) -> Result<()> {
         on_backend!(self, Tx, tx, _m => tx.commit().await.context("COMMIT"))
     }
+
+    /// Roll back now. A transaction that is only dropped is rolled back later, when the
+    /// pool flushes its connection in the background: until then its locks stay held, and
+    /// the next statement (on another connection) may wait for them or, with `SKIP LOCKED`,
+    /// skip the rows they hold.
+    pub(crate) async fn rollback(self) -> Result<()> {
+        on_backend!(self, Tx, tx, _m => tx.rollback().await.context("ROLLBACK"))
+    }
 }
 
 /// The first words of a statement, for error context (never values: those are bound).

@@ -610,7 +610,10 @@ impl SqlLeaseStore {
                 }
                 cell => cell.and_then(|c| c.ok()),
             },
-            Err(e) if e.is_pg_lock_timeout() => return Ok(None),
+            Err(e) if e.is_pg_lock_timeout() => {
+                tx.rollback().await?;
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         };
         let upper = self.position(upper)?;
@@ -635,18 +638,23 @@ impl SqlLeaseStore {
             .await
         {
             Ok(mut rows) => rows.pop().unwrap_or_default(),
-            // rolled back when `tx` drops
-            Err(e) if e.is_pg_lock_timeout() => return Ok(None),
+            // (rolled back before the caller goes on: on another connection, the locking way
+            // would skip the rows this transaction still held)
+            Err(e) if e.is_pg_lock_timeout() => {
+                tx.rollback().await?;
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         };
         let mut cells = row.into_iter().map(|c| c.ok());
         let Some(out) = Self::read_counts(plans, &mut cells) else {
-            // A row came out with no plan's message (a trigger rewrote it): rolled back when
-            // `tx` drops, and done the locking way, which does not count by message.
+            // A row came out with no plan's message (a trigger rewrote it): rolled back, and
+            // done the locking way, which does not count by message.
             tracing::debug!(
                 table = %self.map.table,
                 "a key-range repair wrote messages of no plan; the batch goes the locking way"
             );
+            tx.rollback().await?;
             return Ok(None);
         };
         tx.commit().await?;
@@ -701,12 +709,39 @@ impl SqlLeaseStore {
         let Some(gains) = StateGains::new(plans) else {
             return Ok(None);
         };
-        let d = self.db.dialect();
         let mut tx = self.db.begin().await?;
-        if self.sqlite_has_triggers(&mut tx).await? {
+        // (rolled back at once when not counted: the uncounted way's `BEGIN IMMEDIATE`, on
+        // another connection, would otherwise wait for the pool to roll this one back)
+        match self
+            .sqlite_counted_in(&mut tx, &gains, plans, after, limit)
+            .await?
+        {
+            Some(out) => {
+                tx.commit().await?;
+                Ok(Some(out))
+            }
+            None => {
+                tx.rollback().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// [`sqlite_counted`](Self::sqlite_counted)'s batch in `tx`: `None` when it cannot be
+    /// counted (the caller rolls back).
+    async fn sqlite_counted_in(
+        &self,
+        tx: &mut crate::db::Tx,
+        gains: &StateGains,
+        plans: &[RepairPlan],
+        after: Option<&JobKey>,
+        limit: usize,
+    ) -> Result<Option<PlannedBatch>> {
+        let d = self.db.dialect();
+        if self.sqlite_has_triggers(tx).await? {
             return Ok(None);
         }
-        let upper = self.sqlite_range_end(&mut tx, plans, after, limit).await?;
+        let upper = self.sqlite_range_end(tx, plans, after, limit).await?;
         // Before: the states' rows, the other plans' jobs (given up, all), total_changes().
         let mut b = Binds::new(d);
         let mut cols = self.state_counts(&gains.states, after, upper.as_ref(), &mut b)?;
@@ -764,7 +799,7 @@ impl SqlLeaseStore {
         let update =
             self.key_range_update(plans, after, upper.as_ref(), RangeUpdate::Counted, &mut ub)?;
         // (an error is the data's — say, a host constraint the repair breaks: the batch is
-        // rolled back whole when `tx` drops)
+        // rolled back whole)
         let changed = tx.execute(&update, &ub.values).await?;
         // After: the states' rows again, total_changes().
         let mut b = Binds::new(d);
@@ -791,18 +826,14 @@ impl SqlLeaseStore {
             .filter(|g| g.iter().sum::<u64>() == changed)
             .and_then(|g| gains.derive(plans, g, &counted));
         match counts {
-            Some(counts) if by_others == Some(0) => {
-                tx.commit().await?;
-                Ok(Some(Self::ending_at(
-                    PlannedBatch {
-                        counts,
-                        ..PlannedBatch::empty(plans.len())
-                    },
-                    upper,
-                )))
-            }
+            Some(counts) if by_others == Some(0) => Ok(Some(Self::ending_at(
+                PlannedBatch {
+                    counts,
+                    ..PlannedBatch::empty(plans.len())
+                },
+                upper,
+            ))),
             _ => {
-                // (rolled back when `tx` drops)
                 tracing::debug!(
                     table = %self.map.table,
                     changed,
@@ -1442,6 +1473,106 @@ mod tests {
         let out = counted("aux.jobs").await.expect("qualified, no trigger");
         assert_eq!(out.counts, [c(1, 1), c(1, 0)]);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// PostgreSQL: a key-range batch that cannot count (a trigger rewrites the message) hands
+    /// its batch to the locking way, on another connection, which skips the rows other
+    /// transactions hold. So the key-range transaction is rolled back before it returns: a
+    /// dropped one is rolled back later, when the pool flushes its connection, and meanwhile
+    /// held every row it had written (seen once in CI: a batch's jobs skipped). Right after
+    /// it returns, every processing row can be locked without waiting (fails when the
+    /// transaction is only dropped).
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn a_postgres_key_range_that_cannot_count_releases_its_rows_at_once() {
+        let Ok(url) = std::env::var("RECON_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: RECON_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let db = Db::connect_with(&url, ConnectOptions::default())
+            .await
+            .unwrap();
+        let table = format!(
+            "recon_plan_rollback_{}_{}",
+            std::process::id(),
+            Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        );
+        db.execute(
+            &format!(
+                "CREATE TABLE {table} (id BIGINT PRIMARY KEY, status TEXT NOT NULL, \
+                 locked_by TEXT, locked_until TIMESTAMPTZ, attempts INTEGER, last_error TEXT)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            &format!(
+                "INSERT INTO {table} SELECT g, 'processing', 'w', \
+                 TIMESTAMPTZ '2024-01-24 11:00:00+00', g % 3, NULL FROM generate_series(1, 50) g"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            &format!(
+                "CREATE FUNCTION {table}_rewrite() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN NEW.last_error := NEW.last_error || ' (seen)'; RETURN NEW; END $$"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            &format!(
+                "CREATE TRIGGER rewrite BEFORE UPDATE ON {table} FOR EACH ROW \
+                 EXECUTE FUNCTION {table}_rewrite()"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+        let out = store(&db, &table)
+            .pg_key_range(&plans(), None, 100)
+            .await
+            .unwrap();
+        assert!(out.is_none(), "{out:?}");
+        // Probed from another thread and connection while this (single-threaded) runtime is
+        // blocked: the pool cannot flush anything meanwhile, so only a rollback done before
+        // returning lets the probe lock the rows.
+        let probe = {
+            let (url, table) = (url.clone(), table.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let other = Db::connect_with(&url, ConnectOptions::default())
+                        .await
+                        .unwrap();
+                    other
+                        .execute(
+                            &format!(
+                                "SELECT id FROM {table} WHERE status = 'processing' \
+                                 FOR UPDATE NOWAIT"
+                            ),
+                            &[],
+                        )
+                        .await
+                })
+            })
+        };
+        let locked = probe.join().unwrap();
+        db.execute(&format!("DROP TABLE {table}"), &[])
+            .await
+            .unwrap();
+        db.execute(&format!("DROP FUNCTION {table}_rewrite()"), &[])
+            .await
+            .unwrap();
+        assert!(locked.is_ok(), "rows still held: {locked:?}");
+        assert_eq!(locked.unwrap(), 50, "every job still processing");
     }
 
     /// [`super::sqlite_ts_shape`] gives the same answers as the two patterns it replaced,
