@@ -89,9 +89,12 @@ async fn crash_test(t: &common::TestDb, spec: String, seed: u64) {
     let (mut kills, mut hits, mut progressed) = (0, 0, 0);
     // Kills land a random 20 ms .. `longest` after the child is ready. A child killed before
     // it committed a batch proves little, so on a slow (busy) machine `longest` doubles after
-    // each kill that left no committed batch; the delays then depend on the machine too, not
-    // only on the seed.
-    let mut longest = 250;
+    // each kill that left no committed batch. On a fast one the work could end before the
+    // last kill: after a kill that did commit work, `longest` is set from the rate seen so
+    // far, so that a kill takes on average half its share of the jobs left (the share of the
+    // kills left). The delays then depend on the machine too, not only on the seed.
+    let mut longest: u64 = 250;
+    let (mut child_ms, mut repaired) = (0_u64, 0_i64);
     let stuck = "SELECT COUNT(*) FROM jobs WHERE status = 'processing'";
     let mut before = table::scalar(t, stuck).await;
     let started = Instant::now();
@@ -112,13 +115,20 @@ async fn crash_test(t: &common::TestDb, spec: String, seed: u64) {
             "ready",
             "{name}, seed {seed}: child did not start"
         );
-        std::thread::sleep(Duration::from_millis(rng.next(20, longest)));
+        let delay = rng.next(20, longest.max(21));
+        std::thread::sleep(Duration::from_millis(delay));
         let finished = c.0.try_wait().unwrap().is_some();
         drop(c); // SIGKILL on Unix, then reaped
         kills += 1;
         let after = table::scalar(t, stuck).await;
         if after < before {
             progressed += 1;
+            child_ms += delay;
+            repaired += before - after;
+            // jobs a millisecond, so far; the mean delay is `longest / 2`
+            let kills_left = u64::from(KILLS - kills).max(1);
+            let per_ms = repaired as f64 / child_ms as f64;
+            longest = ((after as f64 / per_ms) / kills_left as f64).clamp(40.0, 8000.0) as u64;
         } else {
             longest = (longest * 2).min(8000);
         }
