@@ -32,7 +32,7 @@
 //! `RECON_BENCH_BACKENDS=postgres,mysql` runs only the listed backends; `RECON_BENCH_BATCH` and
 //! `RECON_BENCH_PLAN_BATCH` override LeaseRepair's row-by-row and in-database batch sizes
 //! (exploration only; the summary line says which); `RECON_BENCH_PAIRS` (default 10) sets how
-//! many alternating pairs of the in-database repair and the single UPDATE run after the
+//! many alternating pairs of the in-database repair and the single UPDATE run before the
 //! groups (see `paired`).
 
 use std::sync::Arc;
@@ -469,17 +469,26 @@ async fn timed_single(db: &Db, all: &Expect) -> Duration {
 
 /// `RECON_BENCH_PAIRS` (default 10, made even) pairs of the in-database repair and the single
 /// UPDATE, each pair run back to back and the order flipped every pair: the ratio of each
-/// pair, in the database ÷ single. The groups above run each case's iterations one after
+/// pair, in the database ÷ single. The groups run each case's iterations one after
 /// another, a minute or more apart, and a machine whose I/O drifts in between moves their
 /// ratio (SQLite runs read 1.37–1.65× off the same build); a pair shares the machine's state.
-/// What ran just before matters too (on SQLite, both run faster or slower after the other
-/// case than after themselves, by up to a quarter): with the order flipped every pair, each
-/// case follows each case equally often, and the summary takes the pairs' geometric mean.
+/// What ran just before can matter too: with the order flipped every pair, each case follows
+/// each case equally often, and the summary takes the pairs' geometric mean. They run before
+/// the groups, on the table as set up: run after them, SQLite's single UPDATE took a third
+/// longer in every pair it started (following the last pair's single UPDATE) than in the
+/// pairs the repair started, which no run of the pairs alone showed, and the pairs read a
+/// sixth lower than the groups (docs/benchmarks.md, runs P and Q). One untimed pair warms
+/// them up.
 async fn paired(db: &Db, ctx: &RunContext, all: &Expect) -> Vec<f64> {
     let n: usize = std::env::var("RECON_BENCH_PAIRS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .map_or(10, |n| n.div_ceil(2) * 2);
+    // One pair untimed first, as criterion warms each group up: the first repair of a table
+    // just set up pays for what the later ones find ready (SQLite: 662 ms against 502–593 ms
+    // in run R).
+    timed_repair(db, ctx, plain_settings, all, "warm-up").await;
+    timed_single(db, all).await;
     let mut ratios = Vec::with_capacity(n);
     for i in 0..n {
         let name = "lease_repair_in_database (paired)";
@@ -532,12 +541,14 @@ fn bench(c: &mut Criterion) {
             started.elapsed()
         );
         let db = Arc::new(db);
+        let ctx = RunContext::new(now());
+        // The pairs first, on the table as set up (see `paired`).
+        let pairs = rt.block_on(paired(&db, &ctx, &all));
         let mut g = c.benchmark_group(format!("lease_repair/{backend}"));
         g.sample_size(10)
             .sampling_mode(SamplingMode::Flat)
             .warm_up_time(Duration::from_millis(1))
             .measurement_time(Duration::from_secs(1));
-        let ctx = RunContext::new(now());
         // Per-iteration times, for the summary printed after the group.
         let seen: Mutex<Vec<(&str, Duration)>> = Mutex::new(Vec::new());
         let record = |name: &'static str, d: Duration| seen.lock().unwrap().push((name, d));
@@ -636,7 +647,6 @@ fn bench(c: &mut Criterion) {
             );
         });
         g.finish();
-        let pairs = rt.block_on(paired(&db, &ctx, &all));
         summary(backend, &all, &sample, &seen.lock().unwrap(), &pairs);
         rt.block_on(exec(&db, &format!("DROP TABLE {T}")));
         rt.block_on(db.close());

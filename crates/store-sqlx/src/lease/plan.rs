@@ -1189,7 +1189,8 @@ impl SqlLeaseStore {
 mod tests {
     //! SQLite's counted batches, which the conformance suite cannot tell from the uncounted
     //! way (both write and count the same): taken when they can count, refused otherwise;
-    //! and how they tell their counts ([`StateGains`]).
+    //! and how they tell their counts ([`StateGains`]). SQLite's text-expiry shape check, and
+    //! a PostgreSQL key range handed to the locking way releasing its rows first.
 
     use chrono::{DateTime, Duration, Utc};
     use lease_repair::{CandidateKind, PlannedCounts, RepairPlan};
