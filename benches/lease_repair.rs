@@ -476,8 +476,8 @@ async fn timed_single(db: &Db, all: &Expect) -> Duration {
 /// each case equally often, and the summary takes the pairs' geometric mean. They run before
 /// the groups, on the table as set up: run after them, SQLite's single UPDATE took a third
 /// longer in every pair it started (following the last pair's single UPDATE) than in the
-/// pairs the repair started, which no run of the pairs alone showed, and the pairs read a
-/// sixth lower than the groups (docs/benchmarks.md, runs P and Q). One untimed pair warms
+/// pairs the repair started, which no run of the pairs alone showed, and the pairs read an
+/// eighth lower than the groups (docs/benchmarks.md, runs P and Q). One untimed pair warms
 /// them up.
 async fn paired(db: &Db, ctx: &RunContext, all: &Expect) -> Vec<f64> {
     let n: usize = std::env::var("RECON_BENCH_PAIRS")

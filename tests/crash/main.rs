@@ -125,10 +125,12 @@ async fn crash_test(t: &common::TestDb, spec: String, seed: u64) {
             progressed += 1;
             child_ms += delay;
             repaired += before - after;
-            // jobs a millisecond, so far; the mean delay is `longest / 2`
+            // jobs a millisecond, so far; a delay of 20 ms .. `longest` averages
+            // `(20 + longest) / 2`, which is to be half of a kill's share of the time left
             let kills_left = u64::from(KILLS - kills).max(1);
             let per_ms = repaired as f64 / child_ms as f64;
-            longest = ((after as f64 / per_ms) / kills_left as f64).clamp(40.0, 8000.0) as u64;
+            let share_ms = (after as f64 / per_ms) / kills_left as f64;
+            longest = (share_ms - 20.0).clamp(40.0, 8000.0) as u64;
         } else {
             longest = (longest * 2).min(8000);
         }

@@ -971,6 +971,8 @@ impl SqlLeaseStore {
             })
             .collect();
         if ids.is_empty() {
+            // (its locks released now, not when the pool flushes the connection)
+            tx.rollback().await?;
             return Ok(0);
         }
         for chunk in ids.chunks(CHUNK) {
