@@ -1220,6 +1220,11 @@ mod tests {
         }
     }
 
+    /// Run `sql` (set-up: nothing bound), failing the test on an error.
+    async fn exec(db: &Db, sql: &str) {
+        db.execute(sql, &[]).await.unwrap();
+    }
+
     /// One connection (an attached database is per connection), a fresh file.
     async fn db(name: &str) -> (Db, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!(
@@ -1239,16 +1244,16 @@ mod tests {
     /// Jobs 1–3 expired (attempts 0, 3 and 1; job 3's owner is not ASCII, so the checks
     /// leave it to the row-by-row path), 4 orphaned, 5 with a live lease, 6 done.
     async fn jobs(db: &Db, table: &str) {
-        db.execute(
+        exec(
+            db,
             &format!(
                 "CREATE TABLE {table} (id INTEGER PRIMARY KEY, status TEXT NOT NULL, \
                  locked_by TEXT, locked_until TEXT, attempts INTEGER, last_error TEXT)"
             ),
-            &[],
         )
-        .await
-        .unwrap();
-        db.execute(
+        .await;
+        exec(
+            db,
             &format!(
                 "INSERT INTO {table} VALUES \
                  (1, 'processing', 'w', '2024-01-24T11:00:00+00:00', 0, NULL), \
@@ -1258,10 +1263,8 @@ mod tests {
                  (5, 'processing', 'w', '2024-01-24T13:00:00+00:00', 0, NULL), \
                  (6, 'done', NULL, NULL, 0, NULL)"
             ),
-            &[],
         )
-        .await
-        .unwrap();
+        .await;
     }
 
     async fn statuses(db: &Db, table: &str) -> Vec<Option<String>> {
@@ -1415,13 +1418,12 @@ mod tests {
     async fn a_table_with_triggers_is_not_counted() {
         let (db, dir) = db("triggers").await;
         jobs(&db, "jobs").await;
-        db.execute(
+        exec(
+            &db,
             "CREATE TRIGGER nudge AFTER UPDATE OF status ON jobs FOR EACH ROW \
              BEGIN UPDATE jobs SET attempts = 4 WHERE id = NEW.id + 1; END",
-            &[],
         )
-        .await
-        .unwrap();
+        .await;
         let before = statuses(&db, "jobs").await;
         let changes = || async {
             let rows = db
@@ -1463,16 +1465,15 @@ mod tests {
         };
         assert!(counted("jobs").await.is_none(), "unqualified");
         assert_eq!(statuses(&db, "jobs").await, before, "refused up front");
-        db.execute(
+        exec(
+            &db,
             "CREATE TRIGGER aux.nudge AFTER UPDATE OF status ON jobs FOR EACH ROW \
              BEGIN UPDATE jobs SET attempts = 4 WHERE id = NEW.id + 1; END",
-            &[],
         )
-        .await
-        .unwrap();
+        .await;
         assert!(counted("aux.jobs").await.is_none(), "its own trigger");
         assert_eq!(statuses(&db, "jobs").await, before);
-        db.execute("DROP TRIGGER aux.nudge", &[]).await.unwrap();
+        exec(&db, "DROP TRIGGER aux.nudge").await;
         let out = counted("aux.jobs").await.expect("qualified, no trigger");
         assert_eq!(out.counts, [c(1, 1), c(1, 0)]);
         let _ = std::fs::remove_dir_all(dir);
@@ -1500,47 +1501,39 @@ mod tests {
             std::process::id(),
             Utc::now().timestamp_nanos_opt().unwrap_or_default()
         );
-        db.execute(
+        exec(
+            &db,
             &format!(
                 "CREATE TABLE {table} (id BIGINT PRIMARY KEY, status TEXT NOT NULL, \
                  locked_by TEXT, locked_until TIMESTAMPTZ, attempts INTEGER, last_error TEXT)"
             ),
-            &[],
         )
-        .await
-        .unwrap();
-        db.execute(
+        .await;
+        exec(
+            &db,
             &format!(
                 "INSERT INTO {table} SELECT g, 'processing', 'w', \
                  TIMESTAMPTZ '2024-01-24 11:00:00+00', g % 3, NULL FROM generate_series(1, 50) g"
             ),
-            &[],
         )
-        .await
-        .unwrap();
-        db.execute(
+        .await;
+        exec(
+            &db,
             &format!(
                 "CREATE FUNCTION {table}_rewrite() RETURNS trigger LANGUAGE plpgsql AS $$ \
                  BEGIN NEW.last_error := NEW.last_error || ' (seen)'; RETURN NEW; END $$"
             ),
-            &[],
         )
-        .await
-        .unwrap();
-        db.execute(
+        .await;
+        exec(
+            &db,
             &format!(
                 "CREATE TRIGGER rewrite BEFORE UPDATE ON {table} FOR EACH ROW \
                  EXECUTE FUNCTION {table}_rewrite()"
             ),
-            &[],
         )
-        .await
-        .unwrap();
-        let out = store(&db, &table)
-            .pg_key_range(&plans(), None, 100)
-            .await
-            .unwrap();
-        assert!(out.is_none(), "{out:?}");
+        .await;
+        let out = store(&db, &table).pg_key_range(&plans(), None, 100).await;
         // Probed from another thread and connection while this (single-threaded) runtime is
         // blocked: the pool cannot flush anything meanwhile, so only a rollback done before
         // returning lets the probe lock the rows.
@@ -1568,12 +1561,10 @@ mod tests {
             })
         };
         let locked = probe.join().unwrap();
-        db.execute(&format!("DROP TABLE {table}"), &[])
-            .await
-            .unwrap();
-        db.execute(&format!("DROP FUNCTION {table}_rewrite()"), &[])
-            .await
-            .unwrap();
+        exec(&db, &format!("DROP TABLE {table}")).await;
+        exec(&db, &format!("DROP FUNCTION {table}_rewrite()")).await;
+        // (asserted after the clean-up, so that a failure leaves nothing behind)
+        assert!(matches!(out, Ok(None)), "handed over: {out:?}");
         assert!(locked.is_ok(), "rows still held: {locked:?}");
         assert_eq!(locked.unwrap(), 50, "every job still processing");
     }
@@ -1630,9 +1621,7 @@ mod tests {
             values.push(s.concat());
         }
         let json = crate::value::Value::Text(Some(serde_json::to_string(&values).unwrap()));
-        db.execute("CREATE TABLE spellings (e TEXT)", &[])
-            .await
-            .unwrap();
+        exec(&db, "CREATE TABLE spellings (e TEXT)").await;
         db.execute(
             "INSERT INTO spellings SELECT value FROM json_each(?)",
             std::slice::from_ref(&json),
@@ -1641,9 +1630,7 @@ mod tests {
         .unwrap();
         // and bytes that are not UTF-8 (an overlong digit, stray and truncated sequences)
         let not_utf8 = "(CAST(x'323032342d30312d32345431313a30303a30c0b0' AS TEXT)), (CAST(x'323032342d30312d32345431313a30303a3030ff' AS TEXT)), (CAST(x'323032342d30312d32345431313a30303a303080' AS TEXT)), (CAST(x'323032342d30312d32345431313a30303a30302b30303a30e282' AS TEXT)), (CAST(x'323032342d30312d32345431313a30303a30b95a' AS TEXT)), (CAST(x'323032342d30312d32345431313a30303a3030c0b05a' AS TEXT)), (CAST(x'323032342d30312d32345431313a30303a30302eff39' AS TEXT))";
-        db.execute(&format!("INSERT INTO spellings VALUES {not_utf8}"), &[])
-            .await
-            .unwrap();
+        exec(&db, &format!("INSERT INTO spellings VALUES {not_utf8}")).await;
         let old = "(e GLOB '????-??-??[T ]??:??:?*[0-9]' OR e GLOB '????-??-??[T ]??:??:?*[0-9]Z')";
         let new = format!("({})", super::sqlite_ts_shape("e"));
         let count = |sql: String| {
@@ -1679,22 +1666,20 @@ mod tests {
     #[tokio::test]
     async fn a_tables_own_conflict_clause_is_kept_and_counted() {
         let (db, dir) = db("conflict").await;
-        db.execute(
+        exec(
+            &db,
             "CREATE TABLE jobs (id INTEGER PRIMARY KEY, status TEXT NOT NULL, \
              locked_by TEXT, locked_until TEXT, attempts INTEGER, \
              last_error TEXT UNIQUE ON CONFLICT IGNORE)",
-            &[],
         )
-        .await
-        .unwrap();
-        db.execute(
+        .await;
+        exec(
+            &db,
             "INSERT INTO jobs VALUES \
              (1, 'processing', 'w', '2024-01-24T11:00:00+00:00', 0, NULL), \
              (2, 'processing', 'w', '2024-01-24T11:00:00+00:00', 1, NULL)",
-            &[],
         )
-        .await
-        .unwrap();
+        .await;
         let out = store(&db, "jobs")
             .sqlite_counted(&plans(), None, 100)
             .await
