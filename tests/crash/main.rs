@@ -90,11 +90,13 @@ async fn crash_test(t: &common::TestDb, spec: String, seed: u64) {
     // Kills land a random 20 ms .. `longest` after the child is ready. A child killed before
     // it committed a batch proves little, so on a slow (busy) machine `longest` doubles after
     // each kill that left no committed batch. On a fast one the work could end before the
-    // last kill: after a kill that did commit work, `longest` is set from the rate seen so
-    // far, so that a kill takes on average half its share of the jobs left (the share of the
-    // kills left). The delays then depend on the machine too, not only on the seed.
+    // last kill: after a kill that did commit work, `longest` is set from the fastest rate
+    // seen so far (a child's first batches run slower, and an underestimated rate would let
+    // the next child finish the work), so that a kill takes on average at most half its
+    // share of the jobs left (the share of the kills left), and grows at most twofold a kill.
+    // The delays then depend on the machine too, not only on the seed.
     let mut longest: u64 = 250;
-    let (mut child_ms, mut repaired) = (0_u64, 0_i64);
+    let mut per_ms = 0.0_f64;
     let stuck = "SELECT COUNT(*) FROM jobs WHERE status = 'processing'";
     let mut before = table::scalar(t, stuck).await;
     let started = Instant::now();
@@ -123,14 +125,12 @@ async fn crash_test(t: &common::TestDb, spec: String, seed: u64) {
         let after = table::scalar(t, stuck).await;
         if after < before {
             progressed += 1;
-            child_ms += delay;
-            repaired += before - after;
-            // jobs a millisecond, so far; a delay of 20 ms .. `longest` averages
+            // jobs a millisecond, the fastest yet; a delay of 20 ms .. `longest` averages
             // `(20 + longest) / 2`, which is to be half of a kill's share of the time left
+            per_ms = per_ms.max((before - after) as f64 / delay as f64);
             let kills_left = u64::from(KILLS - kills).max(1);
-            let per_ms = repaired as f64 / child_ms as f64;
             let share_ms = (after as f64 / per_ms) / kills_left as f64;
-            longest = (share_ms - 20.0).clamp(40.0, 8000.0) as u64;
+            longest = ((share_ms - 20.0).clamp(40.0, 8000.0) as u64).min(longest * 2);
         } else {
             longest = (longest * 2).min(8000);
         }
