@@ -1470,6 +1470,72 @@ async fn extreme_lock_ttls(t: &TestDb) {
     lock.release(g).await.unwrap();
 }
 
+/// The row-by-row repair's guard compares a text expiry by the instant the read decoded,
+/// exactly: a lease renewed by a fraction of a millisecond between the read and the write is
+/// left alone (SQLite's `strftime`, which the guard used before, reads milliseconds only),
+/// and a job whose expiry SQLite's date functions cannot read but the read decodes (a
+/// `+0000` offset) is repaired, not "changed" at every run.
+async fn a_lease_renewed_by_a_fraction_of_a_millisecond_is_not_clobbered(t: &TestDb) {
+    assert_eq!(t.db.dialect(), Dialect::Sqlite);
+    let jobs = Jobs::new(&Backend::Sql(t), "submilli", Shape::default()).await;
+    t.exec(
+        "INSERT INTO submilli (id, status, locked_by, locked_until, attempts) VALUES \
+         (1, 'processing', 'w', '2024-01-24T11:00:00.000100+00:00', 0), \
+         (2, 'processing', 'w', '2024-01-24T11:00:00+0000', 0)",
+    )
+    .await;
+    let q = lease_repair::CandidateQuery {
+        kind: lease_repair::CandidateKind::ExpiredLease,
+        processing_state: "processing".into(),
+        now: now(),
+        max_lease: None,
+        known_states: vec![],
+        after: None,
+        limit: 100,
+    };
+    let rows = jobs.lease.read_candidates(q).await.unwrap();
+    let repairs: Vec<_> = rows
+        .iter()
+        .filter_map(|r| {
+            match lease_repair::decide(
+                r,
+                lease_repair::CandidateKind::ExpiredLease,
+                now(),
+                &settings(),
+            ) {
+                lease_repair::Action::Repair { repair, .. } => Some(repair),
+                _ => None,
+            }
+        })
+        .collect();
+    assert_eq!(repairs.len(), 2, "both read and decided: {rows:?}");
+    // job 1's worker renews its lease by 300 µs, spelled its own way
+    t.exec("UPDATE submilli SET locked_until = '2024-01-24 11:00:00.0004' WHERE id = 1")
+        .await;
+    let out = jobs.lease.apply(&repairs, now()).await.unwrap();
+    assert_eq!(
+        out.skipped,
+        [lease_repair::JobKey::Int(1)],
+        "the renewed lease"
+    );
+    assert_eq!(
+        out.applied,
+        [lease_repair::JobKey::Int(2)],
+        "the +0000 spelling"
+    );
+    assert_eq!(
+        jobs.all_raw_status().await,
+        [
+            (
+                "1".to_owned(),
+                "processing".to_owned(),
+                Some("0".to_owned())
+            ),
+            ("2".to_owned(), "retry".to_owned(), Some("0".to_owned())),
+        ]
+    );
+}
+
 // 17 (SQLite: an INTEGER column holds text)
 async fn a_column_holding_text_where_attempts_should_be(t: &TestDb) {
     assert_eq!(t.db.dialect(), Dialect::Sqlite);
@@ -1565,7 +1631,8 @@ mod sqlite_only {
         a_trigger_that_inserts_or_replaces_does_not_stop_the_repair,
         a_timestamp_in_an_unknown_format_is_reported_and_the_rest_go_on,
         non_utf8_text_is_reported_and_the_rest_go_on,
-        a_column_holding_text_where_attempts_should_be
+        a_column_holding_text_where_attempts_should_be,
+        a_lease_renewed_by_a_fraction_of_a_millisecond_is_not_clobbered
     );
 }
 

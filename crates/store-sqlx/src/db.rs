@@ -14,6 +14,9 @@ use crate::error::{Context, redact_url};
 use crate::value::{Kind, Value, from_millis};
 use crate::{Dialect, Error, Result, TimestampFormat};
 
+/// A SQLite collation: its name and its order (see [`Tx::sqlite_collations`]).
+pub(crate) type Collation = (&'static str, fn(&str, &str) -> std::cmp::Ordering);
+
 #[derive(Clone, Debug)]
 pub(crate) enum Pool {
     #[cfg(feature = "sqlite")]
@@ -712,6 +715,37 @@ impl Tx {
 
     pub(crate) async fn commit(self) -> Result<()> {
         on_backend!(self, Tx, tx, _m => tx.commit().await.context("COMMIT"))
+    }
+
+    /// SQLite only (a no-op elsewhere): make sure each of `collations` is registered on this
+    /// transaction's connection, registering the missing ones. A connection keeps them for
+    /// its life, so this costs one small query on every later call. Registering a new name
+    /// leaves the connection's prepared statements alone.
+    // (one backend built: the pattern cannot fail)
+    #[allow(irrefutable_let_patterns)]
+    pub(crate) async fn sqlite_collations(&mut self, collations: &[Collation]) -> Result<()> {
+        #[cfg(feature = "sqlite")]
+        if let Self::Sqlite(tx) = self {
+            let known: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_collation_list")
+                .fetch_all(&mut **tx)
+                .await
+                .context("PRAGMA collation_list")?;
+            let missing: Vec<_> = collations
+                .iter()
+                .filter(|(name, _)| !known.iter().any(|k| k.as_str() == *name))
+                .collect();
+            if !missing.is_empty() {
+                let mut handle = tx.lock_handle().await.context("register collations")?;
+                for (name, compare) in missing {
+                    handle
+                        .create_collation(name, *compare)
+                        .context("register a collation")?;
+                }
+            }
+        }
+        #[cfg(not(feature = "sqlite"))]
+        let _ = collations;
+        Ok(())
     }
 
     /// Roll back now. A transaction that is only dropped is rolled back later, when the

@@ -13,6 +13,7 @@ use crate::sql::{Binds, CHUNK, exact_eq, exact_in, with_deadlock_retry};
 use crate::value::{Array, Kind, Value};
 use crate::{Db, Dialect, Error, Ident, Result, TableName, TimestampFormat};
 
+mod collate;
 mod plan;
 
 /// How the host's job ids are typed.
@@ -528,12 +529,24 @@ impl SqlLeaseStore {
         rows.into_iter().map(|r| self.decode_row(r)).collect()
     }
 
+    /// Begin a transaction; on SQLite with the collations the repairs' conditions compare
+    /// with registered on its connection (see [`collate`]).
+    async fn begin_collated(&self) -> Result<crate::db::Tx> {
+        let mut tx = self.db.begin().await?;
+        if let Err(e) = tx.sqlite_collations(&collate::ALL).await {
+            // (the error is what matters; a failed rollback leaves it to the pool)
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+        Ok(tx)
+    }
+
     async fn apply_once(&self, repairs: &[Repair], now: DateTime<Utc>) -> Result<ApplyOutcome> {
         let processing = repairs
             .first()
             .map(|r| r.expected.status.clone())
             .unwrap_or_default();
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.begin_collated().await?;
         let mut applied: HashSet<JobKey> = HashSet::with_capacity(repairs.len());
         match self.db.dialect() {
             // One statement per chunk: compare-and-set in its WHERE (under FOR UPDATE SKIP
@@ -852,18 +865,21 @@ impl SqlLeaseStore {
                 )
             }
             Dialect::Sqlite => {
-                // Text timestamps are compared after normalising both sides (a host may store
-                // another text form than recon writes); integer ones compare as they are.
-                // Equal text is the same instant, so the common case skips the two
-                // `strftime` calls (about a quarter of the statement's time per row).
+                // Text timestamps are compared as the instants the read decoded (a host may
+                // store another text form than recon writes: `exp_until` is recon's spelling
+                // of the instant read), by that same decoding (`collate::INSTANT`: equal for
+                // two readable spellings of one instant, never for an unreadable one).
+                // Integer ones compare as they are. Equal text is the same instant, so the
+                // common case skips the collation.
                 let until = match self.map.timestamps {
                     TimestampFormat::UnixSeconds | TimestampFormat::UnixMillis => {
                         format!("t.{} IS {}", s.expiry, v("exp_until"))
                     }
                     _ => format!(
-                        "(t.{e} IS {x} OR strftime('%Y-%m-%d %H:%M:%f', t.{e}) IS strftime('%Y-%m-%d %H:%M:%f', {x}))",
+                        "(t.{e} IS {x} OR t.{e} COLLATE {c} = {x})",
                         e = s.expiry,
-                        x = v("exp_until")
+                        x = v("exp_until"),
+                        c = collate::INSTANT
                     ),
                 };
                 format!(

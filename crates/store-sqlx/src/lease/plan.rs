@@ -35,7 +35,7 @@
 use chrono::{DateTime, Utc};
 use lease_repair::{CandidateKind, JobKey, PlannedBatch, PlannedCounts, RepairPlan};
 
-use super::{KeyKind, SqlLeaseStore};
+use super::{KeyKind, SqlLeaseStore, collate};
 use crate::sql::{Binds, exact_eq};
 use crate::value::{Kind, Value};
 use crate::{Dialect, Error, Result, TimestampFormat};
@@ -44,33 +44,20 @@ use crate::{Dialect, Error, Result, TimestampFormat};
 /// hands the batch to the statement that locks rows first and skips held ones.
 const PG_LOCK_WAIT: &str = "200ms";
 
-/// The start of a SQLite text timestamp the row-by-row path reads too, once SQLite's
-/// `julianday` has read it: a date, `T` or a space, a time with two digits of seconds, then
-/// anything; [`sqlite_ts_shape`] adds how it must end.
-///
-/// `?` is enough where digits belong: SQLite reads a date only as exactly `YYYY-MM-DD`
-/// (four, two and two digits), then skips every space and `T`, then reads exactly `HH:MM`
-/// and, after a `:`, exactly two digits of seconds. With its `-`, `:` and the one separator
-/// where this pattern puts them, a text `julianday` read has digits in every `?` (one more
-/// separator would move both colons). Digit classes there cost about twice the whole check
-/// (a `[0-9]` is parsed again for every character it is tried on), and so does a `*[0-9]`
-/// at the end (its class is tried at every character after the `*`): the last characters are
-/// compared instead.
-const SQLITE_TS_START: &str = "????-??-??[T ]??:??:??*";
+/// `x` (SQL) is an integer, in SQL that calls no function (see [`collate`]): `typeof(x) =
+/// 'integer'`. `+x` has no affinity, so nothing is converted: a number sorts before any text
+/// (blobs after), and of numbers only an integer reads back the same through `CAST(… AS
+/// INTEGER)` as text (`5.0 || ''` is `'5.0'`). A unit test holds it to `typeof` on every
+/// storage class in columns of every affinity.
+fn sqlite_is_integer(x: &str) -> String {
+    format!("(+{x} < '' AND (+{x} || '') = (CAST(+{x} AS INTEGER) || ''))")
+}
 
-/// The shape of a SQLite text timestamp `e` (SQL) the row-by-row path reads too (see
-/// [`SQLITE_TS_START`]): ending in a digit (the seconds, a fraction, a numeric offset), or
-/// in `Z` right after a digit (20 characters at least: the `Z` is not one of the seconds).
-/// SQLite's own date functions also take trailing spaces, a space before `Z` and a lowercase
-/// `z`, which the row-by-row path does not (it does take a space before a numeric offset).
-/// The same answers as `e GLOB '????-??-??[T ]??:??:?*[0-9]' OR e GLOB
-/// '????-??-??[T ]??:??:?*[0-9]Z'` (checked on 20,000 spellings by a unit test, and 300,000 in
-/// a one-off fuzz), at half the cost.
-fn sqlite_ts_shape(e: &str) -> String {
-    format!(
-        "{e} GLOB '{SQLITE_TS_START}' AND (substr({e}, -1) BETWEEN '0' AND '9' \
-         OR (substr({e}, -1) = 'Z' AND length({e}) >= 20 AND substr({e}, -2, 1) BETWEEN '0' AND '9'))"
-    )
+/// `x` (SQL) is text, in SQL that calls no function: `typeof(x) = 'text'`. Text sorts after
+/// every number and before every blob, whatever the collation (so it is named: a host's
+/// own collation could put text before `''`).
+fn sqlite_is_text(x: &str) -> String {
+    format!("({x} COLLATE BINARY >= '' AND {x} < x'')")
 }
 
 /// Whether every plan writes its own message, so that a repaired row tells its plan by its
@@ -87,11 +74,15 @@ fn distinct_messages(plans: &[RepairPlan]) -> bool {
 enum RangeUpdate {
     /// `UPDATE … RETURNING last_error, attempts`.
     Returning,
-    /// SQLite's plain `UPDATE`, nothing returned, for a table without triggers (see
-    /// [`sqlite_counted`](SqlLeaseStore::sqlite_counted)). (Not `UPDATE OR FAIL`: it spares
-    /// the statement journal SQLite keeps inside a transaction only for a statement that
-    /// calls no SQL function, and the per-value checks call several; it would also override
-    /// a table's own `ON CONFLICT` clauses.)
+    /// SQLite's `UPDATE OR IGNORE`, nothing returned, for a table without triggers (see
+    /// [`sqlite_counted`](SqlLeaseStore::sqlite_counted)). Inside a transaction SQLite keeps
+    /// a statement journal for a multi-row statement that might abort: one that calls an SQL
+    /// function (the checks call none, see [`collate`]) or whose conflict resolution is
+    /// `ABORT`, which a `NOT NULL` status column has by default. `OR IGNORE` leaves a row the
+    /// write would break a constraint on (or a table's own `ON CONFLICT` clause would act on)
+    /// as it was: it is in no count (the counts are what the states gained), and the
+    /// row-by-row path, which reads every stuck job the plans left, repairs it with a plain
+    /// `UPDATE` (the table's own clause applies) or reports the error.
     Counted,
 }
 
@@ -212,34 +203,27 @@ impl SqlLeaseStore {
                         TimestampFormat::UnixSeconds | TimestampFormat::UnixMillis,
                     ) => {
                         let min = b.push(self.ts(Some(DateTime::<Utc>::MIN_UTC)));
-                        w.push(format!("typeof({e}) = 'integer' AND {e} >= {min}"));
+                        w.push(format!("{} AND {e} >= {min}", sqlite_is_integer(&e)));
                     }
                     // Text: compared as text like the row-by-row read, and then as the instant
-                    // SQLite reads (a time with an offset may sort before `now` as text and
-                    // still lie ahead).
+                    // it reads (a time with an offset may sort before `now` as text and still
+                    // lie ahead): by the row-by-row read's own decoding (`collate::INSTANT`;
+                    // an unreadable one sorts after `now`, and is left to that path).
                     (Dialect::Sqlite, _) => {
                         let now = b.push(self.ts(Some(plan.now)));
-                        // SQLite's date functions roll a 30 February over into March and take
-                        // hour 24; the row-by-row path reads neither. (A day before the 29th
-                        // is in every month: `date` is called only for the others.) They and
-                        // `GLOB` also stop at a NUL, which the row-by-row path reads on.
                         w.push(format!(
-                            "typeof({e}) = 'text' AND julianday({e}) < julianday({now}) \
-                             AND {shape} \
-                             AND (substr({e}, 9, 2) < '29' \
-                               OR date(substr({e}, 1, 10)) = substr({e}, 1, 10)) \
-                             AND substr({e}, 12, 2) < '24' AND instr({e}, char(0)) = 0",
-                            shape = sqlite_ts_shape(&e)
+                            "{} AND {e} COLLATE {} < {now}",
+                            sqlite_is_text(&e),
+                            collate::INSTANT
                         ));
                     }
                 }
                 if d == Dialect::Sqlite {
                     // An owner the row-by-row path might not read (not text, not UTF-8) is
-                    // left to it: it reports such rows instead of repairing them. Printable
-                    // ASCII always reads. (Comparing `length` in characters and in bytes is
-                    // not enough: SQLite counts a stray 0xFF byte as one character.)
+                    // left to it: it reports such rows instead of repairing them.
                     w.push(format!(
-                        "({o} IS NULL OR (typeof({o}) = 'text' AND {o} NOT GLOB '*[^ -~]*'))",
+                        "({o} IS NULL OR {o} COLLATE {} = '')",
+                        collate::READABLE,
                         o = s.owner
                     ));
                 }
@@ -299,13 +283,12 @@ impl SqlLeaseStore {
         }
         w.push(format!("({})", each.join(" OR ")));
         if d == Dialect::Sqlite {
-            w.push(format!("typeof({}) = 'integer'", s.attempts));
-            let id_type = if self.map.key_kind == KeyKind::Integer {
-                "integer"
+            w.push(sqlite_is_integer(&s.attempts));
+            w.push(if self.map.key_kind == KeyKind::Integer {
+                sqlite_is_integer(&s.id)
             } else {
-                "text"
-            };
-            w.push(format!("typeof({}) = '{id_type}'", s.id));
+                sqlite_is_text(&s.id)
+            });
         }
         if let Some(k) = after {
             w.push(format!("{} > {}", s.id, self.id_param(b, k)?));
@@ -498,9 +481,10 @@ impl SqlLeaseStore {
                 s.attempts,
                 t = s.table
             ),
-            RangeUpdate::Counted => {
-                format!("UPDATE {t} AS t SET {sets} WHERE {w}{upto}", t = s.table)
-            }
+            RangeUpdate::Counted => format!(
+                "UPDATE OR IGNORE {t} AS t SET {sets} WHERE {w}{upto}",
+                t = s.table
+            ),
         })
     }
 
@@ -708,7 +692,7 @@ impl SqlLeaseStore {
         let Some(gains) = StateGains::new(plans) else {
             return Ok(None);
         };
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.begin_collated().await?;
         // (rolled back before the uncounted way begins on another connection: it holds
         // SQLite's write lock)
         match self
@@ -797,7 +781,7 @@ impl SqlLeaseStore {
         let mut ub = Binds::new(d);
         let update =
             self.key_range_update(plans, after, upper.as_ref(), RangeUpdate::Counted, &mut ub)?;
-        // (an error is the data's — say, a host constraint the repair breaks: the batch is
+        // (an error is the data's — say, a foreign key the repair breaks: the batch is
         // rolled back whole)
         let changed = tx.execute(&update, &ub.values).await?;
         // After: the states' rows again, total_changes().
@@ -1067,7 +1051,7 @@ impl SqlLeaseStore {
                 if let Some(out) = self.sqlite_counted(plans, after, limit).await? {
                     return Ok(out);
                 }
-                let mut tx = self.db.begin().await?;
+                let mut tx = self.begin_collated().await?;
                 let upper = self.sqlite_range_end(&mut tx, plans, after, limit).await?;
                 let mut out = PlannedBatch::empty(plans.len());
                 if distinct_messages(plans) {
@@ -1241,8 +1225,8 @@ mod tests {
         (Db::connect_with(&url, opts).await.unwrap(), dir)
     }
 
-    /// Jobs 1–3 expired (attempts 0, 3 and 1; job 3's owner is not ASCII, so the checks
-    /// leave it to the row-by-row path), 4 orphaned, 5 with a live lease, 6 done.
+    /// Jobs 1–3 expired (attempts 0, 3 and 1; job 3's owner is not UTF-8 — a truncated
+    /// `ö` — so the checks leave it to the row-by-row path), 4 orphaned, 5 with a live lease, 6 done.
     async fn jobs(db: &Db, table: &str) {
         exec(
             db,
@@ -1258,7 +1242,7 @@ mod tests {
                 "INSERT INTO {table} VALUES \
                  (1, 'processing', 'w', '2024-01-24T11:00:00+00:00', 0, NULL), \
                  (2, 'processing', 'w', '2024-01-24T11:00:00+00:00', 3, NULL), \
-                 (3, 'processing', 'wörker', '2024-01-24T11:00:00+00:00', 1, NULL), \
+                 (3, 'processing', CAST(x'77c3' AS TEXT), '2024-01-24T11:00:00+00:00', 1, NULL), \
                  (4, 'processing', NULL, NULL, 1, NULL), \
                  (5, 'processing', 'w', '2024-01-24T13:00:00+00:00', 0, NULL), \
                  (6, 'done', NULL, NULL, 0, NULL)"
@@ -1569,12 +1553,10 @@ mod tests {
         assert_eq!(locked.unwrap(), 50, "every job still processing");
     }
 
-    /// [`super::sqlite_ts_shape`] gives the same answers as the two patterns it replaced,
-    /// on the bundled SQLite: 20,000 spellings up to three edits away from readable ones
-    /// (digits, separators, `Z`/`z`, a NUL, non-ASCII), and every prefix of them.
-    #[tokio::test]
-    async fn the_timestamp_shape_answers_as_the_two_patterns() {
-        let (db, dir) = db("shape").await;
+    /// Spellings of a timestamp up to three edits away from readable ones (digits,
+    /// separators, `T`/`t`, `Z`/`z`, a NUL, non-ASCII), every prefix of them, and seven byte
+    /// strings that are not UTF-8: stored in a fresh table `spellings (e)`. Returns how many.
+    async fn spellings(db: &Db) -> usize {
         let bases = [
             "2024-01-24T11:00:00+00:00",
             "2024-01-24 11:00:00",
@@ -1583,8 +1565,10 @@ mod tests {
             "2024-02-29T23:59:59.9-05:30",
             "2024-01-24T11:00:00 Z",
             "2024-01-24T11:00:1Z",
+            "2024-01-24 11:00",
+            "2024-01-24t11:00:00z",
         ];
-        let alphabet: Vec<String> = "0123456789-:T Zz+.\u{0}\u{7f}é€"
+        let alphabet: Vec<String> = "0123456789-:T Zz+.\u{0}\u{7f}é€t"
             .chars()
             .map(String::from)
             .chain(["", "00", "Z0"].map(String::from))
@@ -1621,42 +1605,291 @@ mod tests {
             values.push(s.concat());
         }
         let json = crate::value::Value::Text(Some(serde_json::to_string(&values).unwrap()));
-        exec(&db, "CREATE TABLE spellings (e TEXT)").await;
+        exec(db, "CREATE TABLE spellings (e TEXT)").await;
         db.execute(
             "INSERT INTO spellings SELECT value FROM json_each(?)",
             std::slice::from_ref(&json),
         )
         .await
         .unwrap();
-        // and bytes that are not UTF-8 (an overlong digit, stray and truncated sequences)
+        // an overlong digit, stray and truncated sequences
         let not_utf8 = "(CAST(x'323032342d30312d32345431313a30303a30c0b0' AS TEXT)), (CAST(x'323032342d30312d32345431313a30303a3030ff' AS TEXT)), (CAST(x'323032342d30312d32345431313a30303a303080' AS TEXT)), (CAST(x'323032342d30312d32345431313a30303a30302b30303a30e282' AS TEXT)), (CAST(x'323032342d30312d32345431313a30303a30b95a' AS TEXT)), (CAST(x'323032342d30312d32345431313a30303a3030c0b05a' AS TEXT)), (CAST(x'323032342d30312d32345431313a30303a30302eff39' AS TEXT))";
-        exec(&db, &format!("INSERT INTO spellings VALUES {not_utf8}")).await;
-        let old = "(e GLOB '????-??-??[T ]??:??:?*[0-9]' OR e GLOB '????-??-??[T ]??:??:?*[0-9]Z')";
-        let new = format!("({})", super::sqlite_ts_shape("e"));
-        let count = |sql: String| {
-            let db = db.clone();
-            async move {
-                let rows = db
-                    .fetch(&sql, &[], &[crate::value::Kind::Int])
-                    .await
-                    .unwrap();
-                crate::value::Value::single(rows)
-                    .and_then(crate::value::Value::int)
-                    .unwrap()
+        exec(db, &format!("INSERT INTO spellings VALUES {not_utf8}")).await;
+        values.len() + 7
+    }
+
+    /// `e COLLATE recon_instant < now` holds exactly where the row-by-row read decodes `e`
+    /// (sqlx's own decoding, through SQLite) to an instant before `now`: on 20,000 spellings
+    /// and more (see [`spellings`]), against a `now` of each text format and one equal to
+    /// many of them (the comparison is strict).
+    #[tokio::test]
+    async fn the_instant_collation_reads_timestamps_as_the_row_by_row_path_does() {
+        use crate::value::{Kind, Value};
+        let (db, dir) = db("instant").await;
+        let n = spellings(&db).await;
+        let mut tx = db.begin().await.unwrap();
+        tx.sqlite_collations(&super::collate::ALL).await.unwrap();
+        for now in [
+            "2024-01-24T11:00:00+00:00",
+            "2024-01-24 16:30:00",
+            "2024-02-29T23:59:59.9-05:30",
+        ] {
+            let bound: DateTime<Utc> = super::collate::text_instant(now).unwrap();
+            let rows = tx
+                .fetch_lenient(
+                    "SELECT e, e COLLATE recon_instant < ? FROM spellings",
+                    &[Value::Text(Some(now.to_owned()))],
+                    &[Kind::Ts(crate::TimestampFormat::Rfc3339), Kind::Int],
+                )
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), n, "every spelling read");
+            let (mut readable, mut before) = (0, 0);
+            for (i, r) in rows.into_iter().enumerate() {
+                let decoded = match &r[0] {
+                    Ok(Value::Ts(Some(t))) => Some(*t),
+                    _ => None,
+                };
+                readable += usize::from(decoded.is_some());
+                let expected = decoded.is_some_and(|t| t < bound);
+                before += usize::from(expected);
+                assert_eq!(
+                    r[1],
+                    Ok(Value::Int(Some(i64::from(expected)))),
+                    "spelling {i} ({:?}) against {now}",
+                    r[0]
+                );
             }
-        };
-        let n = count("SELECT COUNT(*) FROM spellings".into()).await;
-        let taken = count(format!("SELECT COUNT(*) FROM spellings WHERE {old}")).await;
-        let differ = count(format!(
-            "SELECT COUNT(*) FROM spellings WHERE {old} IS NOT {new}"
-        ))
+            assert!(
+                readable > 1_000 && readable < n - 1_000,
+                "{readable} of {n} read"
+            );
+            assert!(before > 100 && before < readable, "{before} before {now}");
+        }
+        tx.rollback().await.unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// `o COLLATE recon_readable = ''` holds only for text the row-by-row read decodes as a
+    /// `String`, and for all of it but text holding U+FFFD (which it leaves to that path).
+    #[tokio::test]
+    async fn the_readable_collation_takes_only_text_that_decodes() {
+        use crate::value::{Kind, Value};
+        let (db, dir) = db("readable").await;
+        exec(&db, "CREATE TABLE owners (o)").await;
+        exec(
+            &db,
+            "INSERT INTO owners VALUES ('w'), ('wörker €'), (''), ('a' || char(0) || 'b'), \
+             (CAST(x'77c3' AS TEXT)), (CAST(x'ff' AS TEXT)), (CAST(x'c0b0' AS TEXT)), \
+             (CAST(x'eda080' AS TEXT)), ('w\u{fffd}'), (7), (7.5), (x'77'), (NULL)",
+        )
         .await;
-        assert_eq!(n, values.len() as i64 + 7, "every spelling stored");
-        assert!(
-            taken > 1_000 && taken < n - 1_000,
-            "{taken} of {n} have the shape"
+        let mut tx = db.begin().await.unwrap();
+        tx.sqlite_collations(&super::collate::ALL).await.unwrap();
+        let rows = tx
+            .fetch_lenient(
+                "SELECT typeof(o), o, o COLLATE recon_readable = '' FROM owners ORDER BY rowid",
+                &[],
+                &[Kind::Text, Kind::Text, Kind::Int],
+            )
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        let mut taken = Vec::new();
+        for r in &rows {
+            let text = r[0] == Ok(Value::Text(Some("text".into())));
+            let decodes = matches!(&r[1], Ok(Value::Text(Some(s))) if !s.contains('\u{fffd}'));
+            let says = r[2] == Ok(Value::Int(Some(1)));
+            assert_eq!(says, text && decodes, "{r:?}");
+            taken.push(says);
+        }
+        assert_eq!(
+            taken,
+            [
+                true, true, true, true, false, false, false, false, false, false, false, false,
+                false
+            ]
         );
-        assert_eq!(differ, 0, "spellings the two checks answer differently");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The function-free type checks answer as `typeof` does, for every storage class in
+    /// columns of every affinity (and a case-insensitive text column).
+    #[tokio::test]
+    async fn the_type_checks_answer_as_typeof() {
+        use crate::value::{Kind, Value};
+        let (db, dir) = db("types").await;
+        exec(
+            &db,
+            "CREATE TABLE v (i INTEGER, r REAL, t TEXT, c TEXT COLLATE NOCASE, n NUMERIC, b BLOB, x)",
+        )
+        .await;
+        for v in [
+            "5",
+            "5.0",
+            "5.5",
+            "-3",
+            "0",
+            "'5'",
+            "'5.0'",
+            "' 5'",
+            "'abc'",
+            "''",
+            "x'35'",
+            "x''",
+            "NULL",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "1e20",
+            "'1e20'",
+            "4611686018427387904",
+        ] {
+            exec(
+                &db,
+                &format!("INSERT INTO v VALUES ({v}, {v}, {v}, {v}, {v}, {v}, {v})"),
+            )
+            .await;
+        }
+        let mut checked = 0;
+        for col in ["i", "r", "t", "c", "n", "b", "x"] {
+            let sql = format!(
+                "SELECT typeof({col}), {}, {} FROM v",
+                super::sqlite_is_integer(col),
+                super::sqlite_is_text(col)
+            );
+            for r in db
+                .fetch(&sql, &[], &[Kind::Text, Kind::Int, Kind::Int])
+                .await
+                .unwrap()
+            {
+                let ty = r[0].clone().text().unwrap();
+                let yes = |v: &Value| v.clone().int() == Some(1);
+                assert_eq!(yes(&r[1]), ty == "integer", "{col}: {r:?}");
+                assert_eq!(yes(&r[2]), ty == "text", "{col}: {r:?}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 7 * 18);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The counted `UPDATE` calls no SQL function and resolves conflicts with `IGNORE`, so
+    /// that SQLite keeps no statement journal for it (see [`super::RangeUpdate::Counted`]): its
+    /// program has no function call and no `NOT NULL` halt, on a table with a `NOT NULL`
+    /// status, every optional column mapped, and each key and timestamp kind.
+    #[tokio::test]
+    async fn the_counted_update_calls_no_function() {
+        use crate::value::{Kind, Value};
+        use crate::{KeyKind, TimestampFormat};
+        let (db, dir) = db("nofn").await;
+        let mut seen = 0;
+        for (i, (key, format)) in [
+            (KeyKind::Integer, TimestampFormat::Rfc3339),
+            (KeyKind::Text, TimestampFormat::SqliteText),
+            (KeyKind::Integer, TimestampFormat::UnixSeconds),
+            (KeyKind::Uuid, TimestampFormat::UnixMillis),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let t = format!("jobs{i}");
+            let id = if key == KeyKind::Integer {
+                "INTEGER PRIMARY KEY"
+            } else {
+                "TEXT PRIMARY KEY"
+            };
+            exec(
+                &db,
+                &format!(
+                    "CREATE TABLE {t} (id {id}, status TEXT NOT NULL, locked_by TEXT, \
+                     locked_until TEXT, attempts INTEGER NOT NULL, last_error TEXT NOT NULL, \
+                     next_run_at TEXT, updated_at TEXT, failed_at TEXT)"
+                ),
+            )
+            .await;
+            let store = db.lease_store(
+                JobTable::builder(&t)
+                    .key_kind(key)
+                    .timestamps(format)
+                    .next_run_at("next_run_at")
+                    .updated_at("updated_at")
+                    .failed_at("failed_at")
+                    .build()
+                    .unwrap(),
+            );
+            let after = match key {
+                KeyKind::Integer => lease_repair::JobKey::Int(7),
+                _ => lease_repair::JobKey::Text("k".into()),
+            };
+            let mut b = crate::sql::Binds::new(db.dialect());
+            let sql = store
+                .key_range_update(
+                    &plans(),
+                    Some(&after),
+                    Some(&after),
+                    super::RangeUpdate::Counted,
+                    &mut b,
+                )
+                .unwrap();
+            assert!(sql.starts_with("UPDATE OR IGNORE "), "{sql}");
+            let mut tx = store.begin_collated().await.unwrap();
+            let ops: Vec<String> = tx
+                .fetch(
+                    &format!("EXPLAIN {sql}"),
+                    &b.values,
+                    &[Kind::Int, Kind::Text],
+                )
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(|mut r| r.pop().and_then(Value::text))
+                .collect();
+            tx.rollback().await.unwrap();
+            assert!(ops.len() > 20, "{t}: a program of {} ops", ops.len());
+            for op in ["Function", "PureFunc", "HaltIfNull"] {
+                assert!(!ops.iter().any(|o| o == op), "{t}: {op} in {ops:?}");
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, 4);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The collations are registered on a connection the host opened, and a host that
+    /// registered nothing sees nothing else of recon's on it.
+    #[tokio::test]
+    async fn a_hosts_own_pool_gets_the_collations_on_first_use() {
+        let dir = std::env::temp_dir().join(format!(
+            "recon-plan-hostpool-{}-{}",
+            std::process::id(),
+            Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.join("host.db"))
+            .create_if_missing(true);
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .unwrap();
+        let db = Db::from_sqlite(pool.clone());
+        jobs(&db, "jobs").await;
+        let names = || async {
+            sqlx::query_scalar::<_, String>(
+                "SELECT name FROM pragma_collation_list WHERE name LIKE 'recon%' ORDER BY name",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        };
+        assert!(names().await.is_empty());
+        let out = store(&db, "jobs")
+            .repair_planned_once(&plans(), None, 100)
+            .await
+            .unwrap();
+        assert_eq!(out.counts, [c(1, 1), c(1, 0)]);
+        assert_eq!(names().await, ["recon_instant", "recon_readable"]);
         let _ = std::fs::remove_dir_all(dir);
     }
 
