@@ -1470,6 +1470,47 @@ async fn extreme_lock_ttls(t: &TestDb) {
     lock.release(g).await.unwrap();
 }
 
+/// A table's own `ON CONFLICT` clause acts alike both ways. Here the second expired job's
+/// message would break `UNIQUE ON CONFLICT REPLACE`: the in-database `UPDATE OR IGNORE` leaves
+/// that job to the row-by-row pass, whose plain `UPDATE` lets the clause replace the first
+/// job — as the row-by-row repair alone does. Every row and counter comes out the same.
+async fn a_tables_own_conflict_clause_acts_alike_both_ways(t: &TestDb) {
+    assert_eq!(t.db.dialect(), Dialect::Sqlite);
+    let mut outcomes = Vec::new();
+    for in_db in [true, false] {
+        let table = format!("replace_{}", u8::from(in_db));
+        t.exec(&format!(
+            "CREATE TABLE {table} (id INTEGER PRIMARY KEY, status TEXT NOT NULL, \
+             locked_by TEXT, locked_until TEXT, attempts INTEGER NOT NULL, \
+             last_error TEXT UNIQUE ON CONFLICT REPLACE)"
+        ))
+        .await;
+        t.exec(&format!(
+            "INSERT INTO {table} VALUES \
+             (1, 'processing', 'w', '2024-01-24T11:00:00+00:00', 0, NULL), \
+             (2, 'processing', 'w', '2024-01-24T11:00:00+00:00', 1, NULL), \
+             (3, 'processing', NULL, NULL, 0, NULL), (4, 'done', NULL, NULL, 0, NULL)"
+        ))
+        .await;
+        let store = t.db.lease_store(JobTable::builder(&table).build().unwrap());
+        let step = LeaseRepair::new(store, settings())
+            .unwrap()
+            .in_database(in_db);
+        let r = run(&step).await.unwrap();
+        let counters: Vec<u64> = OUTCOME.map(|c| r.count(c)).to_vec();
+        let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(
+            format!("SELECT id, status, last_error FROM {table} ORDER BY id"),
+        ))
+        .fetch_all(t.db.as_sqlite().unwrap())
+        .await
+        .unwrap();
+        outcomes.push((counters, rows));
+    }
+    let ids: Vec<i64> = outcomes[1].1.iter().map(|r| r.0).collect();
+    assert_eq!(ids, [2, 3, 4], "the clause replaced job 1: {outcomes:?}");
+    assert_eq!(outcomes[0], outcomes[1], "in the database, then row by row");
+}
+
 /// The row-by-row repair's guard compares a text expiry by the instant the read decoded,
 /// exactly: a lease renewed by a fraction of a millisecond between the read and the write is
 /// left alone (SQLite's `strftime`, which the guard used before, reads milliseconds only),
@@ -1632,7 +1673,8 @@ mod sqlite_only {
         a_timestamp_in_an_unknown_format_is_reported_and_the_rest_go_on,
         non_utf8_text_is_reported_and_the_rest_go_on,
         a_column_holding_text_where_attempts_should_be,
-        a_lease_renewed_by_a_fraction_of_a_millisecond_is_not_clobbered
+        a_lease_renewed_by_a_fraction_of_a_millisecond_is_not_clobbered,
+        a_tables_own_conflict_clause_acts_alike_both_ways
     );
 }
 
