@@ -726,7 +726,8 @@ async fn text_expiries_one_character_off_come_out_alike_both_ways(t: &TestDb) {
         }
     }
     let mut spellings = quoted(spellings);
-    // SQLite's date functions and `GLOB` stop at a NUL; the row-by-row path reads on
+    // a NUL and what follows: SQLite's own date functions stop at it, the row-by-row read
+    // (and so the in-database check, which decodes the same way) reads on
     for base in bases {
         for tail in ["char(0)", "char(0) || 'junk'", "char(0) || '+05:00'"] {
             spellings.push(format!("'{base}' || {tail}"));
@@ -1471,25 +1472,70 @@ async fn extreme_lock_ttls(t: &TestDb) {
 }
 
 /// A table's own `ON CONFLICT` clause acts alike both ways. Here the second expired job's
-/// message would break `UNIQUE ON CONFLICT REPLACE`: the in-database `UPDATE OR IGNORE` leaves
-/// that job to the row-by-row pass, whose plain `UPDATE` lets the clause replace the first
-/// job — as the row-by-row repair alone does. Every row and counter comes out the same.
+/// message would break `UNIQUE ON CONFLICT REPLACE`, and so would the second orphan's: the
+/// in-database `UPDATE OR IGNORE` would leave those jobs as they were, so its batch is refused
+/// and done with a plain `UPDATE`, which lets the clause replace the first of each — as the
+/// row-by-row repair does. Every row and counter comes out the same (each job counted once).
 async fn a_tables_own_conflict_clause_acts_alike_both_ways(t: &TestDb) {
     assert_eq!(t.db.dialect(), Dialect::Sqlite);
+    let outcomes = alike_both_ways(
+        t,
+        "replace",
+        "last_error TEXT UNIQUE ON CONFLICT REPLACE",
+        "(1, 'processing', 'w', '2024-01-24T11:00:00+00:00', 0), \
+         (2, 'processing', 'w', '2024-01-24T11:00:00+00:00', 1), \
+         (3, 'processing', NULL, NULL, 0), (4, 'done', NULL, NULL, 0), \
+         (5, 'processing', NULL, NULL, 2)",
+    )
+    .await;
+    let ids: Vec<i64> = outcomes.1.iter().map(|r| r.0).collect();
+    assert_eq!(
+        ids,
+        [2, 4, 5],
+        "the clause replaced jobs 1 and 3: {outcomes:?}"
+    );
+}
+
+/// A number where a text expiry is mapped is read as sqlx reads it (an integer as Unix
+/// seconds, a real as a Julian day), so the row-by-row guard must match it as such: both
+/// jobs are repaired, both ways, none "changed".
+async fn numbers_in_a_text_expiry_column_are_repaired_both_ways(t: &TestDb) {
+    assert_eq!(t.db.dialect(), Dialect::Sqlite);
+    let (counters, rows) = alike_both_ways(
+        t,
+        "numbers",
+        "last_error TEXT",
+        "(1, 'processing', 'w', julianday('2024-01-24 11:00:00'), 0), \
+         (2, 'processing', 'w', 1706094000, 1), \
+         (3, 'processing', 'w', julianday('2024-01-24 13:00:00'), 0)",
+    )
+    .await;
+    assert_eq!(counters, [2, 0, 0, 0, 0], "{rows:?}");
+    let statuses: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(statuses, ["retry", "retry", "processing"]);
+}
+
+/// Runs the whole step on a fresh SQLite job table (`id`, `status NOT NULL`, `locked_by`,
+/// `locked_until DATETIME`, `attempts NOT NULL`, then `extra` columns) holding `rows` (`id,
+/// status, locked_by, locked_until, attempts`), inside the database and then, on a copy,
+/// row by row: asserts both come out alike and returns the outcome counters and every row
+/// (`id, status, last_error`).
+async fn alike_both_ways(
+    t: &TestDb,
+    prefix: &str,
+    extra: &str,
+    rows: &str,
+) -> (Vec<u64>, Vec<(i64, String, Option<String>)>) {
     let mut outcomes = Vec::new();
     for in_db in [true, false] {
-        let table = format!("replace_{}", u8::from(in_db));
+        let table = format!("{prefix}_{}", u8::from(in_db));
         t.exec(&format!(
             "CREATE TABLE {table} (id INTEGER PRIMARY KEY, status TEXT NOT NULL, \
-             locked_by TEXT, locked_until TEXT, attempts INTEGER NOT NULL, \
-             last_error TEXT UNIQUE ON CONFLICT REPLACE)"
+             locked_by TEXT, locked_until DATETIME, attempts INTEGER NOT NULL, {extra})"
         ))
         .await;
         t.exec(&format!(
-            "INSERT INTO {table} VALUES \
-             (1, 'processing', 'w', '2024-01-24T11:00:00+00:00', 0, NULL), \
-             (2, 'processing', 'w', '2024-01-24T11:00:00+00:00', 1, NULL), \
-             (3, 'processing', NULL, NULL, 0, NULL), (4, 'done', NULL, NULL, 0, NULL)"
+            "INSERT INTO {table} (id, status, locked_by, locked_until, attempts) VALUES {rows}"
         ))
         .await;
         let store = t.db.lease_store(JobTable::builder(&table).build().unwrap());
@@ -1506,9 +1552,8 @@ async fn a_tables_own_conflict_clause_acts_alike_both_ways(t: &TestDb) {
         .unwrap();
         outcomes.push((counters, rows));
     }
-    let ids: Vec<i64> = outcomes[1].1.iter().map(|r| r.0).collect();
-    assert_eq!(ids, [2, 3, 4], "the clause replaced job 1: {outcomes:?}");
     assert_eq!(outcomes[0], outcomes[1], "in the database, then row by row");
+    outcomes.pop().unwrap()
 }
 
 /// The row-by-row repair's guard compares a text expiry by the instant the read decoded,
@@ -1674,7 +1719,8 @@ mod sqlite_only {
         non_utf8_text_is_reported_and_the_rest_go_on,
         a_column_holding_text_where_attempts_should_be,
         a_lease_renewed_by_a_fraction_of_a_millisecond_is_not_clobbered,
-        a_tables_own_conflict_clause_acts_alike_both_ways
+        a_tables_own_conflict_clause_acts_alike_both_ways,
+        numbers_in_a_text_expiry_column_are_repaired_both_ways
     );
 }
 

@@ -868,15 +868,20 @@ impl SqlLeaseStore {
                 // Text timestamps are compared as the instants the read decoded (a host may
                 // store another text form than recon writes: `exp_until` is recon's spelling
                 // of the instant read), by that same decoding (`collate::INSTANT`: equal for
-                // two readable spellings of one instant, never for an unreadable one).
-                // Integer ones compare as they are. Equal text is the same instant, so the
-                // common case skips the collation.
+                // two readable spellings of one instant, never for an unreadable one). Equal
+                // text is the same instant, so the common case skips the collation. A number
+                // in such a column is read as sqlx reads it — an integer as Unix seconds, a
+                // real as a Julian day — and compared to the millisecond through `strftime`.
+                // Under a Unix format, integers compare as they are.
                 let until = match self.map.timestamps {
                     TimestampFormat::UnixSeconds | TimestampFormat::UnixMillis => {
                         format!("t.{} IS {}", s.expiry, v("exp_until"))
                     }
                     _ => format!(
-                        "(t.{e} IS {x} OR t.{e} COLLATE {c} = {x})",
+                        "(t.{e} IS {x} OR t.{e} COLLATE {c} = {x} \
+                         OR (t.{e} COLLATE BINARY < '' AND strftime('%Y-%m-%d %H:%M:%f', t.{e}, \
+                           CASE typeof(t.{e}) WHEN 'integer' THEN 'unixepoch' ELSE '+0 days' END) \
+                           IS strftime('%Y-%m-%d %H:%M:%f', {x})))",
                         e = s.expiry,
                         x = v("exp_until"),
                         c = collate::INSTANT

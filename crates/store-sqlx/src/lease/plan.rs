@@ -23,10 +23,13 @@
 //!   statement's snapshot is re-checked against the condition when it is locked.
 //! - SQLite: the same key range in one `BEGIN IMMEDIATE` transaction: one guarded `UPDATE OR
 //!   IGNORE` of every plan with no row sent back and no SQL function called (so SQLite keeps
-//!   no statement journal for it; the checks compare under the collations of [`collate`]),
+//!   no statement journal for it, unless the table has foreign keys; the checks compare
+//!   under the collations of [`collate`]),
 //!   counted by how many rows of the range each
 //!   state the plans write gained (before and after, on the `(status, id)` index) less the
-//!   orphans, counted before it with their own condition ([`StateGains`]). On a table with
+//!   orphans, counted before it with their own condition ([`StateGains`]); after it no job
+//!   of the range may still meet a plan's condition (else `OR IGNORE` left it: the batch is
+//!   rolled back and done the uncounted way). On a table with
 //!   triggers, or plans whose states cannot tell the counts apart, the batch is instead one
 //!   `UPDATE … RETURNING last_error, attempts`, counted in Rust by the same message rule — or,
 //!   when plans write the same message, one statement per plan and outcome (given up,
@@ -48,11 +51,12 @@ const PG_LOCK_WAIT: &str = "200ms";
 
 /// `x` (SQL) is an integer, in SQL that calls no function (see [`collate`]): `typeof(x) =
 /// 'integer'`. `+x` has no affinity, so nothing is converted: a number sorts before any text
-/// (blobs after), and of numbers only an integer reads back the same through `CAST(… AS
-/// INTEGER)` as text (`5.0 || ''` is `'5.0'`). A unit test holds it to `typeof` on every
+/// (blobs after; the collation is named, as a host's own could put text before `''`), and of
+/// numbers only an integer reads back the same through `CAST(… AS INTEGER)` as text (`5.0 ||
+/// ''` is `'5.0'`). A unit test holds it to `typeof` on every
 /// storage class in columns of every affinity.
 fn sqlite_is_integer(x: &str) -> String {
-    format!("(+{x} < '' AND (+{x} || '') = (CAST(+{x} AS INTEGER) || ''))")
+    format!("(+{x} COLLATE BINARY < '' AND (+{x} || '') = (CAST(+{x} AS INTEGER) || ''))")
 }
 
 /// `x` (SQL) is text, in SQL that calls no function: `typeof(x) = 'text'`. Text sorts after
@@ -80,11 +84,11 @@ enum RangeUpdate {
     /// [`sqlite_counted`](SqlLeaseStore::sqlite_counted)). Inside a transaction SQLite keeps
     /// a statement journal for a multi-row statement that might abort: one that calls an SQL
     /// function (the checks call none, see [`collate`]) or whose conflict resolution is
-    /// `ABORT`, which a `NOT NULL` status column has by default. `OR IGNORE` leaves a row the
-    /// write would break a constraint on (or a table's own `ON CONFLICT` clause would act on)
-    /// as it was: it is in no count (the counts are what the states gained), and the
-    /// row-by-row path, which reads every stuck job the plans left, repairs it with a plain
-    /// `UPDATE` (the table's own clause applies) or reports the error.
+    /// `ABORT`, which a `NOT NULL` status column has by default. `OR IGNORE` is only there to
+    /// spare the journal: a batch in which it left a job as it was (its write would break a
+    /// constraint, or meet a table's own `ON CONFLICT` clause) is rolled back and done the
+    /// uncounted way, whose plain `UPDATE` fails with the error (the batch rolled back whole)
+    /// or lets the clause act.
     Counted,
 }
 
@@ -675,10 +679,12 @@ impl SqlLeaseStore {
     /// plan with no `RETURNING` (SQLite hands every returned row over one by one: the slower
     /// part of the batch), counted by what it did to the key range. Before and after it, how
     /// many rows of the range hold each state the plans write (on the `(status, id)` index
-    /// alone, when there is one); and before it, the jobs of every plan but one, each with its
-    /// plan's own condition. What each state gained, less those, is the one plan left's — the
-    /// expired leases, whose condition checks every value and would cost the most to test
-    /// twice. See [`StateGains`].
+    /// alone, when there is one); before it, the jobs of every plan but one, each with its
+    /// plan's own condition; after it, every plan's, which must be none (a job still meeting
+    /// its condition is one `OR IGNORE` left as it was; after the `UPDATE` the range's
+    /// processing jobs are few, so this count is cheap). What each state gained, less those
+    /// counted before, is the one plan left's — the expired leases, whose condition checks
+    /// every value and would cost the most to test twice. See [`StateGains`].
     ///
     /// `None` (nothing done) when the plans' states cannot tell the counts apart (see
     /// [`StateGains::new`]) or the table has triggers (a trigger could change other jobs'
@@ -727,46 +733,53 @@ impl SqlLeaseStore {
             return Ok(None);
         }
         let upper = self.sqlite_range_end(tx, plans, after, limit).await?;
-        // Before: the states' rows, the other plans' jobs (given up, all), total_changes().
-        let mut b = Binds::new(d);
-        let mut cols = self.state_counts(&gains.states, after, upper.as_ref(), &mut b)?;
-        let mut from = Vec::new();
-        for (i, p) in plans.iter().enumerate() {
-            if i == gains.derived {
-                continue;
-            }
-            let given_up = match p.fail_from {
-                Some(f) => format!(
-                    "COUNT(CASE WHEN {} >= {} THEN 1 END)",
-                    self.q.attempts,
-                    b.push(Value::Int(Some(f)))
-                ),
-                None => "0".to_owned(),
-            };
-            let w = self.plan_where(std::slice::from_ref(p), after, &mut b)?;
-            let upto = self.up_to(upper.as_ref(), &mut b)?;
-            from.push(format!(
-                "(SELECT {given_up} AS f, COUNT(*) AS n FROM {t} AS t WHERE {w}{upto}) AS p{i}",
-                t = self.q.table
-            ));
-            cols.push(format!("p{i}.f, p{i}.n"));
-        }
-        cols.push("total_changes()".to_owned());
-        let mut sql = format!("SELECT {}", cols.join(", "));
-        if !from.is_empty() {
-            sql.push_str(&format!(" FROM {}", from.join(", ")));
-        }
-        let width = gains.states.len() + 2 * (plans.len() - 1) + 1;
-        let Some(before) = Self::ints(tx.fetch(&sql, &b.values, &vec![Kind::Int; width]).await?)
+        // Before the UPDATE: the states' rows, the other plans' jobs (given up, all),
+        // total_changes(); after it the same, with every plan's jobs.
+        let width = |plans_counted: usize| gains.states.len() + 2 * plans_counted + 1;
+        let (sql, values) = self.counted_snapshot(gains, plans, after, upper.as_ref(), false)?;
+        let kinds = vec![Kind::Int; width(plans.len() - 1)];
+        // (a row of another width than asked for is not read: the uncounted way)
+        let Some(before) =
+            Self::ints(tx.fetch(&sql, &values, &kinds).await?).filter(|c| c.len() == kinds.len())
         else {
             return Ok(None);
         };
-        // (a row of another width than asked for is not read: the uncounted way)
-        if before.len() != width {
+        let mut ub = Binds::new(d);
+        let update =
+            self.key_range_update(plans, after, upper.as_ref(), RangeUpdate::Counted, &mut ub)?;
+        // (an error is the data's — say, a foreign key the repair breaks: the batch is
+        // rolled back whole)
+        let changed = tx.execute(&update, &ub.values).await?;
+        let (sql, values) = self.counted_snapshot(gains, plans, after, upper.as_ref(), true)?;
+        let kinds = vec![Kind::Int; width(plans.len())];
+        let Some(after_counts) =
+            Self::ints(tx.fetch(&sql, &values, &kinds).await?).filter(|c| c.len() == kinds.len())
+        else {
+            return Ok(None);
+        };
+        let split = |c: &[u64]| {
+            let (held, rest) = c.split_at(gains.states.len());
+            let (plans, total) = rest.split_at(rest.len() - 1);
+            (held.to_vec(), plans.to_vec(), total[0])
+        };
+        let (held, others, total_before) = split(&before);
+        let (now_held, left, total_after) = split(&after_counts);
+        // A job still meeting its plan's condition is one `OR IGNORE` left as it was (its
+        // write would break a constraint, or meet a table's own conflict clause): rolled back,
+        // and the batch done the uncounted way, whose plain `UPDATE` fails with the error or
+        // lets the clause act.
+        if left.iter().any(|n| *n != 0) {
+            tracing::debug!(
+                table = %self.map.table,
+                "a counted repair left jobs as they were (a constraint); the batch goes the uncounted way"
+            );
             return Ok(None);
         }
-        let (held, rest) = before.split_at(gains.states.len());
-        let (others, total_before) = rest.split_at(rest.len() - 1);
+        let gained: Option<Vec<u64>> = now_held
+            .iter()
+            .zip(&held)
+            .map(|(a, b)| a.checked_sub(*b))
+            .collect();
         let mut counted = others.chunks_exact(2).map(|c| PlannedCounts {
             failed: c[0],
             requeued: c[1].saturating_sub(c[0]),
@@ -780,32 +793,8 @@ impl SqlLeaseStore {
                 }
             })
             .collect();
-        let mut ub = Binds::new(d);
-        let update =
-            self.key_range_update(plans, after, upper.as_ref(), RangeUpdate::Counted, &mut ub)?;
-        // (an error is the data's — say, a foreign key the repair breaks: the batch is
-        // rolled back whole)
-        let changed = tx.execute(&update, &ub.values).await?;
-        // After: the states' rows again, total_changes().
-        let mut b = Binds::new(d);
-        let mut cols = self.state_counts(&gains.states, after, upper.as_ref(), &mut b)?;
-        cols.push("total_changes()".to_owned());
-        let sql = format!("SELECT {}", cols.join(", "));
-        let after_counts = tx
-            .fetch(&sql, &b.values, &vec![Kind::Int; gains.states.len() + 1])
-            .await?;
-        let Some(now_held) = Self::ints(after_counts).filter(|c| c.len() == gains.states.len() + 1)
-        else {
-            return Ok(None);
-        };
-        let (now_held, total_after) = now_held.split_at(gains.states.len());
-        let gained: Option<Vec<u64>> = now_held
-            .iter()
-            .zip(held)
-            .map(|(a, b)| a.checked_sub(*b))
-            .collect();
-        let by_others = total_after[0]
-            .checked_sub(total_before[0])
+        let by_others = total_after
+            .checked_sub(total_before)
             .and_then(|t| t.checked_sub(changed));
         let counts = gained
             .filter(|g| g.iter().sum::<u64>() == changed)
@@ -828,6 +817,50 @@ impl SqlLeaseStore {
                 Ok(None)
             }
         }
+    }
+
+    /// The counted batch's snapshot of its key range, taken before and after its `UPDATE`
+    /// (see [`sqlite_counted`](Self::sqlite_counted)): how many rows hold each of the states
+    /// the plans write, then for every plan (but the derived one, unless `with_derived`) its
+    /// jobs given up and all of them, by its own condition, then `total_changes()`. SQL and
+    /// bound values.
+    fn counted_snapshot(
+        &self,
+        gains: &StateGains,
+        plans: &[RepairPlan],
+        after: Option<&JobKey>,
+        upper: Option<&JobKey>,
+        with_derived: bool,
+    ) -> Result<(String, Vec<Value>)> {
+        let mut b = Binds::new(self.db.dialect());
+        let mut cols = self.state_counts(&gains.states, after, upper, &mut b)?;
+        let mut from = Vec::new();
+        for (i, p) in plans.iter().enumerate() {
+            if i == gains.derived && !with_derived {
+                continue;
+            }
+            let given_up = match p.fail_from {
+                Some(f) => format!(
+                    "COUNT(CASE WHEN {} >= {} THEN 1 END)",
+                    self.q.attempts,
+                    b.push(Value::Int(Some(f)))
+                ),
+                None => "0".to_owned(),
+            };
+            let w = self.plan_where(std::slice::from_ref(p), after, &mut b)?;
+            let upto = self.up_to(upper, &mut b)?;
+            from.push(format!(
+                "(SELECT {given_up} AS f, COUNT(*) AS n FROM {t} AS t WHERE {w}{upto}) AS p{i}",
+                t = self.q.table
+            ));
+            cols.push(format!("p{i}.f, p{i}.n"));
+        }
+        cols.push("total_changes()".to_owned());
+        let mut sql = format!("SELECT {}", cols.join(", "));
+        if !from.is_empty() {
+            sql.push_str(&format!(" FROM {}", from.join(", ")));
+        }
+        Ok((sql, b.values))
     }
 
     /// `(SELECT COUNT(*) FROM <table> WHERE status = <state> AND <key range>)` for each of
@@ -1718,14 +1751,22 @@ mod tests {
     }
 
     /// The function-free type checks answer as `typeof` does, for every storage class in
-    /// columns of every affinity (and a case-insensitive text column).
+    /// columns of every affinity (and case-insensitive and reverse-ordered text columns).
     #[tokio::test]
     async fn the_type_checks_answer_as_typeof() {
         use crate::value::{Kind, Value};
         let (db, dir) = db("types").await;
+        // (a host's collation that puts text in reverse order, `''` last: on the test's one
+        // connection, which keeps it)
+        let mut tx = db.begin().await.unwrap();
+        tx.sqlite_collations(&[("recon_test_reverse", |a: &str, b: &str| b.cmp(a))])
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
         exec(
             &db,
-            "CREATE TABLE v (i INTEGER, r REAL, t TEXT, c TEXT COLLATE NOCASE, n NUMERIC, b BLOB, x)",
+            "CREATE TABLE v (i INTEGER, r REAL, t TEXT, c TEXT COLLATE NOCASE, n NUMERIC, b BLOB, x, \
+             rev TEXT COLLATE recon_test_reverse, nrev NUMERIC COLLATE recon_test_reverse)",
         )
         .await;
         for v in [
@@ -1750,12 +1791,12 @@ mod tests {
         ] {
             exec(
                 &db,
-                &format!("INSERT INTO v VALUES ({v}, {v}, {v}, {v}, {v}, {v}, {v})"),
+                &format!("INSERT INTO v VALUES ({v}, {v}, {v}, {v}, {v}, {v}, {v}, {v}, {v})"),
             )
             .await;
         }
         let mut checked = 0;
-        for col in ["i", "r", "t", "c", "n", "b", "x"] {
+        for col in ["i", "r", "t", "c", "n", "b", "x", "rev", "nrev"] {
             let sql = format!(
                 "SELECT typeof({col}), {}, {} FROM v",
                 super::sqlite_is_integer(col),
@@ -1773,14 +1814,14 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 7 * 18);
+        assert_eq!(checked, 9 * 18);
         let _ = std::fs::remove_dir_all(dir);
     }
 
     /// The counted `UPDATE` calls no SQL function and resolves conflicts with `IGNORE`, so
     /// that SQLite keeps no statement journal for it (see [`super::RangeUpdate::Counted`]): its
-    /// program has no function call and no `NOT NULL` halt, on a table with a `NOT NULL`
-    /// status, every optional column mapped, and each key and timestamp kind.
+    /// program has no function call, no `NOT NULL` halt and no other way to abort, on a table
+    /// with a `NOT NULL` status, every optional column mapped, and each key and timestamp kind.
     #[tokio::test]
     async fn the_counted_update_calls_no_function() {
         use crate::value::{Kind, Value};
@@ -1837,22 +1878,30 @@ mod tests {
                 .unwrap();
             assert!(sql.starts_with("UPDATE OR IGNORE "), "{sql}");
             let mut tx = store.begin_collated().await.unwrap();
-            let ops: Vec<String> = tx
+            let program = tx
                 .fetch(
                     &format!("EXPLAIN {sql}"),
                     &b.values,
-                    &[Kind::Int, Kind::Text],
+                    &[Kind::Int, Kind::Text, Kind::Int],
                 )
                 .await
-                .unwrap()
-                .into_iter()
-                .filter_map(|mut r| r.pop().and_then(Value::text))
-                .collect();
+                .unwrap();
             tx.rollback().await.unwrap();
+            let ops: Vec<(String, i64)> = program
+                .into_iter()
+                .map(|mut r| {
+                    let p1 = r.pop().and_then(Value::int).unwrap();
+                    (r.pop().and_then(Value::text).unwrap(), p1)
+                })
+                .collect();
             assert!(ops.len() > 20, "{t}: a program of {} ops", ops.len());
-            for op in ["Function", "PureFunc", "HaltIfNull"] {
-                assert!(!ops.iter().any(|o| o == op), "{t}: {op} in {ops:?}");
+            for op in ["Function", "PureFunc", "HaltIfNull", "FkCounter", "VUpdate"] {
+                assert!(!ops.iter().any(|o| o.0 == op), "{t}: {op} in {ops:?}");
             }
+            assert!(
+                !ops.iter().any(|o| o.0 == "Halt" && o.1 != 0),
+                "{t}: a Halt with an error in {ops:?}"
+            );
             seen += 1;
         }
         assert_eq!(seen, 4);
@@ -1897,38 +1946,46 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// A row the counted `UPDATE OR IGNORE` would break a constraint on is left as it was and
-    /// in no count, whatever the table's own conflict clause (here `UNIQUE ON CONFLICT
-    /// REPLACE` on the message, which the second expired job's would break, and which would
-    /// delete the first job): the row-by-row pass repairs it with a plain `UPDATE`, where the
-    /// clause applies (`tests/conformance/hostile.rs`: alike both ways).
+    /// A counted batch in which `UPDATE OR IGNORE` left a job as it was (here its message
+    /// would break `UNIQUE ON CONFLICT REPLACE`, a table's own clause, which would delete the
+    /// first job) is refused and rolled back: the uncounted way's plain `UPDATE` lets the clause
+    /// act (`tests/conformance/hostile.rs`: alike both ways). So is one whose orphans would.
     #[tokio::test]
-    async fn a_row_that_would_break_a_constraint_is_left_and_not_counted() {
+    async fn a_batch_that_would_meet_a_conflict_clause_is_refused() {
         let (db, dir) = db("conflict").await;
-        exec(
-            &db,
-            "CREATE TABLE jobs (id INTEGER PRIMARY KEY, status TEXT NOT NULL, \
-             locked_by TEXT, locked_until TEXT, attempts INTEGER, \
-             last_error TEXT UNIQUE ON CONFLICT REPLACE)",
-        )
-        .await;
-        exec(
-            &db,
-            "INSERT INTO jobs VALUES \
-             (1, 'processing', 'w', '2024-01-24T11:00:00+00:00', 0, NULL), \
-             (2, 'processing', 'w', '2024-01-24T11:00:00+00:00', 1, NULL)",
-        )
-        .await;
-        let out = store(&db, "jobs")
-            .sqlite_counted(&plans(), None, 100)
-            .await
-            .unwrap()
-            .expect("counted");
-        assert_eq!(out.counts, [c(1, 0), c(0, 0)]);
-        assert_eq!(
-            statuses(&db, "jobs").await,
-            [Some("retry".to_owned()), Some("processing".to_owned())]
-        );
+        for (table, rows) in [
+            (
+                "expired",
+                "(1, 'processing', 'w', '2024-01-24T11:00:00+00:00', 0, NULL), \
+                 (2, 'processing', 'w', '2024-01-24T11:00:00+00:00', 1, NULL)",
+            ),
+            (
+                "orphans",
+                "(1, 'processing', 'w', '2024-01-24T11:00:00+00:00', 0, NULL), \
+                 (2, 'processing', NULL, NULL, 0, NULL), (3, 'processing', NULL, NULL, 1, NULL)",
+            ),
+        ] {
+            exec(
+                &db,
+                &format!(
+                    "CREATE TABLE {table} (id INTEGER PRIMARY KEY, status TEXT NOT NULL, \
+                     locked_by TEXT, locked_until TEXT, attempts INTEGER, \
+                     last_error TEXT UNIQUE ON CONFLICT REPLACE)"
+                ),
+            )
+            .await;
+            exec(&db, &format!("INSERT INTO {table} VALUES {rows}")).await;
+            let out = store(&db, table)
+                .sqlite_counted(&plans(), None, 100)
+                .await
+                .unwrap();
+            assert_eq!(out, None, "{table}");
+            let all = statuses(&db, table).await;
+            assert!(
+                all.iter().all(|s| s.as_deref() == Some("processing")),
+                "{table}: {all:?}"
+            );
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }
