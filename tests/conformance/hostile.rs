@@ -1570,30 +1570,7 @@ async fn a_lease_renewed_by_a_fraction_of_a_millisecond_is_not_clobbered(t: &Tes
          (2, 'processing', 'w', '2024-01-24T11:00:00+0000', 0)",
     )
     .await;
-    let q = lease_repair::CandidateQuery {
-        kind: lease_repair::CandidateKind::ExpiredLease,
-        processing_state: "processing".into(),
-        now: now(),
-        max_lease: None,
-        known_states: vec![],
-        after: None,
-        limit: 100,
-    };
-    let rows = jobs.lease.read_candidates(q).await.unwrap();
-    let repairs: Vec<_> = rows
-        .iter()
-        .filter_map(|r| {
-            match lease_repair::decide(
-                r,
-                lease_repair::CandidateKind::ExpiredLease,
-                now(),
-                &settings(),
-            ) {
-                lease_repair::Action::Repair { repair, .. } => Some(repair),
-                _ => None,
-            }
-        })
-        .collect();
+    let (rows, repairs) = jobs.read_expired_and_decide(now(), &settings()).await;
     assert_eq!(repairs.len(), 2, "both read and decided: {rows:?}");
     // job 1's worker renews its lease by 300 µs, spelled its own way
     t.exec("UPDATE submilli SET locked_until = '2024-01-24 11:00:00.0004' WHERE id = 1")

@@ -176,6 +176,37 @@ impl<'a> Jobs<'a> {
         }
     }
 
+    /// A repair stopped before its write: the expired leases read at `now` (one batch of up
+    /// to 100) and the repairs `settings` decide for them — so that a test can change a job
+    /// between the read and the write.
+    pub async fn read_expired_and_decide(
+        &self,
+        now: DateTime<Utc>,
+        settings: &lease_repair::Settings,
+    ) -> (Vec<lease_repair::JobRow>, Vec<lease_repair::Repair>) {
+        use lease_repair::{Action, CandidateKind, CandidateQuery};
+        let q = CandidateQuery {
+            kind: CandidateKind::ExpiredLease,
+            processing_state: "processing".into(),
+            now,
+            max_lease: None,
+            known_states: vec![],
+            after: None,
+            limit: 100,
+        };
+        let rows = self.lease.read_candidates(q).await.unwrap();
+        let repairs = rows
+            .iter()
+            .filter_map(|r| {
+                match lease_repair::decide(r, CandidateKind::ExpiredLease, now, settings) {
+                    Action::Repair { repair, .. } => Some(repair),
+                    _ => None,
+                }
+            })
+            .collect();
+        (rows, repairs)
+    }
+
     /// What a live worker does: renew its lease.
     pub async fn renew(&self, key: i64, until: DateTime<Utc>) {
         match &self.inner {

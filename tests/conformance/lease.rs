@@ -466,30 +466,11 @@ async fn scenario_a_jobs_counting_the_interrupted_attempt(be: &Backend<'_>) {
 async fn a_lease_renewed_between_read_and_write_is_not_clobbered(be: &Backend<'_>) {
     let jobs = Jobs::new(be, "processing_jobs", Shape::default()).await;
     jobs.insert(&scenario_a(), Shape::default()).await;
-    let q = CandidateQuery {
-        kind: CandidateKind::ExpiredLease,
-        processing_state: "processing".into(),
-        now: now(),
-        max_lease: None,
-        known_states: vec![],
-        after: None,
-        limit: 100,
-    };
-    let rows = jobs.lease.read_candidates(q).await.unwrap();
+    let (rows, repairs) = jobs.read_expired_and_decide(now(), &settings(false)).await;
     let keys: Vec<_> = rows.iter().map(|r| r.key.clone()).collect();
     assert_eq!(keys, [JobKey::Int(42), JobKey::Int(46)], "{}", be.name());
     // worker-001 comes back and renews job 42's lease before the repair is written
     jobs.renew(42, t("2024-01-24T12:05:00Z")).await;
-    let s = settings(false);
-    let repairs: Vec<_> = rows
-        .iter()
-        .filter_map(
-            |r| match lease_repair::decide(r, CandidateKind::ExpiredLease, now(), &s) {
-                lease_repair::Action::Repair { repair, .. } => Some(repair),
-                _ => None,
-            },
-        )
-        .collect();
     let out = jobs.lease.apply(&repairs, now()).await.unwrap();
     assert_eq!(out.applied, [JobKey::Int(46)], "{}", be.name());
     assert_eq!(out.skipped, [JobKey::Int(42)], "{}", be.name());

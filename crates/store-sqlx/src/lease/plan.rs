@@ -1246,14 +1246,20 @@ mod tests {
         db.execute(sql, &[]).await.unwrap();
     }
 
-    /// One connection (an attached database is per connection), a fresh file.
-    async fn db(name: &str) -> (Db, std::path::PathBuf) {
+    /// A fresh directory for one test's database files.
+    fn temp_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "recon-plan-{name}-{}-{}",
             std::process::id(),
             Utc::now().timestamp_nanos_opt().unwrap_or_default()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// One connection (an attached database is per connection), a fresh file.
+    async fn db(name: &str) -> (Db, std::path::PathBuf) {
+        let dir = temp_dir(name);
         let opts = ConnectOptions {
             max_connections: 1,
             ..ConnectOptions::default()
@@ -1912,12 +1918,7 @@ mod tests {
     /// registered nothing sees nothing else of recon's on it.
     #[tokio::test]
     async fn a_hosts_own_pool_gets_the_collations_on_first_use() {
-        let dir = std::env::temp_dir().join(format!(
-            "recon-plan-hostpool-{}-{}",
-            std::process::id(),
-            Utc::now().timestamp_nanos_opt().unwrap_or_default()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("hostpool");
         let opts = sqlx::sqlite::SqliteConnectOptions::new()
             .filename(dir.join("host.db"))
             .create_if_missing(true);
